@@ -1,0 +1,5 @@
+import sys
+
+from armwheels.cli import main
+
+sys.exit(main())

@@ -1,0 +1,265 @@
+"""`armwheels` console script: argparse front end; each command imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from common.config import ConfigError, Settings, load_settings
+from common.logs import setup_logging
+from common.states import ARCHES, TokenRole
+
+log = logging.getLogger("armwheels")
+
+
+class UsageError(Exception):
+    """Bad input from the command line, reported in one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from common.db import make_engine, upgrade
+
+    settings = _settings(args)
+    engine = make_engine(settings.database.url)
+    upgrade(engine)
+    engine.dispose()
+    print(f"database at head: {settings.database.url.split('@')[-1]}")
+    return 0
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from master.service import SchemaOutdated, run_master
+
+    try:
+        run_master(_settings(args))
+    except SchemaOutdated as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
+def cmd_builder(args: argparse.Namespace) -> int:
+    from builder.worker import NoBackend, run_builder
+
+    settings = _settings(args)
+    if args.backend:
+        settings.builder.backend = args.backend
+    try:
+        return run_builder(settings, args.arch)
+    except NoBackend as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from armwheels.up import FarmCannotStart, run_up
+
+    try:
+        return run_up(args.config)
+    except FarmCannotStart as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from common.db import make_engine, make_sessionmaker
+    from master.status import collect
+
+    settings = _settings(args)
+    engine = make_engine(settings.database.url)
+    with make_sessionmaker(engine)() as session:
+        data = collect(session)
+    engine.dispose()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    queues = Table(title="Queues")
+    queues.add_column("arch")
+    states = ["pending", "queued", "building", "built", "failed", "skipped"]
+    for state in states:
+        queues.add_column(state, justify="right")
+    for arch in ARCHES:
+        counts = data["queues"].get(arch, {})
+        queues.add_row(arch, *(str(counts.get(s, 0)) for s in states))
+    console.print(queues)
+    builders = Table(title="Builders")
+    for column in ("name", "arch", "backend", "state", "job", "last seen"):
+        builders.add_column(column)
+    for b in data["builders"]:
+        builders.add_row(
+            b["name"],
+            b["arch"],
+            b["backend"],
+            b["state"],
+            str(b["current_job"] or ""),
+            b["last_seen"],
+        )
+    console.print(builders)
+    recent = Table(title="Recent outcomes")
+    for column in ("job", "release", "arch", "state", "reason", "seconds"):
+        recent.add_column(column)
+    for r in data["recent"]:
+        seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else ""
+        recent.add_row(
+            str(r["job"]),
+            f"{r['project']} {r['version']}",
+            r["arch"],
+            r["state"],
+            r["reason"] or "",
+            seconds,
+        )
+    console.print(recent)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from common.db import make_engine, make_sessionmaker, transaction
+    from master.rebuild import RebuildError, request_rebuild
+
+    settings = _settings(args)
+    engine = make_engine(settings.database.url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            jobs = request_rebuild(session, settings, args.project, args.version, args.arch)
+            created = [(j.id, j.arch, j.python_tag) for j in jobs]
+    except RebuildError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    if not created:
+        print("nothing to do: a build is already pending for every target")
+    for job_id, arch, tag in created:
+        print(f"job {job_id} pending: {args.project} {arch} {tag}")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import IntegrityError
+
+    from common.db import make_engine, make_sessionmaker, transaction
+    from master.auth import create_token
+
+    settings = _settings(args)
+    engine = make_engine(settings.database.url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            secret = create_token(session, args.name, TokenRole(args.role))
+    except IntegrityError as exc:
+        raise UsageError(f"a token named {args.name!r} exists") from exc
+    finally:
+        engine.dispose()
+    print(secret)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from common.db import make_engine, make_sessionmaker, transaction
+    from master.auth import revoke_token
+
+    settings = _settings(args)
+    engine = make_engine(settings.database.url)
+    with transaction(make_sessionmaker(engine)) as session:
+        done = revoke_token(session, args.name)
+    engine.dispose()
+    if not done:
+        raise UsageError(f"no active token named {args.name!r}")
+    print(f"revoked {args.name}")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from builder.image import build_local_image
+
+    settings = _settings(args)
+    target = settings.targets.get(args.arch)
+    if target is None:
+        raise UsageError(f"no target configured for {args.arch}")
+    build_local_image(args.arch, target.image, settings.builder.ca_bundle, force=args.force)
+    return 0
+
+
+def _name(value: str) -> str:
+    if not value or len(value) > 100 or not all(c.isalnum() or c in "-_." for c in value):
+        raise argparse.ArgumentTypeError(f"invalid name: {value!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    parser = _Parser(prog="armwheels", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], text: str) -> _Parser:
+        command: _Parser = sub.add_parser(name, parents=[common], help=text, description=text)
+        command.set_defaults(func=func)
+        return command
+
+    add("up", cmd_up, "run the whole farm on this machine with embedded defaults")
+    add("master", cmd_master, "run the feed poller, scheduler and HTTP server")
+    builder = add("builder", cmd_builder, "run a builder worker for one architecture")
+    builder.add_argument("--arch", choices=ARCHES, required=True)
+    builder.add_argument("--backend", choices=["docker", "native"], default=None)
+    rebuild = add("rebuild", cmd_rebuild, "ask for a rebuild of a project's release")
+    rebuild.add_argument("project")
+    rebuild.add_argument("version", nargs="?")
+    rebuild.add_argument("--arch", choices=ARCHES)
+    status = add("status", cmd_status, "show queues, builders and recent outcomes")
+    status.add_argument("--json", action="store_true")
+
+    db = sub.add_parser("db", help="database schema", parents=[common])
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    up = db_sub.add_parser("upgrade", parents=[common], help="apply schema migrations")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    token = sub.add_parser("token", help="API tokens", parents=[common])
+    token_sub = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    create = token_sub.add_parser("create", parents=[common], help="create a token")
+    create.add_argument("name", type=_name)
+    create.add_argument("--role", choices=[r.value for r in TokenRole], required=True)
+    create.set_defaults(func=cmd_token_create)
+    revoke = token_sub.add_parser("revoke", parents=[common], help="revoke a token")
+    revoke.add_argument("name", type=_name)
+    revoke.set_defaults(func=cmd_token_revoke)
+
+    image = sub.add_parser("image", help="build images", parents=[common])
+    image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
+    build = image_sub.add_parser(
+        "build", parents=[common], help="make the local Debian build image for an arch"
+    )
+    build.add_argument("--arch", choices=ARCHES, required=True)
+    build.add_argument("--force", action="store_true")
+    build.set_defaults(func=cmd_image_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        code: int = args.func(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"armwheels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""`armwheels up`: the whole farm on one machine with embedded defaults.
+
+SQLite for the database and the broker, a local data directory, one builder per
+enabled arch. Each node runs as its own process, as it would on separate machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from common.config import Settings, load_settings
+from common.db import make_engine, make_sessionmaker, transaction, upgrade
+from common.states import TokenRole
+
+log = logging.getLogger("armwheels.up")
+
+
+class FarmCannotStart(Exception):
+    """A prerequisite is missing; the message says what to install or run."""
+
+
+def _backend_for(settings: Settings, arch: str) -> str:
+    """native on a matching ARM host, docker where an engine answers, else say what to install."""
+    from builder.worker import is_arm_host
+
+    if settings.builder.backend != "auto":
+        return settings.builder.backend
+    if is_arm_host(arch):
+        return "native"
+    try:
+        import docker
+
+        docker.from_env(timeout=10).ping()
+    except Exception as exc:
+        raise FarmCannotStart(
+            f"no way to build {arch} here: install docker.io and qemu-user-static and start"
+            " dockerd (or run on an ARM host)"
+        ) from exc
+    return "docker"
+
+
+def _issue_builder_tokens(settings: Settings) -> dict[str, str]:
+    from master.auth import rotate_token
+
+    engine = make_engine(settings.database.url)
+    upgrade(engine)
+    with transaction(make_sessionmaker(engine)) as session:
+        tokens = {
+            arch: rotate_token(session, f"local-{arch}", TokenRole.BUILDER)
+            for arch in settings.enabled_targets()
+        }
+    engine.dispose()
+    return tokens
+
+
+def run_up(config: Path | None) -> int:
+    settings = load_settings(config)
+    settings.master.data_dir.mkdir(parents=True, exist_ok=True)
+    backends = {arch: _backend_for(settings, arch) for arch in settings.enabled_targets()}
+    for arch, backend in backends.items():
+        if backend == "docker":
+            from builder.image import build_local_image
+
+            build_local_image(arch, settings.targets[arch].image, settings.builder.ca_bundle)
+    tokens = _issue_builder_tokens(settings)
+    base = [sys.executable, "-m", "armwheels.cli"]
+    config_args = ["--config", str(config)] if config else []
+    env = dict(os.environ)
+    env["ARMWHEELS_DATABASE__URL"] = settings.database.url
+    env["ARMWHEELS_BROKER__URL"] = settings.broker.url
+    env["ARMWHEELS_MASTER__DATA_DIR"] = str(settings.master.data_dir)
+    children: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen([*base, "master", *config_args], env=env)
+    ]
+    for arch, backend in backends.items():
+        builder_env = dict(
+            env, ARMWHEELS_BUILDER__TOKEN=tokens[arch], ARMWHEELS_BUILDER__NAME=f"local-{arch}"
+        )
+        children.append(
+            subprocess.Popen(
+                [*base, "builder", "--arch", arch, "--backend", backend, *config_args],
+                env=builder_env,
+            )
+        )
+    log.info(
+        "farm up",
+        extra={
+            "url": settings.master.public_url,
+            "index": settings.master.public_url + "/simple/",
+            "builders": ",".join(f"{a}:{b}" for a, b in backends.items()),
+        },
+    )
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                log.error(
+                    "a farm process exited; stopping the farm",
+                    extra={"pid": child.pid, "code": child.returncode},
+                )
+                stopping, code = True, 1
+        time.sleep(0.5)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 60
+    for child in children:
+        try:
+            child.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return code

@@ -1,0 +1,210 @@
+"""Docker backend: each build and each smoke test in its own throw-away container.
+
+Containers carry labels so that a restarted builder can remove any its predecessor left,
+and they are removed in every case, including timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+import docker
+from builder.backends import BuildOutcome, note
+from builder.classify import classify
+from builder.client import JobSpec
+from common.config import BuilderSettings, TargetSettings
+from common.states import FailureReason
+from common.wheels import BadWheel, read_contents
+
+log = logging.getLogger(__name__)
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+LABEL = "armwheels.builder"
+TAIL_BYTES = 64 * 1024
+CA_PATH = "/armwheels/ca-bundle.crt"
+CONTAINER_HOME = "/tmp"  # noqa: S108 (a path inside the throw-away container)
+
+
+class DockerUnavailable(RuntimeError):
+    """No Docker engine answers, or the build image is missing."""
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(
+        self, settings: BuilderSettings, arch: str, target: TargetSettings, builder_name: str
+    ) -> None:
+        self.settings = settings
+        self.arch = arch
+        self.target = target
+        self.builder_name = builder_name
+        try:
+            self.client = docker.from_env(timeout=120)
+            self.client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DockerUnavailable(f"no Docker engine answers: {exc}") from exc
+        try:
+            self.client.images.get(target.image)
+        except docker.errors.ImageNotFound as exc:
+            raise DockerUnavailable(f"build image {target.image} is missing") from exc
+        self.remove_stale()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def python_tags(self) -> list[str]:
+        return list(self.target.python_tags)
+
+    def remove_stale(self) -> None:
+        """Remove containers a previous run of this builder left behind."""
+        stale = self.client.containers.list(
+            all=True, filters={"label": f"{LABEL}={self.builder_name}"}
+        )
+        for container in stale:
+            container.remove(force=True)
+            log.warning("stale build container removed", extra={"container": container.name})
+
+    def _environment(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in self.settings.pass_env if name in os.environ}
+        env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+        env["HOME"] = CONTAINER_HOME
+        if self.settings.ca_bundle is not None:
+            env.update(
+                {"PIP_CERT": CA_PATH, "SSL_CERT_FILE": CA_PATH, "REQUESTS_CA_BUNDLE": CA_PATH}
+            )
+        return env
+
+    def _run(
+        self,
+        command: list[str],
+        volumes: dict[str, dict[str, str]],
+        network: str,
+        job_id: int,
+        log_sink: BinaryIO,
+        timeout: float,
+    ) -> int | None:
+        """Run a container to completion; None means it was killed at the time limit."""
+        if self.settings.ca_bundle is not None:
+            volumes[str(self.settings.ca_bundle)] = {"bind": CA_PATH, "mode": "ro"}
+        volumes[str(SCRIPTS)] = {"bind": "/armwheels/scripts", "mode": "ro"}
+        container: Container = self.client.containers.create(
+            self.target.image,
+            command,
+            labels={LABEL: self.builder_name, "armwheels.job": str(job_id)},
+            volumes=volumes,
+            network_mode=network,
+            environment=self._environment(),
+            mem_limit=self.settings.memory_limit,
+            pids_limit=4096,
+            working_dir=CONTAINER_HOME,
+            detach=True,
+        )
+        pump = threading.Thread(target=self._pump, args=(container, log_sink), daemon=True)
+        try:
+            container.start()
+            pump.start()
+            try:
+                status = container.wait(timeout=timeout)
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                container.kill()
+                pump.join(timeout=10)
+                note(log_sink, f"killed after the time limit of {timeout:.0f} s")
+                return None
+            pump.join(timeout=30)
+            return int(status.get("StatusCode", 1))
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+    @staticmethod
+    def _pump(container: Container, log_sink: BinaryIO) -> None:
+        try:
+            for chunk in container.logs(stream=True, follow=True):
+                log_sink.write(chunk)
+                log_sink.flush()
+        except (docker.errors.APIError, requests.exceptions.RequestException, ValueError):
+            pass
+
+    def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
+        out = workdir / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        sdist_in = f"/armwheels/sdist/{sdist.name}"
+        volumes = {
+            str(sdist): {"bind": sdist_in, "mode": "ro"},
+            str(out): {"bind": "/armwheels/out", "mode": "rw"},
+        }
+        note(log_sink, f"build container from {self.target.image} for job {spec.job_id}")
+        code = self._run(
+            ["/bin/bash", "/armwheels/scripts/build.sh", sdist_in, spec.python_tag, spec.policy],
+            volumes,
+            self.settings.network,
+            spec.job_id,
+            log_sink,
+            float(self.settings.build_timeout),
+        )
+        if code is None:
+            return BuildOutcome(
+                False,
+                reason=FailureReason.TIMEOUT,
+                summary=f"build exceeded {self.settings.build_timeout} s",
+            )
+        if code != 0:
+            reason, summary = classify(code, _tail(log_sink))
+            return BuildOutcome(False, reason=reason, summary=summary)
+        wheels = sorted((out / "wheelhouse").glob("*.whl"))
+        if len(wheels) != 1:
+            return BuildOutcome(
+                False,
+                reason=FailureReason.BUILDER_ERROR,
+                summary=f"expected one repaired wheel, found {len(wheels)}",
+            )
+        wheel = wheels[0]
+        try:
+            contents = read_contents(wheel)
+        except BadWheel as exc:
+            return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
+        note(log_sink, f"smoke test: import {' '.join(contents.top_level_modules)}")
+        code = self._run(
+            [
+                "/bin/bash",
+                "/armwheels/scripts/smoke.sh",
+                f"/armwheels/wheel/{wheel.name}",
+                spec.python_tag,
+                *contents.top_level_modules,
+            ],
+            {str(wheel): {"bind": f"/armwheels/wheel/{wheel.name}", "mode": "ro"}},
+            "none",
+            spec.job_id,
+            log_sink,
+            600.0,
+        )
+        if code != 0:
+            return BuildOutcome(
+                False,
+                reason=FailureReason.SMOKE_TEST_FAILED,
+                summary="the repaired wheel did not install or import",
+            )
+        return BuildOutcome(
+            True, wheel=wheel, summary=f"built {wheel.name}", grafted=contents.grafted_libraries
+        )
+
+
+def _tail(log_sink: BinaryIO) -> bytes:
+    try:
+        with open(log_sink.name, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - TAIL_BYTES))
+            return handle.read()
+    except (OSError, AttributeError, TypeError):
+        return b""

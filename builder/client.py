@@ -1,0 +1,127 @@
+"""The builder's HTTP client of the master, authenticated with the builder token."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+log = logging.getLogger(__name__)
+
+
+class ClaimRefused(Exception):
+    """The master no longer wants this job built (already taken, cancelled, unknown)."""
+
+
+class ReportRejected(Exception):
+    """The master refused a result (4xx); retrying the same result will not help."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: int
+    project: str
+    version: str
+    arch: str
+    python_tag: str
+    policy: str
+    sdist_filename: str
+    sdist_url: str
+    sdist_sha256: str
+    sdist_size: int | None
+    attempt: int
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+
+
+_retrying = retry(
+    retry=retry_if_exception(_transient),
+    wait=wait_exponential_jitter(initial=1, max=30),
+    stop=stop_after_attempt(8),
+    reraise=True,
+)
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:200]
+
+
+class MasterClient:
+    def __init__(self, master_url: str, token: str, timeout: float = 60.0) -> None:
+        self.http = httpx.Client(
+            base_url=master_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    @_retrying
+    def register(self, arch: str, backend: str, python_tags: list[str], version: str) -> Any:
+        response = self.http.post(
+            "/api/v1/builders/register",
+            json={"arch": arch, "backend": backend, "python_tags": python_tags, "version": version},
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def heartbeat(self) -> None:
+        self.http.post("/api/v1/builders/heartbeat").raise_for_status()
+
+    @_retrying
+    def claim(self, job_id: int) -> JobSpec:
+        response = self.http.post(f"/api/v1/jobs/{job_id}/claim")
+        if response.status_code in (404, 409):
+            raise ClaimRefused(_error(response))
+        response.raise_for_status()
+        return JobSpec(**response.json())
+
+    @_retrying
+    def report(
+        self,
+        job_id: int,
+        outcome: str,
+        log_path: Path,
+        reason: str | None,
+        summary: str,
+        build_seconds: float,
+        wheel: Path | None = None,
+        wheel_sha256: str | None = None,
+    ) -> Any:
+        data: dict[str, str] = {
+            "outcome": outcome,
+            "summary": summary,
+            "build_seconds": f"{build_seconds:.3f}",
+        }
+        if reason:
+            data["reason"] = reason
+        if wheel_sha256:
+            data["wheel_sha256"] = wheel_sha256
+        with log_path.open("rb") as log_handle:
+            files: dict[str, tuple[str, Any, str]] = {
+                "log": ("build.log", log_handle, "text/plain")
+            }
+            if wheel is not None:
+                wheel_handle = wheel.open("rb")
+                files["wheel"] = (wheel.name, wheel_handle, "application/octet-stream")
+            try:
+                response = self.http.post(f"/api/v1/jobs/{job_id}/result", data=data, files=files)
+            finally:
+                if wheel is not None:
+                    wheel_handle.close()
+        if 400 <= response.status_code < 500:
+            raise ReportRejected(_error(response))
+        response.raise_for_status()
+        return response.json()

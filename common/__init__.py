@@ -1,0 +1,1 @@
+"""Code shared by the master and the builder: configuration, schema, names, messages."""

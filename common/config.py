@@ -1,0 +1,259 @@
+"""Farm configuration: one TOML file, overridden by ARMWHEELS_<SECTION>__<KEY> variables.
+
+Everything is validated at start-up so that a typo stops the node with one line
+instead of surfacing hours later inside a build.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from packaging.tags import Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from common.names import BadName, normalize_project, python_version_of_tag
+from common.states import ARCHES
+
+CONFIG_ENV = "ARMWHEELS_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line for the operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    # Empty means "SQLite file in the master's data directory".
+    url: str = ""
+    echo: bool = False
+
+
+class BrokerSettings(_Section):
+    # Empty means "kombu's SQLAlchemy transport on SQLite in the data directory".
+    url: str = ""
+    # Longer than the longest build: an unacknowledged message is redelivered after it.
+    visibility_timeout: int = Field(default=4 * 3600, ge=60)
+
+
+class UpstreamSettings(_Section):
+    index_url: str = "https://pypi.org/simple/"
+    # A list of project names, or the string "all".
+    projects: list[str] | Literal["all"] = Field(default_factory=list)
+    poll_interval: float = Field(default=300.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
+    # When a project is first seen, build all its releases (True) or only the newest.
+    backfill: bool = False
+
+    @field_validator("index_url")
+    @classmethod
+    def _index_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("projects")
+    @classmethod
+    def _projects(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str):
+            return value
+        try:
+            return sorted({normalize_project(name) for name in value})
+        except BadName as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class MasterSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8980, ge=1, le=65535)
+    public_url: str = ""
+    data_dir: Path = Path("armwheels-data")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_log_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    dispatch_interval: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _public_url(self) -> MasterSettings:
+        if not self.public_url:
+            self.public_url = f"http://{self.host}:{self.port}"
+        self.public_url = self.public_url.rstrip("/")
+        return self
+
+
+class TargetSettings(_Section):
+    image: str
+    python_tags: list[str] = Field(default_factory=lambda: ["cp311"], min_length=1)
+    policy: str
+    enabled: bool = True
+
+    @field_validator("python_tags")
+    @classmethod
+    def _python_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            try:
+                python_version_of_tag(tag)
+            except BadName as exc:
+                raise ValueError(str(exc)) from exc
+            Tag(tag, tag, "any")
+        return value
+
+
+def _default_targets() -> dict[str, TargetSettings]:
+    return {
+        "aarch64": TargetSettings(
+            image="armwheels/build-aarch64:bookworm",
+            python_tags=["cp311"],
+            policy="manylinux2014_aarch64",
+        ),
+        "armv7l": TargetSettings(
+            image="armwheels/build-armv7l:bookworm",
+            python_tags=["cp311"],
+            policy="manylinux2014_armv7l",
+            enabled=False,
+        ),
+    }
+
+
+class BuilderSettings(_Section):
+    master_url: str = ""
+    token: SecretStr = SecretStr("")
+    name: str = ""
+    backend: Literal["auto", "docker", "native"] = "auto"
+    work_dir: Path = Path("armwheels-work")
+    # Mounted into build containers and exported as PIP_CERT/SSL_CERT_FILE.
+    ca_bundle: Path | None = None
+    # Names of host environment variables passed into builds (proxies).
+    pass_env: list[str] = Field(
+        default_factory=lambda: [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "no_proxy",
+            "PIP_INDEX_URL",
+        ]
+    )
+    # "host", "none", or the name of a Docker network.
+    network: str = "host"
+    build_timeout: int = Field(default=3600, ge=10)
+    memory_limit: str = "4g"
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ARMWHEELS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    master: MasterSettings = Field(default_factory=MasterSettings)
+    targets: dict[str, TargetSettings] = Field(default_factory=_default_targets)
+    builder: BuilderSettings = Field(default_factory=BuilderSettings)
+
+    _toml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: dict[str, TargetSettings]) -> dict[str, TargetSettings]:
+        for arch, target in value.items():
+            if arch not in ARCHES:
+                raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
+            if not target.policy.endswith("_" + arch):
+                raise ValueError(f"policy {target.policy!r} is not for {arch}")
+        return value
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        data_dir = self.master.data_dir.absolute()
+        self.master.data_dir = data_dir
+        if not self.database.url:
+            self.database.url = f"sqlite:///{data_dir / 'armwheels.db'}"
+        if not self.broker.url:
+            self.broker.url = f"sqla+sqlite:///{data_dir / 'broker.db'}"
+        if not self.builder.master_url:
+            self.builder.master_url = self.master.public_url
+        self.builder.master_url = self.builder.master_url.rstrip("/")
+        self.builder.work_dir = self.builder.work_dir.absolute()
+        return self
+
+    def enabled_targets(self) -> dict[str, TargetSettings]:
+        return {arch: t for arch, t in self.targets.items() if t.enabled}
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    return f"{where}: {message}"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration, raising ConfigError with one line."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with path.open("rb") as handle:
+                tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    previous = Settings._toml_file
+    Settings._toml_file = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        origin = str(path) if path else "environment"
+        raise ConfigError(f"invalid configuration ({origin}): {_describe(exc)}") from exc
+    finally:
+        Settings._toml_file = previous

@@ -1,0 +1,47 @@
+"""Celery wiring shared by master (sender) and builder (worker): names, queues, settings.
+
+Tasks carry only a job id; the builder asks the master for the rest, so a stale
+message can never build something the database no longer wants.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from common.config import Settings
+from common.states import ARCHES
+
+BUILD_TASK = "armwheels.build"
+
+
+def queue_name(arch: str) -> str:
+    return f"build.{arch}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("armwheels", broker=settings.broker.url, set_as_current=False)
+    hard_limit = settings.builder.build_timeout + 600
+    app.conf.update(
+        task_queues=[Queue(queue_name(arch)) for arch in ARCHES],
+        task_default_queue=queue_name(ARCHES[0]),
+        task_create_missing_queues=False,
+        # Hour-long builds: take one message at a time and acknowledge it only when done,
+        # so a builder that dies hands its job back to the queue.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=hard_limit,
+        task_soft_time_limit=hard_limit - 60,
+        broker_transport_options={
+            "visibility_timeout": max(settings.broker.visibility_timeout, hard_limit + 600),
+        },
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app

@@ -1,0 +1,213 @@
+"""The farm's schema (SQLAlchemy 2): the database is the source of truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from common.states import ACTIVE_STATES, FailureReason, JobState, TokenRole
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _enum(kind: type[Any], name: str) -> Enum:
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        create_constraint=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # PEP 503 normal form
+    display_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Simple API poll state: lets the poller send If-None-Match and skip unchanged pages.
+    upstream_etag: Mapped[str | None] = mapped_column(String(200))
+    upstream_serial: Mapped[int | None] = mapped_column(BigInteger)
+    polled_at: Mapped[datetime | None]
+
+    releases: Mapped[list[Release]] = relationship(back_populates="project")
+
+
+class Release(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    version: Mapped[str] = mapped_column(String(100))
+    requires_python: Mapped[str | None] = mapped_column(String(200))
+    yanked: Mapped[bool] = mapped_column(default=False)
+    yanked_reason: Mapped[str | None] = mapped_column(Text)
+    # Filenames PyPI already serves for this release: we never publish one of the same name.
+    upstream_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="releases")
+    source_files: Mapped[list[SourceFile]] = relationship(back_populates="release")
+
+
+class SourceFile(Base):
+    __tablename__ = "source_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(300), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    upload_time: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    release: Mapped[Release] = relationship(back_populates="source_files")
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[TokenRole] = mapped_column(_enum(TokenRole, "token_role"))
+    # sha256 of the secret; the secret itself is shown once and never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    projects: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class Builder(Base):
+    __tablename__ = "builders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), unique=True)
+    arch: Mapped[str] = mapped_column(String(16))
+    backend: Mapped[str] = mapped_column(String(16))
+    python_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[str] = mapped_column(String(40), default="")
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    current_job_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class BuildJob(Base):
+    __tablename__ = "build_jobs"
+    __table_args__ = (
+        # One active job per (release, target): duplicates are refused by the database.
+        Index(
+            "uq_build_jobs_active_target",
+            "release_id",
+            "arch",
+            "python_tag",
+            unique=True,
+            sqlite_where=text("state IN ('pending', 'queued', 'building')"),
+            postgresql_where=text("state IN ('pending', 'queued', 'building')"),
+        ),
+        Index("ix_build_jobs_state_arch", "state", "arch"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    source_file_id: Mapped[int] = mapped_column(ForeignKey("source_files.id"))
+    arch: Mapped[str] = mapped_column(String(16))
+    python_tag: Mapped[str] = mapped_column(String(16))
+    policy: Mapped[str] = mapped_column(String(64))
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.PENDING)
+    priority: Mapped[int] = mapped_column(default=5)
+    attempts: Mapped[int] = mapped_column(default=0)
+    failure_reason: Mapped[FailureReason | None] = mapped_column(
+        _enum(FailureReason, "failure_reason")
+    )
+    summary: Mapped[str | None] = mapped_column(Text)
+    builder_id: Mapped[int | None] = mapped_column(ForeignKey("builders.id"))
+    requested_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    build_seconds: Mapped[float | None] = mapped_column(Float)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    log_size: Mapped[int | None] = mapped_column(BigInteger)
+
+    release: Mapped[Release] = relationship()
+    source_file: Mapped[SourceFile] = relationship()
+    builder: Mapped[Builder | None] = relationship()
+    outputs: Mapped[list[OutputFile]] = relationship(back_populates="job")
+
+
+ACTIVE_STATE_VALUES = tuple(state.value for state in ACTIVE_STATES)
+
+
+class OutputFile(Base):
+    __tablename__ = "output_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("build_jobs.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(300), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    python_tag: Mapped[str] = mapped_column(String(64))
+    abi_tag: Mapped[str] = mapped_column(String(64))
+    platform_tag: Mapped[str] = mapped_column(String(200))
+    requires_python: Mapped[str | None] = mapped_column(String(200))
+    metadata_sha256: Mapped[str] = mapped_column(String(64))
+    # Shared libraries auditwheel copied into the wheel.
+    grafted: Mapped[list[str]] = mapped_column(JSON, default=list)
+    published: Mapped[bool] = mapped_column(default=True)
+    uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[BuildJob] = relationship(back_populates="outputs")
+    release: Mapped[Release] = relationship()
+
+
+class FeedCursor(Base):
+    """Where a change feed stopped: committed in the transaction that applied its changes."""
+
+    __tablename__ = "feed_cursors"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,43 @@
+"""Build states (DESIGN.md) and the classes of failure a build can end with."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    BUILDING = "building"
+    BUILT = "built"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+ACTIVE_STATES: tuple[JobState, ...] = (JobState.PENDING, JobState.QUEUED, JobState.BUILDING)
+FINAL_STATES: tuple[JobState, ...] = (JobState.BUILT, JobState.FAILED, JobState.SKIPPED)
+
+
+class FailureReason(StrEnum):
+    """Why a build failed; the builder picks one and the master records it."""
+
+    SDIST_UNAVAILABLE = "sdist-unavailable"
+    HASH_MISMATCH = "hash-mismatch"
+    NO_INTERPRETER = "no-interpreter"
+    COMPILE_ERROR = "compile-error"
+    PURE_PYTHON = "pure-python"
+    AUDITWHEEL_REJECTED = "auditwheel-rejected"
+    SMOKE_TEST_FAILED = "smoke-test-failed"
+    TIMEOUT = "timeout"
+    BUILDER_ERROR = "builder-error"
+    UPLOAD_REJECTED = "upload-rejected"
+    LOST = "lost"
+
+
+class TokenRole(StrEnum):
+    BUILDER = "builder"
+    MAINTAINER = "maintainer"
+    OPERATOR = "operator"
+
+
+ARCHES: tuple[str, ...] = ("aarch64", "armv7l")

@@ -1,0 +1,1 @@
+"""The master node: feed poller, scheduler, HTTP API, index and dashboard."""

@@ -1,0 +1,372 @@
+"""The master's HTTP server: builder API, Simple index, files, logs and status page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.config import Settings
+from common.models import Builder, BuildJob, OutputFile, Project, Token, utcnow
+from common.names import BadName, normalize_project
+from common.states import ARCHES, FailureReason, JobState, TokenRole
+from common.wheels import BadWheel, parse_name
+from master import index, status
+from master.auth import AuthError, authenticate, builder_for, token_from_header
+from master.storage import Storage
+from master.uploads import Rejected, ResultReport, accept_wheel, check_job_owner, finish_job
+
+log = logging.getLogger(__name__)
+
+
+class Registration(BaseModel):
+    arch: Literal["aarch64", "armv7l"]
+    backend: str = Field(min_length=1, max_length=16)
+    python_tags: list[str] = Field(default_factory=list, max_length=50)
+    version: str = Field(default="", max_length=40)
+
+
+class JobSpec(BaseModel):
+    job_id: int
+    project: str
+    version: str
+    arch: str
+    python_tag: str
+    policy: str
+    sdist_filename: str
+    sdist_url: str
+    sdist_sha256: str
+    sdist_size: int | None
+    attempt: int
+
+
+def _session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.factory
+    with factory() as db:
+        yield db
+
+
+DB = Annotated[Session, Depends(_session)]
+AuthHeader = Annotated[str | None, Header(alias="Authorization")]
+
+
+def _builder_token(db: Session, authorization: str | None) -> Token:
+    try:
+        return authenticate(db, token_from_header(authorization), TokenRole.BUILDER)
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+
+def _current_builder(db: DB, authorization: AuthHeader = None) -> Builder:
+    found = builder_for(db, _builder_token(db, authorization))
+    if found is None:
+        raise HTTPException(409, "builder is not registered")
+    return found
+
+
+CurrentBuilder = Annotated[Builder, Depends(_current_builder)]
+
+
+def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
+    app = FastAPI(title="armwheels master", version="0.1.0")
+    storage = Storage(settings.master.data_dir)
+    limits = settings.master
+    app.state.factory = factory
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=422)
+
+    @app.post("/api/v1/builders/register")
+    def register(reg: Registration, db: DB, authorization: AuthHeader = None) -> dict[str, Any]:
+        token = _builder_token(db, authorization)
+        found = builder_for(db, token)
+        if found is None:
+            found = Builder(name=token.name, token_id=token.id, arch=reg.arch, backend=reg.backend)
+            db.add(found)
+        found.arch, found.backend = reg.arch, reg.backend
+        found.python_tags, found.version = reg.python_tags, reg.version
+        found.last_seen_at = utcnow()
+        # A builder that registers again has lost whatever it was doing.
+        orphaned = db.scalars(
+            select(BuildJob).where(
+                BuildJob.builder_id == found.id, BuildJob.state == JobState.BUILDING
+            )
+        ).all()
+        for job in orphaned:
+            job.state, job.builder_id = JobState.PENDING, None
+            log.warning("job handed back by restarted builder", extra={"job_id": job.id})
+        found.current_job_id = None
+        db.commit()
+        log.info("builder registered", extra={"builder": found.name, "arch": found.arch})
+        return {"builder_id": found.id, "name": found.name}
+
+    @app.post("/api/v1/builders/heartbeat")
+    def heartbeat(me: CurrentBuilder, db: DB) -> dict[str, Any]:
+        me.last_seen_at = utcnow()
+        db.commit()
+        return {"ok": True}
+
+    @app.post("/api/v1/jobs/{job_id}/claim")
+    def claim(job_id: int, me: CurrentBuilder, db: DB) -> JobSpec:
+        job = db.get(BuildJob, job_id, with_for_update=True)
+        if job is None:
+            raise HTTPException(404, "no such job")
+        if job.arch != me.arch:
+            raise HTTPException(409, f"job {job_id} is for {job.arch}, builder is {me.arch}")
+        if job.state not in (JobState.PENDING, JobState.QUEUED):
+            raise HTTPException(409, f"job {job_id} is {job.state.value}")
+        job.state, job.builder_id = JobState.BUILDING, me.id
+        job.started_at = utcnow()
+        job.attempts += 1
+        me.current_job_id, me.last_seen_at = job.id, utcnow()
+        db.commit()
+        source = job.source_file
+        log.info("job claimed", extra={"job_id": job.id, "builder": me.name})
+        return JobSpec(
+            job_id=job.id,
+            project=job.release.project.name,
+            version=job.release.version,
+            arch=job.arch,
+            python_tag=job.python_tag,
+            policy=job.policy,
+            sdist_filename=source.filename,
+            sdist_url=source.url,
+            sdist_sha256=source.sha256,
+            sdist_size=source.size,
+            attempt=job.attempts,
+        )
+
+    @app.post("/api/v1/jobs/{job_id}/result")
+    def result(
+        job_id: int,
+        me: CurrentBuilder,
+        db: DB,
+        request: Request,
+        outcome: Annotated[Literal["built", "failed"], Form()],
+        log_file: Annotated[UploadFile, File(alias="log")],
+        reason: Annotated[FailureReason | None, Form()] = None,
+        summary: Annotated[str, Form(max_length=10000)] = "",
+        build_seconds: Annotated[float | None, Form(ge=0)] = None,
+        wheel: Annotated[UploadFile | None, File()] = None,
+        wheel_sha256: Annotated[str | None, Form(max_length=64)] = None,
+    ) -> dict[str, Any]:
+        try:
+            job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
+            if outcome == "built" and (wheel is None or not wheel_sha256):
+                raise Rejected(400, "a built outcome needs a wheel and its sha256")
+            if outcome == "failed" and reason is None:
+                raise Rejected(400, "a failed outcome needs a reason")
+        except Rejected as exc:
+            raise HTTPException(exc.status, exc.message) from exc
+        project = job.release.project.name
+        log_path, log_size = storage.store_log(
+            project, job.id, job.attempts, log_file.file, limits.max_log_bytes
+        )
+        job.log_path, job.log_size = str(log_path), log_size
+        report = ResultReport(outcome, reason, summary, build_seconds)
+        rejection: Rejected | None = None
+        published: OutputFile | None = None
+        if outcome == "built" and wheel is not None and wheel_sha256:
+            try:
+                published = accept_wheel(
+                    db,
+                    storage,
+                    job,
+                    wheel.filename or "",
+                    wheel_sha256,
+                    wheel.file,
+                    limits.max_upload_bytes,
+                )
+            except Rejected as exc:
+                rejection = exc
+                report = ResultReport(
+                    "failed", FailureReason.UPLOAD_REJECTED, exc.message, build_seconds
+                )
+        finish_job(job, report)
+        db.commit()
+        log.info(
+            "job finished",
+            extra={
+                "job_id": job.id,
+                "state": job.state.value,
+                "reason": report.reason or "",
+                "builder": me.name,
+            },
+        )
+        if rejection is not None:
+            raise HTTPException(rejection.status, rejection.message)
+        return {
+            "job": job.id,
+            "state": job.state.value,
+            "file": published.filename if published else None,
+        }
+
+    @app.get("/api/v1/jobs/{job_id}")
+    def job_detail(job_id: int, db: DB) -> dict[str, Any]:
+        job = db.get(BuildJob, job_id)
+        if job is None:
+            raise HTTPException(404, "no such job")
+        return {
+            "job": job.id,
+            "project": job.release.project.name,
+            "version": job.release.version,
+            "arch": job.arch,
+            "python_tag": job.python_tag,
+            "policy": job.policy,
+            "state": job.state.value,
+            "attempts": job.attempts,
+            "reason": job.failure_reason.value if job.failure_reason else None,
+            "summary": job.summary,
+            "build_seconds": job.build_seconds,
+            "files": [
+                {
+                    "filename": o.filename,
+                    "sha256": o.sha256,
+                    "size": o.size,
+                    "platform_tag": o.platform_tag,
+                    "grafted": o.grafted,
+                }
+                for o in job.outputs
+            ],
+            "log": f"/logs/{job.id}" if job.log_path else None,
+        }
+
+    @app.get("/api/v1/status")
+    def api_status(db: DB) -> dict[str, Any]:
+        return status.collect(db)
+
+    @app.get("/logs/{job_id}")
+    def build_log(job_id: int, db: DB) -> Response:
+        job = db.get(BuildJob, job_id)
+        if job is None or not job.log_path:
+            raise HTTPException(404, "no log for this job")
+        return Response(storage.read_log(Path(job.log_path)), media_type="text/plain")
+
+    def _simple(content: str, media: str) -> Response:
+        return Response(content, media_type=media, headers={"Vary": "Accept"})
+
+    def _negotiate(request: Request) -> str:
+        try:
+            return index.negotiate(
+                request.headers.get("accept"), request.query_params.get("format")
+            )
+        except index.NotAcceptable as exc:
+            raise HTTPException(406, str(exc)) from exc
+
+    @app.get("/simple/")
+    def simple_root(request: Request, db: DB) -> Response:
+        media = _negotiate(request)
+        names = index.published_projects(db)
+        if media == index.JSON_TYPE:
+            return _simple(index.render_root_json(names), media)
+        return _simple(index.render_root_html(names), media)
+
+    @app.get("/simple/{name}/")
+    def simple_project(name: str, request: Request, db: DB) -> Response:
+        try:
+            normal = normalize_project(name)
+        except BadName as exc:
+            raise HTTPException(404, str(exc)) from exc
+        if normal != name:
+            return RedirectResponse(f"/simple/{normal}/", status_code=301)
+        media = _negotiate(request)
+        project = db.scalar(select(Project).where(Project.name == normal))
+        files = index.project_files(db, project) if project else []
+        if not files:
+            raise HTTPException(404, f"no files for {normal}")
+        if media == index.JSON_TYPE:
+            return _simple(index.render_project_json(normal, files), media)
+        return _simple(index.render_project_html(normal, files), media)
+
+    @app.get("/simple/{name}")
+    def simple_project_slash(name: str) -> RedirectResponse:
+        return RedirectResponse(f"/simple/{name}/", status_code=301)
+
+    @app.get("/files/{name}/{filename}")
+    def files(name: str, filename: str, db: DB) -> Response:
+        metadata = filename.endswith(".metadata")
+        wheel_name = filename.removesuffix(".metadata")
+        try:
+            parse_name(wheel_name)
+            normal = normalize_project(name)
+        except (BadWheel, BadName) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        output = db.scalar(
+            select(OutputFile).where(
+                OutputFile.filename == wheel_name, OutputFile.published.is_(True)
+            )
+        )
+        if output is None or output.release.project.name != normal:
+            raise HTTPException(404, "no such file")
+        if metadata:
+            return FileResponse(storage.metadata_path(normal, wheel_name), media_type="text/plain")
+        return FileResponse(
+            storage.wheel_path(normal, wheel_name),
+            media_type="application/octet-stream",
+            filename=wheel_name,
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    def home(db: DB) -> HTMLResponse:
+        return HTMLResponse(render_status_page(status.collect(db)))
+
+    return app
+
+
+def render_status_page(data: dict[str, Any]) -> str:
+    """A minimal server-rendered overview; the full dashboard comes later."""
+    rows = []
+    for arch in ARCHES:
+        counts = data["queues"].get(arch, {})
+        rows.append(
+            f"<tr><td>{arch}</td>"
+            + "".join(f"<td>{counts.get(s.value, 0)}</td>" for s in JobState)
+            + "</tr>"
+        )
+    builders = "".join(
+        f"<tr><td>{escape(b['name'])}</td><td>{b['arch']}</td><td>{b['state']}</td>"
+        f"<td>{b['current_job'] or ''}</td></tr>"
+        for b in data["builders"]
+    )
+    recent = "".join(
+        f"<tr><td><a href='/api/v1/jobs/{r['job']}'>{r['job']}</a></td>"
+        f"<td>{escape(r['project'])} {escape(r['version'])}</td><td>{r['arch']}</td>"
+        f"<td>{r['state']}</td><td>{escape(r['reason'] or '')}</td>"
+        f"<td>{escape((r['summary'] or '')[:120])}</td></tr>"
+        for r in data["recent"]
+    )
+    head = "".join(f"<th>{s.value}</th>" for s in JobState)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>armwheels</title>"
+        "<meta http-equiv='refresh' content='30'></head><body>"
+        f"<h1>armwheels</h1><p>{now} &middot; <a href='/simple/'>index</a></p>"
+        f"<h2>Queues</h2><table border=1><tr><th>arch</th>{head}</tr>{''.join(rows)}</table>"
+        "<h2>Builders</h2><table border=1><tr><th>name</th><th>arch</th><th>state</th>"
+        f"<th>job</th></tr>{builders}</table>"
+        "<h2>Recent outcomes</h2><table border=1><tr><th>job</th><th>release</th>"
+        f"<th>arch</th><th>state</th><th>reason</th><th>summary</th></tr>{recent}</table>"
+        "</body></html>"
+    )

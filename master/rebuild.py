@@ -1,0 +1,55 @@
+"""Maintainer rebuild requests: new high-priority jobs for a release, refused if one is active."""
+
+from __future__ import annotations
+
+from packaging.version import Version
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.config import Settings
+from common.models import BuildJob, Project, Release
+from common.names import BadName, normalize_project, parse_version
+from master.scheduler import PRIORITY_REBUILD, create_jobs
+
+
+class RebuildError(ValueError):
+    """The request names something the farm does not know."""
+
+
+def request_rebuild(
+    session: Session,
+    settings: Settings,
+    project_name: str,
+    version: str | None = None,
+    arch: str | None = None,
+    requested_by: str = "cli",
+) -> list[BuildJob]:
+    try:
+        name = normalize_project(project_name)
+        wanted = parse_version(version) if version else None
+    except BadName as exc:
+        raise RebuildError(str(exc)) from exc
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        raise RebuildError(f"unknown project: {name}")
+    releases = [r for r in project.releases if r.source_files]
+    if wanted is not None:
+        releases = [r for r in releases if Version(r.version) == wanted]
+    if not releases:
+        raise RebuildError(
+            f"{name} has no release {version or ''} with an sdist".replace("  ", " ")
+        )
+    release: Release = max(releases, key=lambda r: Version(r.version))
+    targets = settings.enabled_targets()
+    if arch is not None:
+        if arch not in targets:
+            raise RebuildError(f"arch {arch} is not an enabled target")
+        targets = {arch: targets[arch]}
+    return create_jobs(
+        session,
+        release,
+        release.source_files[0],
+        targets,
+        priority=PRIORITY_REBUILD,
+        requested_by=requested_by,
+    )

@@ -1,0 +1,66 @@
+"""The farm at a glance, from the database (the broker cannot be inspected reliably)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common.models import Builder, BuildJob, Project, Release
+from common.states import JobState
+
+BUILDER_OFFLINE_AFTER = timedelta(minutes=5)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def collect(session: Session, recent: int = 20) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    queues: dict[str, dict[str, int]] = {}
+    for arch, state, count in session.execute(
+        select(BuildJob.arch, BuildJob.state, func.count()).group_by(BuildJob.arch, BuildJob.state)
+    ):
+        queues.setdefault(arch, {s.value: 0 for s in JobState})[state.value] = count
+    builders = []
+    for builder in session.scalars(select(Builder).order_by(Builder.name)):
+        seen = _aware(builder.last_seen_at)
+        online = now - seen < BUILDER_OFFLINE_AFTER
+        builders.append(
+            {
+                "name": builder.name,
+                "arch": builder.arch,
+                "backend": builder.backend,
+                "python_tags": builder.python_tags,
+                "state": ("busy" if builder.current_job_id else "idle") if online else "offline",
+                "current_job": builder.current_job_id,
+                "last_seen": seen.isoformat(),
+            }
+        )
+    rows = session.execute(
+        select(BuildJob, Release.version, Project.name)
+        .join(Release, BuildJob.release_id == Release.id)
+        .join(Project, Release.project_id == Project.id)
+        .where(BuildJob.finished_at.is_not(None))
+        .order_by(BuildJob.finished_at.desc(), BuildJob.id.desc())
+        .limit(recent)
+    ).all()
+    outcomes = [
+        {
+            "job": job.id,
+            "project": name,
+            "version": version,
+            "arch": job.arch,
+            "python_tag": job.python_tag,
+            "state": job.state.value,
+            "reason": job.failure_reason.value if job.failure_reason else None,
+            "summary": job.summary,
+            "seconds": job.build_seconds,
+            "finished": _aware(job.finished_at).isoformat() if job.finished_at else None,
+        }
+        for job, version, name in rows
+    ]
+    return {"queues": queues, "builders": builders, "recent": outcomes}

@@ -1,0 +1,153 @@
+"""Checks a builder's result against its job before anything is published.
+
+The master trusts nothing a builder says about a wheel: it parses the name with
+`packaging`, hashes the bytes itself and opens the zip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from packaging.version import Version
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.models import Builder, BuildJob, OutputFile
+from common.states import FailureReason, JobState
+from common.wheels import BadWheel, WheelContents, WheelName, parse_name, read_contents
+from master.storage import Storage, TooLarge
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """An upload refused with an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def check_job_owner(job: BuildJob | None, builder: Builder) -> BuildJob:
+    if job is None:
+        raise Rejected(404, "no such job")
+    if job.builder_id != builder.id:
+        raise Rejected(403, f"job {job.id} is not assigned to builder {builder.name}")
+    if job.state != JobState.BUILDING:
+        raise Rejected(409, f"job {job.id} is {job.state.value}, not building")
+    return job
+
+
+def check_wheel_name(job: BuildJob, filename: str) -> WheelName:
+    try:
+        wheel = parse_name(filename)
+    except BadWheel as exc:
+        raise Rejected(400, str(exc)) from exc
+    release = job.release
+    if wheel.name != release.project.name:
+        raise Rejected(400, f"wheel is for project {wheel.name}, job is for {release.project.name}")
+    if wheel.version != Version(release.version):
+        raise Rejected(400, f"wheel is version {wheel.version}, job is for {release.version}")
+    if any(not platform.endswith("_" + job.arch) for platform in wheel.platforms):
+        raise Rejected(400, f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}")
+    if wheel.interpreters != {job.python_tag}:
+        raise Rejected(400, f"wheel is for {sorted(wheel.interpreters)}, job is {job.python_tag}")
+    if filename in release.upstream_files:
+        raise Rejected(409, f"{filename} exists upstream; publishing it would shadow PyPI")
+    return wheel
+
+
+def check_hash(declared: str, actual: str) -> None:
+    if declared.lower() != actual:
+        raise Rejected(400, f"sha256 mismatch: declared {declared[:16]}, received {actual[:16]}")
+
+
+def check_contents(path: Path) -> WheelContents:
+    try:
+        return read_contents(path)
+    except BadWheel as exc:
+        raise Rejected(400, f"not a valid wheel: {exc}") from exc
+
+
+@dataclass
+class ResultReport:
+    outcome: str
+    reason: FailureReason | None
+    summary: str
+    build_seconds: float | None
+
+
+def accept_wheel(
+    session: Session,
+    storage: Storage,
+    job: BuildJob,
+    filename: str,
+    declared_sha256: str,
+    source: BinaryIO,
+    limit: int,
+) -> OutputFile:
+    """Validate an uploaded wheel and move it into the file tree; raises Rejected."""
+    wheel = check_wheel_name(job, filename)
+    if session.scalar(select(OutputFile.id).where(OutputFile.filename == filename)) is not None:
+        raise Rejected(409, f"{filename} is already published")
+    try:
+        spooled, sha256, size = storage.spool(source, limit)
+    except TooLarge as exc:
+        raise Rejected(413, f"wheel is {exc}") from exc
+    try:
+        check_hash(declared_sha256, sha256)
+        contents = check_contents(spooled)
+        project = job.release.project.name
+        metadata_sha256 = _sha256(contents.metadata)
+        storage.write_bytes(storage.metadata_path(project, filename), contents.metadata)
+        storage.publish(spooled, storage.wheel_path(project, filename))
+    finally:
+        spooled.unlink(missing_ok=True)
+    tag = next(iter(sorted(wheel.tags, key=str)))
+    output = OutputFile(
+        job=job,
+        release=job.release,
+        filename=filename,
+        sha256=sha256,
+        size=size,
+        python_tag=".".join(sorted(wheel.interpreters)),
+        abi_tag=".".join(sorted(wheel.abis)),
+        platform_tag=".".join(sorted(wheel.platforms)),
+        requires_python=contents.requires_python,
+        metadata_sha256=metadata_sha256,
+        grafted=contents.grafted_libraries,
+        published=True,
+    )
+    session.add(output)
+    log.info(
+        "wheel published",
+        extra={
+            "job_id": job.id,
+            "file": filename,
+            "sha256": sha256,
+            "size": size,
+            "tag": str(tag),
+            "grafted": ",".join(contents.grafted_libraries),
+        },
+    )
+    return output
+
+
+def finish_job(job: BuildJob, report: ResultReport) -> None:
+    job.state = JobState.BUILT if report.outcome == "built" else JobState.FAILED
+    job.failure_reason = None if report.outcome == "built" else report.reason
+    job.summary = report.summary[:2000]
+    job.finished_at = datetime.now(UTC)
+    job.build_seconds = report.build_seconds
+    if job.builder is not None and job.builder.current_job_id == job.id:
+        job.builder.current_job_id = None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

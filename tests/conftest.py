@@ -1,0 +1,86 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases migrated with Alembic."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.config import Settings, load_settings
+from common.db import make_engine, make_sessionmaker, upgrade
+
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _postgres_database() -> Iterator[str]:
+    name = f"armwheels_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        admin.dispose()
+        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'armwheels.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        None,
+        database={"url": database_url},
+        master={"data_dir": tmp_path / "data"},
+        builder={"work_dir": tmp_path / "work"},
+    )
+
+
+@pytest.fixture
+def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.database.url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def make_wheel(
+    filename: str,
+    *,
+    requires_python: str | None = ">=3.8",
+    modules: tuple[str, ...] = ("demo",),
+    extra: dict[str, bytes] | None = None,
+) -> bytes:
+    """A structurally valid wheel (the files a real one has), for upload tests."""
+    name, version = filename.split("-")[:2]
+    dist_info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    if requires_python:
+        metadata += f"Requires-Python: {requires_python}\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for module in modules:
+            archive.writestr(f"{module}/__init__.py", "")
+        archive.writestr(f"{dist_info}/METADATA", metadata)
+        archive.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
+        archive.writestr(f"{dist_info}/RECORD", "")
+        for path, data in (extra or {}).items():
+            archive.writestr(path, data)
+    return buffer.getvalue()

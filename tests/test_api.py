@@ -1,0 +1,265 @@
+"""The master's builder API against a real database: claims, uploads and each rejection."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.config import Settings
+from common.db import transaction
+from common.models import BuildJob, OutputFile
+from common.states import FailureReason, JobState, TokenRole
+from master.app import create_app
+from master.auth import create_token
+from tests.conftest import make_wheel
+from tests.seed import add_release
+
+GOOD = "demo-1.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+
+
+@dataclass
+class Farm:
+    client: TestClient
+    factory: sessionmaker[Session]
+    settings: Settings
+    job_id: int
+    token: str
+    other_token: str
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def upload(
+        self,
+        filename: str = GOOD,
+        body: bytes | None = None,
+        sha256: str | None = None,
+        token: str | None = None,
+        job_id: int | None = None,
+        **form: str,
+    ) -> Any:
+        body = make_wheel(filename) if body is None else body
+        data = {
+            "outcome": "built",
+            "summary": "ok",
+            "wheel_sha256": sha256 or hashlib.sha256(body).hexdigest(),
+            **form,
+        }
+        return self.client.post(
+            f"/api/v1/jobs/{job_id or self.job_id}/result",
+            headers=self.auth(token),
+            data=data,
+            files={"log": ("build.log", b"compiling...\n"), "wheel": (filename, body)},
+        )
+
+    def job(self) -> BuildJob:
+        with self.factory() as session:
+            job = session.get(BuildJob, self.job_id)
+            assert job is not None
+            return job
+
+
+@pytest.fixture
+def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
+    with transaction(factory) as session:
+        _, _, [job] = add_release(
+            session,
+            settings,
+            upstream_files=[
+                "demo-1.0.tar.gz",
+                "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                "demo-1.0-cp311-cp311-manylinux2014_aarch64.whl",
+            ],
+        )
+        token = create_token(session, "b1", TokenRole.BUILDER)
+        other = create_token(session, "b2", TokenRole.BUILDER)
+        job_id = job.id
+    with TestClient(create_app(settings, factory)) as client:
+        farm = Farm(client, factory, settings, job_id, token, other)
+        for secret in (token, other):
+            answer = client.post(
+                "/api/v1/builders/register",
+                headers=farm.auth(secret),
+                json={"arch": "aarch64", "backend": "docker", "python_tags": ["cp311"]},
+            )
+            assert answer.status_code == 200, answer.text
+        claimed = client.post(f"/api/v1/jobs/{job_id}/claim", headers=farm.auth())
+        assert claimed.status_code == 200, claimed.text
+        assert claimed.json()["sdist_filename"] == "demo-1.0.tar.gz"
+        yield farm
+
+
+def test_good_upload_is_published(farm: Farm) -> None:
+    body = make_wheel(GOOD, extra={"demo.libs/libffi-abc.so.8": b"\x7fELF"})
+    answer = farm.upload(body=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"job": farm.job_id, "state": "built", "file": GOOD}
+    with farm.factory() as session:
+        output = session.scalar(select(OutputFile))
+        assert output is not None
+        assert output.sha256 == hashlib.sha256(body).hexdigest()
+        assert output.grafted == ["libffi-abc.so.8"]
+        assert output.requires_python == ">=3.8"
+    assert farm.job().state == JobState.BUILT
+    wheel = farm.client.get(f"/files/demo/{GOOD}")
+    assert wheel.content == body
+    assert farm.client.get(f"/files/demo/{GOOD}.metadata").text.startswith("Metadata-Version")
+    assert "compiling" in farm.client.get(f"/logs/{farm.job_id}").text
+    # The same result again is refused: the job is finished.
+    assert farm.upload(body=body).status_code == 409
+
+
+def test_failed_outcome_keeps_log(farm: Farm) -> None:
+    answer = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/result",
+        headers=farm.auth(),
+        data={"outcome": "failed", "reason": "compile-error", "summary": "missing header ffi.h"},
+        files={"log": ("build.log", b"fatal error: ffi.h: No such file or directory\n")},
+    )
+    assert answer.status_code == 200, answer.text
+    job = farm.job()
+    assert job.state == JobState.FAILED and job.failure_reason == FailureReason.COMPILE_ERROR
+    assert "ffi.h" in farm.client.get(f"/logs/{farm.job_id}").text
+
+
+def _rejected(answer: Any, status: int, text: str) -> None:
+    assert answer.status_code == status, answer.text
+    assert text in answer.json()["error"]
+
+
+def test_bad_token(farm: Farm) -> None:
+    _rejected(farm.upload(token="aw_" + "x" * 40), 401, "invalid or revoked token")
+    _rejected(farm.upload(token="garbage"), 401, "malformed")
+    answer = farm.client.post(f"/api/v1/jobs/{farm.job_id}/result", data={"outcome": "built"})
+    _rejected(answer, 401, "missing Authorization")
+    assert farm.job().state == JobState.BUILDING
+
+
+def test_wrong_job(farm: Farm) -> None:
+    _rejected(farm.upload(token=farm.other_token), 403, "not assigned to builder b2")
+    _rejected(farm.upload(job_id=999999), 404, "no such job")
+    assert farm.job().state == JobState.BUILDING
+
+
+@pytest.mark.parametrize(
+    ("filename", "status", "message"),
+    [
+        ("other-1.0-cp311-cp311-manylinux2014_aarch64.whl", 400, "project other"),
+        ("demo-2.0-cp311-cp311-manylinux2014_aarch64.whl", 400, "version 2.0"),
+        ("demo-1.0-cp311-cp311-manylinux2014_armv7l.whl", 400, "not for aarch64"),
+        ("demo-1.0-py3-none-any.whl", 400, "not for aarch64"),
+        ("demo-1.0-cp310-cp310-manylinux2014_aarch64.whl", 400, "job is cp311"),
+        ("demo-1.0-cp311-cp311-manylinux2014_aarch64.whl", 409, "exists upstream"),
+        ("not-a-wheel.zip", 400, "not a valid wheel filename"),
+    ],
+)
+def test_wrong_wheel_name(farm: Farm, filename: str, status: int, message: str) -> None:
+    _rejected(farm.upload(filename=filename, body=make_wheel(GOOD)), status, message)
+    job = farm.job()
+    assert job.state == JobState.FAILED and job.failure_reason == FailureReason.UPLOAD_REJECTED
+    assert message in (job.summary or "")
+    with farm.factory() as session:
+        assert session.scalar(select(OutputFile)) is None
+
+
+def test_path_in_filename(farm: Farm) -> None:
+    # Multipart filenames are reduced by some clients; send the raw header to be sure.
+    body = make_wheel(GOOD)
+    boundary = "b0undary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="outcome"\r\n\r\nbuilt\r\n',
+        f'--{boundary}\r\nContent-Disposition: form-data; name="wheel_sha256"\r\n\r\n'
+        f"{hashlib.sha256(body).hexdigest()}\r\n",
+        f'--{boundary}\r\nContent-Disposition: form-data; name="log"; filename="l"\r\n\r\nx\r\n',
+        f'--{boundary}\r\nContent-Disposition: form-data; name="wheel"; '
+        f'filename="../../{GOOD}"\r\nContent-Type: application/octet-stream\r\n\r\n',
+    ]
+    payload = "".join(parts).encode() + body + f"\r\n--{boundary}--\r\n".encode()
+    answer = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/result",
+        content=payload,
+        headers={**farm.auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    _rejected(answer, 400, "plain file name")
+    assert not list(farm.settings.master.data_dir.glob("**/*.whl"))
+
+
+def test_bad_hash(farm: Farm) -> None:
+    _rejected(farm.upload(sha256="ab" * 32), 400, "sha256 mismatch")
+
+
+def test_not_a_zip(farm: Farm) -> None:
+    _rejected(farm.upload(body=b"this is not a zip file at all"), 400, "not a zip")
+
+
+def test_zip_without_dist_info(farm: Farm) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("demo/__init__.py", "")
+    _rejected(farm.upload(body=buffer.getvalue()), 400, "dist-info")
+
+
+def test_oversize(farm: Farm) -> None:
+    farm.settings.master.max_upload_bytes = 100
+    with TestClient(create_app(farm.settings, farm.factory)) as small:
+        farm.client = small
+        _rejected(farm.upload(), 413, "larger than 100 bytes")
+    assert not list(farm.settings.master.data_dir.glob("files/**/*.whl"))
+
+
+def test_malformed_form(farm: Farm) -> None:
+    answer = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/result",
+        headers=farm.auth(),
+        data={"outcome": "exploded"},
+        files={"log": ("l", b"")},
+    )
+    _rejected(answer, 422, "outcome")
+    answer = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/result",
+        headers=farm.auth(),
+        data={"outcome": "failed"},
+        files={"log": ("l", b"")},
+    )
+    _rejected(answer, 400, "needs a reason")
+    answer = farm.client.post("/api/v1/jobs/notanumber/claim", headers=farm.auth())
+    assert answer.status_code == 422 and "error" in answer.json()
+
+
+def test_claim_rules(farm: Farm) -> None:
+    _rejected(
+        farm.client.post(f"/api/v1/jobs/{farm.job_id}/claim", headers=farm.auth()), 409, "building"
+    )
+    armv7 = farm.client.post(
+        "/api/v1/builders/register",
+        headers=farm.auth(farm.other_token),
+        json={"arch": "armv7l", "backend": "docker"},
+    )
+    assert armv7.status_code == 200
+    bad = farm.client.post(
+        "/api/v1/builders/register",
+        headers=farm.auth(),
+        json={"arch": "x86_64", "backend": "docker"},
+    )
+    assert bad.status_code == 422
+
+
+def test_restarted_builder_hands_back_its_job(farm: Farm) -> None:
+    answer = farm.client.post(
+        "/api/v1/builders/register",
+        headers=farm.auth(),
+        json={"arch": "aarch64", "backend": "docker"},
+    )
+    assert answer.status_code == 200
+    job = farm.job()
+    assert job.state == JobState.PENDING and job.builder_id is None

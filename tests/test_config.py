@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import ConfigError, load_settings
+
+
+def test_defaults_are_embedded(tmp_path: Path) -> None:
+    settings = load_settings(None, master={"data_dir": tmp_path})
+    assert settings.database.url == f"sqlite:///{tmp_path / 'armwheels.db'}"
+    assert settings.broker.url == f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    assert settings.builder.master_url == "http://127.0.0.1:8980"
+    assert list(settings.enabled_targets()) == ["aarch64"]
+
+
+def test_toml_and_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        '[upstream]\nprojects = ["MsgPack", "Foo_Bar"]\npoll_interval = 60\n'
+        '[master]\nport = 9000\npublic_url = "https://wheels.example.org/"\n'
+    )
+    monkeypatch.setenv("ARMWHEELS_UPSTREAM__POLL_INTERVAL", "5")
+    settings = load_settings(config)
+    assert settings.upstream.projects == ["foo-bar", "msgpack"]
+    assert settings.upstream.poll_interval == 5
+    assert settings.master.port == 9000
+    assert settings.master.public_url == "https://wheels.example.org"
+    assert settings.builder.master_url == "https://wheels.example.org"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[master]\nport = 0\n", "master.port"),
+        ("[master]\nprot = 80\n", "master.prot: unknown setting"),
+        ("[upstream]\nindex_url = 'ftp://x'\n", "upstream.index_url"),
+        ("[upstream]\nprojects = ['ok', 'bad name!']\n", "invalid project name"),
+        ("[targets.x86_64]\nimage = 'i'\npolicy = 'manylinux2014_x86_64'\n", "unknown arch"),
+        ("[targets.aarch64]\nimage = 'i'\npolicy = 'manylinux2014_armv7l'\n", "is not for"),
+        (
+            "[targets.aarch64]\nimage='i'\npolicy='manylinux2014_aarch64'\npython_tags=['x']\n",
+            "invalid python tag",
+        ),
+        ("[builder]\nca_bundle = '/nonexistent/ca.pem'\n", "file not found"),
+        ("[master\nport = 1\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_give_one_line(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "farm.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARMWHEELS_BUILDER__BUILD_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match=r"\(environment\): builder.build_timeout"):
+        load_settings(None)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(Path("/nonexistent/armwheels.toml"))
