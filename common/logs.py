@@ -37,5 +37,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "urllib3", "docker", "uvicorn.access"):
+    for noisy in ("httpx", "httpcore", "urllib3", "docker", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

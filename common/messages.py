@@ -22,6 +22,13 @@ def queue_name(arch: str) -> str:
 def make_celery(settings: Settings) -> Celery:
     app = Celery("armwheels", broker=settings.broker.url, set_as_current=False)
     hard_limit = settings.builder.build_timeout + 600
+    transport_options: dict[str, int] = {}
+    if not settings.broker.url.startswith(("sqla+", "sqlalchemy+")):
+        # Redis redelivers an unacknowledged message after this; kombu's SQLAlchemy
+        # transport has no such timeout and hands unknown options to create_engine().
+        transport_options["visibility_timeout"] = max(
+            settings.broker.visibility_timeout, hard_limit + 600
+        )
     app.conf.update(
         task_queues=[Queue(queue_name(arch)) for arch in ARCHES],
         task_default_queue=queue_name(ARCHES[0]),
@@ -33,9 +40,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=hard_limit,
         task_soft_time_limit=hard_limit - 60,
-        broker_transport_options={
-            "visibility_timeout": max(settings.broker.visibility_timeout, hard_limit + 600),
-        },
+        broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         result_backend=None,

@@ -51,7 +51,6 @@ def _pick_sdist(files: list[UpstreamFile]) -> UpstreamFile | None:
 def apply_page(session: Session, page: ProjectPage, settings: Settings) -> PollOutcome:
     outcome = PollOutcome(page.name)
     project = get_or_create_project(session, page.name)
-    first_sight = project.polled_at is None
     project.polled_at = datetime.now(UTC)
     if page.not_modified or page.missing:
         outcome.unchanged = True
@@ -63,6 +62,8 @@ def apply_page(session: Session, page: ProjectPage, settings: Settings) -> PollO
         r.version: r
         for r in session.scalars(select(Release).where(Release.project_id == project.id))
     }
+    # First seen means first seen with files: an earlier 404 or empty page does not count.
+    first_sight = not releases
     new_sources: list[tuple[Release, SourceFile]] = []
     for version, files in by_version.items():
         sdist = _pick_sdist(files)
@@ -82,10 +83,10 @@ def apply_page(session: Session, page: ProjectPage, settings: Settings) -> PollO
         release.yanked = bool(files) and len(yanked) == len(files)
         reasons = [f.yanked for f in yanked if isinstance(f.yanked, str)]
         release.yanked_reason = reasons[0] if release.yanked and reasons else None
-        if sdist is None:
-            continue
         if any(f.is_sdist and not f.sha256 for f in files):
             log.warning("sdist without sha256 ignored", extra={"project": project.name})
+        if sdist is None:
+            continue
         known = session.scalar(select(SourceFile.id).where(SourceFile.filename == sdist.filename))
         if known is not None:
             continue

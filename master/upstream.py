@@ -25,6 +25,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.wait import wait_base
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,14 @@ def parse_json_page(project: str, page_url: str, body: Any) -> list[UpstreamFile
     for entry in body["files"]:
         try:
             filename = entry["filename"]
-            url = urljoin(page_url, entry["url"])
+            href = entry["url"]
             hashes = entry.get("hashes") or {}
             if not isinstance(filename, str) or not isinstance(hashes, dict):
                 raise TypeError("bad entry")
-        except (KeyError, TypeError):
+            if not isinstance(href, str) or not href:
+                raise TypeError("bad entry")
+            url = urljoin(page_url, href)
+        except (KeyError, TypeError, ValueError):
             log.warning("malformed file entry skipped", extra={"project": project})
             continue
         kind = _classify(project, filename)
@@ -164,7 +168,11 @@ def parse_html_page(project: str, page_url: str, body: str) -> list[UpstreamFile
         href = attrs.get("href")
         if not href:
             continue
-        url, fragment = urldefrag(urljoin(page_url, href))
+        try:
+            url, fragment = urldefrag(urljoin(page_url, href))
+        except ValueError:
+            log.warning("malformed link skipped", extra={"project": project})
+            continue
         filename = text or url.rsplit("/", 1)[-1]
         kind = _classify(project, filename)
         if kind is None:
@@ -190,9 +198,13 @@ def parse_html_page(project: str, page_url: str, body: str) -> list[UpstreamFile
 class SimpleClient:
     """A polite client of one upstream Simple index."""
 
-    def __init__(self, index_url: str, timeout: float, attempts: int = 5) -> None:
+    def __init__(
+        self, index_url: str, timeout: float, attempts: int = 5, wait: wait_base | None = None
+    ) -> None:
         self.index_url = index_url
         self.attempts = attempts
+        # Between attempts on a transient error (tests pass tenacity's wait_none()).
+        self.wait = wait if wait is not None else wait_exponential_jitter(initial=1, max=60)
         self.http = httpx.Client(
             timeout=timeout,
             follow_redirects=True,
@@ -205,7 +217,7 @@ class SimpleClient:
     def project_page(self, project: str, etag: str | None = None) -> ProjectPage:
         fetch = retry(
             retry=retry_if_exception_type(TransientUpstreamError),
-            wait=wait_exponential_jitter(initial=1, max=60),
+            wait=self.wait,
             stop=stop_after_attempt(self.attempts),
             reraise=True,
         )(self._fetch)
@@ -223,7 +235,11 @@ class SimpleClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientUpstreamError(f"{project}: HTTP {response.status_code}")
         serial_header = response.headers.get("X-PyPI-Last-Serial")
-        serial = int(serial_header) if serial_header and serial_header.isdigit() else None
+        serial = (
+            int(serial_header)
+            if serial_header and serial_header.isascii() and serial_header.isdigit()
+            else None
+        )
         page = ProjectPage(project, response.headers.get("ETag"), serial)
         if response.status_code == 304:
             page.not_modified = True

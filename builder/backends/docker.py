@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-import docker
 from builder.backends import BuildOutcome, note
 from builder.classify import classify
 from builder.client import JobSpec

@@ -1,0 +1,196 @@
+"""The `armwheels` console script, run as a real process on a temporary SQLite farm.
+
+Malformed input is answered with exit code 2 and one line on stderr saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from common.config import load_settings
+from common.db import make_engine, make_sessionmaker, transaction
+from tests.seed import add_release
+
+SCRIPT = Path(sys.executable).with_name("armwheels")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "armwheels"]
+
+
+@dataclass
+class Farm:
+    root: Path
+    data: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*COMMAND, *args],
+            cwd=self.root,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def upgraded(self) -> Farm:
+        assert "database at head" in self.ok("db", "upgrade")
+        return self
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Farm:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ARMWHEELS_")}
+    data = tmp_path / "data"
+    env["ARMWHEELS_MASTER__DATA_DIR"] = str(data)
+    return Farm(tmp_path, data, env)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    [line] = lines
+    assert line.startswith("armwheels"), line
+    assert "error: " in line, line
+    for fragment in fragments:
+        assert fragment in line
+    assert result.stdout == ""
+    return line
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["frob"], ["invalid choice: 'frob'"]),
+        ([], ["required", "command"]),
+        (["builder"], ["armwheels builder:", "required", "--arch"]),
+        (["builder", "--arch", "x86_64"], ["--arch", "invalid choice: 'x86_64'"]),
+        (["builder", "--arch", "aarch64", "--backend", "podman"], ["invalid choice: 'podman'"]),
+        (["rebuild"], ["required", "project"]),
+        (["rebuild", "demo", "--arch", "sparc"], ["invalid choice: 'sparc'"]),
+        (["status", "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["db"], ["armwheels db:", "required"]),
+        (["db", "downgrade"], ["invalid choice: 'downgrade'"]),
+        (["token", "create", "b1"], ["required", "--role"]),
+        (["token", "create", "b1", "--role", "root"], ["invalid choice: 'root'"]),
+        (["token", "create", "a b", "--role", "builder"], ["invalid name: 'a b'"]),
+        (["token", "create", "", "--role", "builder"], ["invalid name: ''"]),
+        (["token", "create", "x" * 101, "--role", "builder"], ["invalid name"]),
+        (["token", "revoke", "b/1"], ["invalid name: 'b/1'"]),
+        (["image", "build"], ["required", "--arch"]),
+    ],
+)
+def test_bad_arguments(farm: Farm, args: list[str], fragments: list[str]) -> None:
+    assert_usage_error(farm.run(*args), *fragments)
+    # Nothing was touched on the way to the error.
+    assert not farm.data.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config", "bad.toml", "status"],
+        ["status", "--config", "bad.toml"],
+        ["--config", "bad.toml", "token", "create", "b1", "--role", "builder"],
+        ["token", "--config", "bad.toml", "revoke", "b1"],
+    ],
+)
+def test_config_file_that_is_not_toml(farm: Farm, args: list[str]) -> None:
+    # --config is honoured wherever it stands on the command line.
+    (farm.root / "bad.toml").write_text("[master\nport = \n")
+    assert_usage_error(farm.run(*args), "bad.toml: not valid TOML")
+
+
+def test_config_errors(farm: Farm) -> None:
+    assert_usage_error(farm.run("--config", "absent.toml", "status"), "config file not found")
+    assert_usage_error(
+        farm.run("status", ARMWHEELS_MASTER__PORT="0"),
+        "invalid configuration (environment): master.port",
+        "greater than or equal to 1",
+    )
+    assert_usage_error(
+        farm.run("db", "upgrade", ARMWHEELS_UPSTREAM__INDEX_URL="ftp://example.invalid/"),
+        "upstream.index_url",
+    )
+    (farm.root / "typo.toml").write_text("[master]\nprot = 8080\n")
+    assert_usage_error(farm.run("--config", "typo.toml", "status"), "master.prot: unknown setting")
+    (farm.root / "bad.toml").write_text("port = = 1\n")
+    assert_usage_error(farm.run("status", ARMWHEELS_CONFIG="bad.toml"), "not valid TOML")
+    assert not farm.data.exists()
+
+
+def test_commands_refuse_a_database_without_schema(farm: Farm) -> None:
+    for args in (["status"], ["rebuild", "demo"], ["token", "revoke", "b1"]):
+        assert_usage_error(farm.run(*args), "run `armwheels db upgrade`")
+
+
+def test_upgrade_then_status_json(farm: Farm) -> None:
+    farm.upgraded()
+    assert (farm.data / "armwheels.db").is_file()
+    # Upgrading a current database is a no-op.
+    farm.upgraded()
+    data = json.loads(farm.ok("status", "--json"))
+    assert {"queues", "builders", "recent"} <= set(data)
+    assert data["queues"] == {} and data["builders"] == [] and data["recent"] == []
+
+
+def test_config_file_before_the_subcommand_is_used(farm: Farm) -> None:
+    elsewhere = farm.root / "elsewhere"
+    (farm.root / "farm.toml").write_text(f'[master]\ndata_dir = "{elsewhere.as_posix()}"\n')
+    env = {k: v for k, v in farm.env.items() if k != "ARMWHEELS_MASTER__DATA_DIR"}
+    result = subprocess.run(
+        [*COMMAND, "--config", "farm.toml", "db", "upgrade"],
+        cwd=farm.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (elsewhere / "armwheels.db").is_file()
+
+
+def test_tokens(farm: Farm) -> None:
+    farm.upgraded()
+    secret = farm.ok("token", "create", "b1", "--role", "builder")
+    assert len(secret.splitlines()) == 1 and secret.startswith("aw_")
+    assert_usage_error(
+        farm.run("token", "create", "b1", "--role", "operator"), "a token named 'b1' exists"
+    )
+    assert farm.ok("token", "create", "m.1_x-y", "--role", "maintainer").startswith("aw_")
+    assert_usage_error(farm.run("token", "revoke", "ghost"), "no active token named 'ghost'")
+    assert farm.ok("token", "revoke", "b1").strip() == "revoked b1"
+    assert_usage_error(farm.run("token", "revoke", "b1"), "no active token named 'b1'")
+
+
+def test_rebuild(farm: Farm) -> None:
+    farm.upgraded()
+    assert_usage_error(farm.run("rebuild", "nope"), "unknown project: nope")
+    assert_usage_error(farm.run("rebuild", "!!"), "invalid project name")
+    settings = load_settings(None, master={"data_dir": farm.data})
+    engine = make_engine(settings.database.url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            add_release(session, settings, "demo", "1.0")
+    finally:
+        engine.dispose()
+    assert_usage_error(farm.run("rebuild", "demo", "9.9"), "demo has no release 9.9")
+    assert_usage_error(
+        farm.run("rebuild", "demo", "--arch", "armv7l"), "arch armv7l is not an enabled target"
+    )
+    assert farm.ok("rebuild", "Demo", "1.0").startswith("nothing to do")
+    data = json.loads(farm.ok("status", "--json"))
+    assert data["queues"]["aarch64"]["pending"] == 1

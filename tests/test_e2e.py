@@ -1,0 +1,249 @@
+"""The whole loop, real at every step: upstream index -> master -> QEMU builder -> our index -> pip.
+
+Needs a Docker engine with binfmt/QEMU and the local arm64 build image
+(`armwheels image build --arch aarch64`); scripts/test prepares both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+import redis
+from sqlalchemy import select
+
+from common.config import Settings, load_settings
+from common.db import make_engine, make_sessionmaker
+from common.models import BuildJob, OutputFile
+from common.states import JobState
+from tests.conftest import _postgres_database
+from tests.servers import (
+    ROOT,
+    clean_pip_env,
+    free_port,
+    pypi_sdist,
+    pypiserver,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+IMAGE = "armwheels/build-aarch64:bookworm"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CLI = [sys.executable, "-m", "armwheels.cli"]
+
+
+def _farm_config(tmp_path: Path, index_url: str, port: int) -> Path:
+    config = tmp_path / "farm.toml"
+    ca = f'ca_bundle = "{CA_BUNDLE}"\n' if CA_BUNDLE.exists() else ""
+    config.write_text(
+        f'[upstream]\nindex_url = "{index_url}"\nprojects = ["msgpack"]\npoll_interval = 2\n'
+        f'[master]\nport = {port}\ndata_dir = "{tmp_path / "data"}"\ndispatch_interval = 1\n'
+        f'[targets.aarch64]\nimage = "{IMAGE}"\npython_tags = ["cp311"]\n'
+        f'policy = "manylinux2014_aarch64"\n'
+        f'[builder]\nwork_dir = "{tmp_path / "work"}"\nbuild_timeout = 1800\n{ca}'
+    )
+    return config
+
+
+def _finished_jobs(database_url: str) -> list[BuildJob]:
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return list(
+                session.scalars(
+                    select(BuildJob).where(BuildJob.state.in_([JobState.BUILT, JobState.FAILED]))
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def _master_answers(url: str) -> bool:
+    try:
+        answer = httpx.get(f"{url}/api/v1/status", timeout=5)
+        return answer.status_code == 200 and "queues" in answer.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def _import_in_arm64_container(wheel: Path) -> str:
+    client = docker.from_env()
+    script = (
+        "python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --no-index /w/" + wheel.name + " && "
+        "/tmp/v/bin/python -c 'import msgpack, platform; "
+        'assert msgpack.unpackb(msgpack.packb({"a": [1, 2]})) == {"a": [1, 2]}; '
+        "from msgpack import _cmsgpack; print(platform.machine(), _cmsgpack.__file__)'"
+    )
+    output = client.containers.run(
+        IMAGE,
+        ["/bin/sh", "-c", script],
+        network_mode="none",
+        volumes={str(wheel.parent): {"bind": "/w", "mode": "ro"}},
+        remove=True,
+    )
+    return bytes(output).decode()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[str]:
+    """A real pypiserver holding msgpack's real sdist (downloaded once, cached)."""
+    packages = tmp_path / "upstream"
+    packages.mkdir()
+    shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
+    with pypiserver(packages) as index_url:
+        yield index_url
+
+
+def _check_published_wheel(settings: Settings, farm_url: str, tmp_path: Path) -> None:
+    """The built wheel is in our index, pip fetches it, its hash matches, it imports on ARM."""
+    wait_until(lambda: _master_answers(farm_url), 600, "the master to start")
+    wait_until(
+        lambda: bool(_finished_jobs(settings.database.url)),
+        1500,
+        "the msgpack build to finish",
+        step=5,
+    )
+    [job] = _finished_jobs(settings.database.url)
+    assert job.state == JobState.BUILT, (job.failure_reason, job.summary)
+    engine = make_engine(settings.database.url)
+    with make_sessionmaker(engine)() as session:
+        output = session.scalars(select(OutputFile)).one()
+    engine.dispose()
+    assert "manylinux2014_aarch64" in output.platform_tag.split(".")
+    downloads = tmp_path / "downloads"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--only-binary=:all:",
+            "--no-deps",
+            "--platform",
+            "manylinux2014_aarch64",
+            "--python-version",
+            "3.11",
+            "--index-url",
+            f"{farm_url}/simple/",
+            "--dest",
+            str(downloads),
+            "msgpack",
+        ],
+        check=True,
+        env=clean_pip_env(),
+    )
+    [wheel] = list(downloads.glob("*.whl"))
+    assert wheel.name == output.filename
+    assert "manylinux2014_aarch64" in wheel.name
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == output.sha256
+    machine, module = _import_in_arm64_container(wheel).split()
+    assert machine == "aarch64" and module.endswith(".so")
+    status = httpx.get(f"{farm_url}/api/v1/status").json()
+    assert status["queues"]["aarch64"]["built"] == 1
+    assert "auditwheel repair" in httpx.get(f"{farm_url}/logs/{job.id}").text
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([*CLI, *args], env=env, cwd=ROOT, capture_output=True, check=True)
+    return done.stdout.decode().strip()
+
+
+def _no_build_containers_left() -> None:
+    leftovers = docker.from_env().containers.list(all=True, filters={"label": "armwheels.builder"})
+    assert leftovers == []
+
+
+def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(tmp_path: Path, upstream: str) -> None:
+    """`armwheels up`: embedded SQLite database and SQLite broker, one process per node."""
+    port = free_port()
+    config = _farm_config(tmp_path, upstream, port)
+    settings = load_settings(config)
+    with (tmp_path / "farm.log").open("wb") as log:
+        farm = subprocess.Popen(
+            [*CLI, "up", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        try:
+            _check_published_wheel(settings, f"http://127.0.0.1:{port}", tmp_path)
+        finally:
+            stop_process(farm)
+    assert farm.returncode == 0
+    _no_build_containers_left()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, upstream: str) -> None:
+    """Separate master and builder processes, Redis broker, PostgreSQL database."""
+    port = free_port()
+    config = _farm_config(tmp_path, upstream, port)
+    broker_db = 12
+    broker = redis.Redis(host="127.0.0.1", port=6379, db=broker_db)
+    broker.flushdb()
+    processes: list[subprocess.Popen[bytes]] = []
+    for database_url in _postgres_database():
+        env = dict(
+            os.environ,
+            ARMWHEELS_DATABASE__URL=database_url,
+            ARMWHEELS_BROKER__URL=f"redis://127.0.0.1:6379/{broker_db}",
+        )
+        settings = load_settings(config, database={"url": database_url})
+        _cli(env, "db", "upgrade", "--config", str(config))
+        token_name = f"builder-{uuid.uuid4().hex[:8]}"
+        token = _cli(
+            env, "token", "create", token_name, "--role", "builder", "--config", str(config)
+        )
+        assert token.startswith("aw_")
+        builder_env = dict(env, ARMWHEELS_BUILDER__TOKEN=token, ARMWHEELS_BUILDER__NAME=token_name)
+        with (
+            (tmp_path / "master.log").open("wb") as master_log,
+            (tmp_path / "builder.log").open("wb") as builder_log,
+        ):
+            try:
+                processes.append(
+                    subprocess.Popen(
+                        [*CLI, "master", "--config", str(config)],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=master_log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+                wait_until(lambda: _master_answers(f"http://127.0.0.1:{port}"), 120, "master")
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            *CLI,
+                            "builder",
+                            "--arch",
+                            "aarch64",
+                            "--backend",
+                            "docker",
+                            "--config",
+                            str(config),
+                        ],
+                        env=builder_env,
+                        cwd=ROOT,
+                        stdout=builder_log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+                _check_published_wheel(settings, f"http://127.0.0.1:{port}", tmp_path)
+                status = httpx.get(f"http://127.0.0.1:{port}/api/v1/status").json()
+                assert [b["name"] for b in status["builders"]] == [token_name]
+            finally:
+                for process in reversed(processes):
+                    stop_process(process)
+                broker.flushdb()
+                broker.close()
+    _no_build_containers_left()
