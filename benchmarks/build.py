@@ -24,7 +24,8 @@ from rich.table import Table
 from builder.backends.docker import DockerBackend
 from builder.client import JobSpec
 from common.config import load_settings
-from tests.servers import clean_pip_env, pypi_sdist
+from tests.sdists import pypi_sdist
+from tests.servers import clean_pip_env
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 

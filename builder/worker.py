@@ -42,7 +42,14 @@ def choose_backend(settings: Settings, arch: str, name: str) -> Backend:
     if wanted == "auto":
         wanted = "native" if is_arm_host(arch) else "docker"
     if wanted == "native":
-        raise NoBackend("the native backend is not available yet: use --backend docker")
+        if not is_arm_host(arch):
+            raise NoBackend(f"--backend native builds {arch} only on an {arch} host")
+        from builder.backends.native import NativeBackend
+
+        native = NativeBackend(settings.builder, arch, target)
+        if not native.python_tags():
+            raise NoBackend(f"no interpreter here for {', '.join(target.python_tags)}")
+        return native
     from builder.backends.docker import DockerBackend, DockerUnavailable
 
     try:

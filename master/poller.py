@@ -19,7 +19,13 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Project, Release, SourceFile
 from master.scheduler import create_jobs
-from master.upstream import ProjectPage, SimpleClient, UpstreamError, UpstreamFile
+from master.upstream import (
+    ProjectPage,
+    SimpleClient,
+    TransientUpstreamError,
+    UpstreamError,
+    UpstreamFile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +129,7 @@ def poll_project(
     page = client.project_page(name, etag)
     with transaction(factory) as session:
         outcome = apply_page(session, page, settings)
-    if not outcome.unchanged:
+    if outcome.new_releases or outcome.new_sdists or outcome.new_jobs:
         log.info(
             "project polled",
             extra={
@@ -148,7 +154,8 @@ def poll_watched(
     for name in projects:
         try:
             outcomes.append(poll_project(factory, client, name, settings))
-        except UpstreamError as exc:
+        except (UpstreamError, TransientUpstreamError) as exc:
+            # The next round tries again; nothing was recorded for this project.
             log.warning("project skipped: %s", exc, extra={"project": name})
         except Exception:
             log.exception("poll failed", extra={"project": name})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -16,7 +15,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("ARMWHEELS_TEST_CACHE", Path.home() / ".cache" / "armwheels-tests"))
 
 
 def free_port() -> int:
@@ -44,35 +42,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
             process.wait()
 
 
-def pypi_sdist(project: str, version: str) -> Path:
-    """A real sdist from PyPI (Simple API, through the machine's proxy), cached on disk."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    cached = [p for p in CACHE.glob(f"{project}-{version}.*") if p.suffix != ".sha256"]
-    for path in cached:
-        expected = path.with_name(path.name + ".sha256")
-        if expected.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == (
-            expected.read_text().strip()
-        ):
-            return path
-    page = httpx.get(
-        f"https://pypi.org/simple/{project}/",
-        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-        timeout=60,
-    ).json()
-    [entry] = [
-        f
-        for f in page["files"]
-        if f["filename"] in (f"{project}-{version}.tar.gz", f"{project}-{version}.zip")
-    ]
-    data = httpx.get(entry["url"], timeout=300, follow_redirects=True).content
-    digest = hashlib.sha256(data).hexdigest()
-    assert digest == entry["hashes"]["sha256"], f"{entry['filename']}: hash mismatch"
-    target = CACHE / str(entry["filename"])
-    target.write_bytes(data)
-    target.with_name(target.name + ".sha256").write_text(digest)
-    return target
-
-
 @contextmanager
 def pypiserver(packages: Path) -> Iterator[str]:
     """pypiserver on a free loopback port serving `packages`; yields its /simple/ URL."""
@@ -93,6 +62,7 @@ def pypiserver(packages: Path) -> Iterator[str]:
             ".",
             "--hash-algo",
             "sha256",
+            "--disable-fallback",
             str(packages),
         ],
         stdout=subprocess.DEVNULL,

@@ -26,11 +26,11 @@ from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
 from common.states import JobState
 from tests.conftest import _postgres_database
+from tests.sdists import pypi_sdist
 from tests.servers import (
     ROOT,
     clean_pip_env,
     free_port,
-    pypi_sdist,
     pypiserver,
     stop_process,
     wait_until,

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -44,13 +43,12 @@ from master.upstream import (
     parse_html_page,
     parse_json_page,
 )
+from tests.sdists import make_sdist
+from tests.servers import free_port, stop_process
 
 PROJECT = "demo-pkg"
 # (version, Requires-Python) of the sdists built once per test session.
 VERSIONS = {"0.9": "<3", "1.0": None, "1.1": None, "2.0": None, "3.0": None}
-BUILD_SDIST = (
-    "import sys\nfrom setuptools import build_meta\nprint(build_meta.build_sdist(sys.argv[1]))\n"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -64,31 +62,9 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def build_sdist(workdir: Path, dest: Path, version: str, requires_python: str | None) -> Path:
-    source = workdir / f"src-{version}"
-    package = source / PROJECT.replace("-", "_")
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(f'__version__ = "{version}"\n')
-    pyproject = [
-        "[build-system]",
-        'requires = ["setuptools"]',
-        'build-backend = "setuptools.build_meta"',
-        "",
-        "[project]",
-        f'name = "{PROJECT}"',
-        f'version = "{version}"',
-    ]
-    if requires_python:
-        pyproject.append(f'requires-python = "{requires_python}"')
-    (source / "pyproject.toml").write_text("\n".join(pyproject) + "\n")
-    result = subprocess.run(
-        [sys.executable, "-c", BUILD_SDIST, str(dest)],
-        cwd=source,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return dest / result.stdout.strip().splitlines()[-1]
+    module = PROJECT.replace("-", "_")
+    files = {f"{module}/__init__.py": f'__version__ = "{version}"\n'}
+    return make_sdist(workdir, dest, PROJECT, version, files, requires_python)
 
 
 @pytest.fixture(scope="session")
@@ -124,22 +100,6 @@ class Index:
 
     def publish(self, sdist: Path) -> None:
         shutil.copy2(sdist, self.packages / sdist.name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -187,7 +147,7 @@ def pypi(tmp_path: Path) -> Iterator[Index]:
             time.sleep(0.1)
         yield Index(f"http://127.0.0.1:{port}/simple/", packages)
     finally:
-        stop(process)
+        stop_process(process, 15)
 
 
 # --- a scripted upstream -----------------------------------------------------------------

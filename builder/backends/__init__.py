@@ -1,13 +1,24 @@
-"""How a builder runs a build: one interface, several backends (docker now, native next)."""
+"""How a builder runs a build: one interface, several backends (docker, native).
+
+Every backend runs the same two scripts (builder/scripts): build.sh turns the sdist
+into a repaired wheel, smoke.sh installs it in a fresh environment and imports it.
+A backend only decides where those scripts run.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from builder.classify import classify
 from builder.client import JobSpec
 from common.states import FailureReason
+from common.wheels import BadWheel, read_contents
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+TAIL_BYTES = 64 * 1024
 
 
 @dataclass
@@ -36,3 +47,56 @@ class Backend(Protocol):
 def note(log: BinaryIO, text: str) -> None:
     log.write(f"::armwheels:: {text}\n".encode())
     log.flush()
+
+
+# Runs a script to completion and returns its exit code, or None when it was killed
+# at the time limit.
+RunBuild = Callable[[], int | None]
+RunSmoke = Callable[[Path, list[str]], int | None]
+
+
+def run_recipe(
+    out: Path, log: BinaryIO, timeout: int, run_build: RunBuild, run_smoke: RunSmoke
+) -> BuildOutcome:
+    """The sequence every backend follows, with the failure class of each step."""
+    code = run_build()
+    if code is None:
+        return BuildOutcome(
+            False, reason=FailureReason.TIMEOUT, summary=f"build exceeded {timeout} s"
+        )
+    if code != 0:
+        reason, summary = classify(code, _tail(log))
+        return BuildOutcome(False, reason=reason, summary=summary)
+    wheels = sorted((out / "wheelhouse").glob("*.whl"))
+    if len(wheels) != 1:
+        return BuildOutcome(
+            False,
+            reason=FailureReason.BUILDER_ERROR,
+            summary=f"expected one repaired wheel, found {len(wheels)}",
+        )
+    wheel = wheels[0]
+    try:
+        contents = read_contents(wheel)
+    except BadWheel as exc:
+        return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
+    note(log, f"smoke test: import {' '.join(contents.top_level_modules)}")
+    code = run_smoke(wheel, contents.top_level_modules)
+    if code != 0:
+        return BuildOutcome(
+            False,
+            reason=FailureReason.SMOKE_TEST_FAILED,
+            summary="the repaired wheel did not install or import",
+        )
+    return BuildOutcome(
+        True, wheel=wheel, summary=f"built {wheel.name}", grafted=contents.grafted_libraries
+    )
+
+
+def _tail(log: BinaryIO) -> bytes:
+    try:
+        with open(log.name, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - TAIL_BYTES))
+            return handle.read()
+    except (OSError, AttributeError, TypeError):
+        return b""

@@ -18,18 +18,13 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from builder.backends import BuildOutcome, note
-from builder.classify import classify
+from builder.backends import SCRIPTS, BuildOutcome, note, run_recipe
 from builder.client import JobSpec
 from common.config import BuilderSettings, TargetSettings
-from common.states import FailureReason
-from common.wheels import BadWheel, read_contents
 
 log = logging.getLogger(__name__)
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 LABEL = "armwheels.builder"
-TAIL_BYTES = 64 * 1024
 CA_PATH = "/armwheels/ca-bundle.crt"
 CONTAINER_HOME = "/tmp"  # noqa: S108 (a path inside the throw-away container)
 
@@ -139,72 +134,41 @@ class DockerBackend:
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
         sdist_in = f"/armwheels/sdist/{sdist.name}"
-        volumes = {
-            str(sdist): {"bind": sdist_in, "mode": "ro"},
-            str(out): {"bind": "/armwheels/out", "mode": "rw"},
-        }
         note(log_sink, f"build container from {self.target.image} for job {spec.job_id}")
-        code = self._run(
-            ["/bin/bash", "/armwheels/scripts/build.sh", sdist_in, spec.python_tag, spec.policy],
-            volumes,
-            self.settings.network,
-            spec.job_id,
-            log_sink,
-            float(self.settings.build_timeout),
-        )
-        if code is None:
-            return BuildOutcome(
-                False,
-                reason=FailureReason.TIMEOUT,
-                summary=f"build exceeded {self.settings.build_timeout} s",
+        timeout = self.settings.build_timeout
+
+        def run_build() -> int | None:
+            volumes = {
+                str(sdist): {"bind": sdist_in, "mode": "ro"},
+                str(out): {"bind": "/armwheels/out", "mode": "rw"},
+            }
+            command = [
+                "/bin/bash",
+                "/armwheels/scripts/build.sh",
+                sdist_in,
+                spec.python_tag,
+                spec.policy,
+            ]
+            return self._run(
+                command, volumes, self.settings.network, spec.job_id, log_sink, float(timeout)
             )
-        if code != 0:
-            reason, summary = classify(code, _tail(log_sink))
-            return BuildOutcome(False, reason=reason, summary=summary)
-        wheels = sorted((out / "wheelhouse").glob("*.whl"))
-        if len(wheels) != 1:
-            return BuildOutcome(
-                False,
-                reason=FailureReason.BUILDER_ERROR,
-                summary=f"expected one repaired wheel, found {len(wheels)}",
-            )
-        wheel = wheels[0]
-        try:
-            contents = read_contents(wheel)
-        except BadWheel as exc:
-            return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
-        note(log_sink, f"smoke test: import {' '.join(contents.top_level_modules)}")
-        code = self._run(
-            [
+
+        def run_smoke(wheel: Path, modules: list[str]) -> int | None:
+            inside = f"/armwheels/wheel/{wheel.name}"
+            command = [
                 "/bin/bash",
                 "/armwheels/scripts/smoke.sh",
-                f"/armwheels/wheel/{wheel.name}",
+                inside,
                 spec.python_tag,
-                *contents.top_level_modules,
-            ],
-            {str(wheel): {"bind": f"/armwheels/wheel/{wheel.name}", "mode": "ro"}},
-            "none",
-            spec.job_id,
-            log_sink,
-            600.0,
-        )
-        if code != 0:
-            return BuildOutcome(
-                False,
-                reason=FailureReason.SMOKE_TEST_FAILED,
-                summary="the repaired wheel did not install or import",
+                *modules,
+            ]
+            return self._run(
+                command,
+                {str(wheel): {"bind": inside, "mode": "ro"}},
+                "none",
+                spec.job_id,
+                log_sink,
+                600.0,
             )
-        return BuildOutcome(
-            True, wheel=wheel, summary=f"built {wheel.name}", grafted=contents.grafted_libraries
-        )
 
-
-def _tail(log_sink: BinaryIO) -> bytes:
-    try:
-        with open(log_sink.name, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - TAIL_BYTES))
-            return handle.read()
-    except (OSError, AttributeError, TypeError):
-        return b""
+        return run_recipe(out, log_sink, timeout, run_build, run_smoke)

@@ -2,7 +2,10 @@
 # Runs inside a throw-away build container: sdist -> wheel -> auditwheel repair.
 # Exit codes tell the builder which step failed (see builder/classify.py).
 set -u
-SDIST="$1"; PYTAG="$2"; POLICY="$3"; OUT=/armwheels/out
+SDIST="$1"; PYTAG="$2"; POLICY="$3"
+# Containers use the defaults; the native backend points these into its work directory.
+OUT="${ARMWHEELS_OUT:-/armwheels/out}"
+BUILDENV="${ARMWHEELS_BUILDENV:-/tmp/buildenv}"
 export PATH="$PATH:/opt/armwheels-tools/bin"
 step() { echo "::armwheels:: $*"; }
 
@@ -10,8 +13,9 @@ PY=""
 if [ -x "/opt/python/${PYTAG}-${PYTAG}/bin/python" ]; then
     PY="/opt/python/${PYTAG}-${PYTAG}/bin/python"
 else
-    for candidate in python3 python; do
+    for candidate in "python${PYTAG:2:1}.${PYTAG:3}" python3 python; do
         found=$(command -v "$candidate") || continue
+        case "$found" in "$BUILDENV"/*) continue ;; esac
         tag=$("$found" -c 'import sys; print("cp%d%d" % sys.version_info[:2])') || continue
         if [ "$tag" = "$PYTAG" ]; then PY="$found"; break; fi
     done
@@ -19,9 +23,9 @@ fi
 if [ -z "$PY" ]; then step "no interpreter for $PYTAG"; exit 10; fi
 step "interpreter $PY ($("$PY" --version 2>&1)) on $(uname -m)"
 
-"$PY" -m venv /tmp/buildenv || exit 14
+"$PY" -m venv "$BUILDENV" || exit 14
 step "building wheel from $(basename "$SDIST")"
-/tmp/buildenv/bin/python -m pip wheel --no-deps --wheel-dir "$OUT/dist" "$SDIST" || exit 11
+"$BUILDENV/bin/python" -m pip wheel --no-deps --wheel-dir "$OUT/dist" "$SDIST" || exit 11
 WHEEL=$(ls "$OUT"/dist/*.whl 2>/dev/null | head -n 1)
 if [ -z "$WHEEL" ]; then step "no wheel produced"; exit 11; fi
 case "$WHEEL" in
