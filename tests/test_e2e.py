@@ -247,3 +247,21 @@ def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, upstream: st
                 broker.flushdb()
                 broker.close()
     _no_build_containers_left()
+
+
+def test_build_image_carries_tools_and_nothing_else() -> None:
+    """The local image has auditwheel and patchelf, and no mount or secret baked in."""
+    client = docker.from_env()
+    config = client.images.get(IMAGE).attrs["Config"]
+    assert not config.get("Volumes")
+    assert not [e for e in config.get("Env") or [] if e.startswith(("PIP_", "SSL_"))]
+    output = client.containers.run(
+        IMAGE,
+        ["/bin/sh", "-c", "uname -m && auditwheel --version && patchelf --version"],
+        network_mode="none",
+        remove=True,
+    )
+    machine, *rest = bytes(output).decode().splitlines()
+    assert machine == "aarch64"
+    assert any(line.startswith("auditwheel ") for line in rest)
+    assert any(line.startswith("patchelf ") for line in rest)
