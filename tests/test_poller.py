@@ -11,11 +11,8 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +41,7 @@ from master.upstream import (
     parse_json_page,
 )
 from tests.sdists import make_sdist
-from tests.servers import free_port, stop_process
+from tests.servers import pypiserver
 
 PROJECT = "demo-pkg"
 # (version, Requires-Python) of the sdists built once per test session.
@@ -106,48 +103,8 @@ class Index:
 def pypi(tmp_path: Path) -> Iterator[Index]:
     packages = tmp_path / "packages"
     packages.mkdir()
-    port = free_port()
-    log_path = tmp_path / "pypiserver.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pypiserver",
-                "run",
-                "-p",
-                str(port),
-                "-i",
-                "127.0.0.1",
-                "-a",
-                ".",
-                "-P",
-                ".",
-                "--hash-algo",
-                "sha256",
-                # Unknown projects answer 404 instead of a redirect to pypi.org.
-                "--disable-fallback",
-                str(packages),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"pypiserver exited: {log_path.read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"pypiserver did not answer: {log_path.read_text()}")
-            time.sleep(0.1)
-        yield Index(f"http://127.0.0.1:{port}/simple/", packages)
-    finally:
-        stop_process(process, 15)
+    with pypiserver(packages) as url:
+        yield Index(url, packages)
 
 
 # --- a scripted upstream -----------------------------------------------------------------
