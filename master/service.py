@@ -11,10 +11,11 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
-from common.db import is_up_to_date, make_engine, make_sessionmaker
+from common.db import is_up_to_date, make_engine, make_sessionmaker, transaction
 from common.messages import make_celery
 from master.app import create_app
 from master.poller import poll_watched
+from master.reconciler import reconcile
 from master.scheduler import dispatch_pending
 from master.upstream import SimpleClient
 
@@ -46,6 +47,11 @@ class FeedLoop(threading.Thread):
                     except Exception:
                         log.exception("poll round failed")
                     next_poll = time.monotonic() + self.settings.upstream.poll_interval
+                try:
+                    with transaction(self.factory) as session:
+                        reconcile(session, self.settings)
+                except Exception:
+                    log.exception("reconcile failed")
                 try:
                     sent = dispatch_pending(self.factory, self.celery)
                     if sent:
