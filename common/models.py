@@ -24,6 +24,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from common.states import ACTIVE_STATES, FailureReason, JobState, TokenRole
 
+# The partial unique index's condition; the same text is in migration 0001.
+ACTIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in ACTIVE_STATES) + ")"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -142,8 +145,8 @@ class BuildJob(Base):
             "arch",
             "python_tag",
             unique=True,
-            sqlite_where=text("state IN ('pending', 'queued', 'building')"),
-            postgresql_where=text("state IN ('pending', 'queued', 'building')"),
+            sqlite_where=text(ACTIVE_SQL),
+            postgresql_where=text(ACTIVE_SQL),
         ),
         Index("ix_build_jobs_state_arch", "state", "arch"),
     )
@@ -175,9 +178,6 @@ class BuildJob(Base):
     source_file: Mapped[SourceFile] = relationship()
     builder: Mapped[Builder | None] = relationship()
     outputs: Mapped[list[OutputFile]] = relationship(back_populates="job")
-
-
-ACTIVE_STATE_VALUES = tuple(state.value for state in ACTIVE_STATES)
 
 
 class OutputFile(Base):

@@ -15,7 +15,7 @@ from common.db import transaction
 from common.messages import BUILD_TASK, queue_name
 from common.models import BuildJob, Release, SourceFile
 from common.names import python_version_of_tag
-from common.states import JobState
+from common.states import ACTIVE_STATES, JobState
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def create_jobs(
                     BuildJob.release_id == release.id,
                     BuildJob.arch == arch,
                     BuildJob.python_tag == tag,
-                    BuildJob.state.in_([JobState.PENDING, JobState.QUEUED, JobState.BUILDING]),
+                    BuildJob.state.in_(ACTIVE_STATES),
                 )
             )
             if active is not None:

@@ -231,12 +231,18 @@ def jobs_by_version(factory: sessionmaker[Session]) -> list[tuple[str, str, str,
 # --- against pypiserver ------------------------------------------------------------------
 
 
+def publish_and_watch(
+    settings: Settings, pypi: Index, sdists: dict[str, Path], *versions: str
+) -> None:
+    for version in versions:
+        pypi.publish(sdists[version])
+    watch(settings, pypi.url, PROJECT)
+
+
 def test_first_poll_records_releases_and_builds_only_the_newest(
     settings: Settings, factory: sessionmaker[Session], pypi: Index, sdists: dict[str, Path]
 ) -> None:
-    for version in ("1.0", "1.1", "2.0"):
-        pypi.publish(sdists[version])
-    watch(settings, pypi.url, PROJECT)
+    publish_and_watch(settings, pypi, sdists, "1.0", "1.1", "2.0")
     with client_for(pypi.url) as client:
         [outcome] = poll_watched(factory, client, settings)
     assert (outcome.project, outcome.new_releases, outcome.new_sdists, outcome.new_jobs) == (
@@ -263,9 +269,7 @@ def test_first_poll_records_releases_and_builds_only_the_newest(
 def test_backfill_builds_every_release(
     settings: Settings, factory: sessionmaker[Session], pypi: Index, sdists: dict[str, Path]
 ) -> None:
-    for version in ("1.0", "1.1", "2.0"):
-        pypi.publish(sdists[version])
-    watch(settings, pypi.url, PROJECT)
+    publish_and_watch(settings, pypi, sdists, "1.0", "1.1", "2.0")
     settings.upstream.backfill = True
     with client_for(pypi.url) as client:
         outcome = poll_project(factory, client, PROJECT, settings)

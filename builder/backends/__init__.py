@@ -7,6 +7,7 @@ A backend only decides where those scripts run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import BinaryIO, Protocol
 
 from builder.classify import classify
 from builder.client import JobSpec
+from common.config import BuilderSettings
 from common.states import FailureReason
 from common.wheels import BadWheel, read_contents
 
@@ -42,6 +44,14 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def passthrough_environment(settings: BuilderSettings, ca_path: str | None) -> dict[str, str]:
+    """The host variables operators chose to pass (proxies) and the CA bundle, nothing else."""
+    env = {name: os.environ[name] for name in settings.pass_env if name in os.environ}
+    if ca_path is not None:
+        env.update({"PIP_CERT": ca_path, "SSL_CERT_FILE": ca_path, "REQUESTS_CA_BUNDLE": ca_path})
+    return env
 
 
 def note(log: BinaryIO, text: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +17,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from builder.backends import SCRIPTS, BuildOutcome, note, run_recipe
+from builder.backends import SCRIPTS, BuildOutcome, note, passthrough_environment, run_recipe
 from builder.client import JobSpec
 from common.config import BuilderSettings, TargetSettings
 
@@ -70,13 +69,10 @@ class DockerBackend:
             log.warning("stale build container removed", extra={"container": container.name})
 
     def _environment(self) -> dict[str, str]:
-        env = {name: os.environ[name] for name in self.settings.pass_env if name in os.environ}
+        ca_path = CA_PATH if self.settings.ca_bundle is not None else None
+        env = passthrough_environment(self.settings, ca_path)
         env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"})
         env["HOME"] = CONTAINER_HOME
-        if self.settings.ca_bundle is not None:
-            env.update(
-                {"PIP_CERT": CA_PATH, "SSL_CERT_FILE": CA_PATH, "REQUESTS_CA_BUNDLE": CA_PATH}
-            )
         return env
 
     def _run(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from builder.backends import SCRIPTS, BuildOutcome, note, run_recipe
+from builder.backends import SCRIPTS, BuildOutcome, note, passthrough_environment, run_recipe
 from builder.client import JobSpec
 from common.config import BuilderSettings, TargetSettings
 from common.names import python_version_of_tag
@@ -45,7 +45,8 @@ class NativeBackend:
     def _environment(self, workdir: Path) -> dict[str, str]:
         home = workdir / "home"
         home.mkdir(parents=True, exist_ok=True)
-        env = {name: os.environ[name] for name in self.settings.pass_env if name in os.environ}
+        ca_bundle = self.settings.ca_bundle
+        env = passthrough_environment(self.settings, str(ca_bundle) if ca_bundle else None)
         env.update(
             {
                 "PATH": f"/usr/local/bin:/usr/bin:/bin:{TOOLS_BIN}",
@@ -59,9 +60,6 @@ class NativeBackend:
                 "ARMWHEELS_SMOKEENV": str(workdir / "smoke"),
             }
         )
-        if self.settings.ca_bundle is not None:
-            ca = str(self.settings.ca_bundle)
-            env.update({"PIP_CERT": ca, "SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca})
         return env
 
     def _run(
