@@ -63,13 +63,40 @@ class UpstreamSettings(_Section):
     timeout: float = Field(default=30.0, gt=0)
     # When a project is first seen, build all its releases (True) or only the newest.
     backfill: bool = False
+    # How changes are found: "simple" polls each watched project's Simple API page;
+    # "changelog" follows PyPI's XML-RPC changelog (needed for projects = "all").
+    feed: Literal["simple", "changelog"] = "simple"
+    xmlrpc_url: str = "https://pypi.org/pypi"
+    # JSON API base: <json_url>/<project>/json fills in releases the changelog names.
+    json_url: str = "https://pypi.org/pypi/"
+    # Where a new changelog cursor starts: None = the current last serial (no history;
+    # `armwheels import` backfills), or a serial to replay from.
+    changelog_start: int | None = Field(default=None, ge=0)
+    # Build targets PyPI already covers with a compatible wheel (ours cannot shadow it:
+    # the filename check refuses a name PyPI serves).
+    build_covered: bool = False
+    # Release-detail lookups per feed round (JSON API requests).
+    refresh_batch: int = Field(default=200, ge=1)
 
-    @field_validator("index_url")
+    @field_validator("index_url", "json_url")
     @classmethod
     def _index_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("xmlrpc_url")
+    @classmethod
+    def _xmlrpc_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _feed_covers_projects(self) -> UpstreamSettings:
+        if self.projects == "all" and self.feed != "changelog":
+            raise ValueError('projects = "all" needs feed = "changelog"')
+        return self
 
     @field_validator("projects")
     @classmethod

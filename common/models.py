@@ -18,11 +18,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from common.states import ACTIVE_STATES, FailureReason, JobState, TokenRole
+from common.states import ACTIVE_STATES, FailureReason, JobState, SkipReason, TokenRole
 
 # The partial unique index's condition; the same text is in migration 0001.
 ACTIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in ACTIVE_STATES) + ")"
@@ -70,6 +71,8 @@ class Project(Base):
     upstream_etag: Mapped[str | None] = mapped_column(String(200))
     upstream_serial: Mapped[int | None] = mapped_column(BigInteger)
     polled_at: Mapped[datetime | None]
+    # Removed upstream: its releases leave our index, their history stays here.
+    removed_at: Mapped[datetime | None]
 
     releases: Mapped[list[Release]] = relationship(back_populates="project")
 
@@ -86,6 +89,12 @@ class Release(Base):
     yanked_reason: Mapped[str | None] = mapped_column(Text)
     # Filenames PyPI already serves for this release: we never publish one of the same name.
     upstream_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Removed upstream: its wheels leave our index (history stays).
+    removed_at: Mapped[datetime | None]
+    # A change feed named this release: its files must be read from the JSON API.
+    refresh_needed: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
+    # Set when the whole release is not built (no sdist, skip list, pure Python upstream).
+    skip_reason: Mapped[SkipReason | None] = mapped_column(_enum(SkipReason, "skip_reason"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="releases")
@@ -163,6 +172,7 @@ class BuildJob(Base):
     failure_reason: Mapped[FailureReason | None] = mapped_column(
         _enum(FailureReason, "failure_reason")
     )
+    skip_reason: Mapped[SkipReason | None] = mapped_column(_enum(SkipReason, "skip_reason"))
     summary: Mapped[str | None] = mapped_column(Text)
     builder_id: Mapped[int | None] = mapped_column(ForeignKey("builders.id"))
     requested_by: Mapped[str | None] = mapped_column(String(100))
@@ -201,6 +211,30 @@ class OutputFile(Base):
 
     job: Mapped[BuildJob] = relationship(back_populates="outputs")
     release: Mapped[Release] = relationship()
+
+
+class SkipRule(Base):
+    """An operator's decision not to build a project, or one release of it."""
+
+    __tablename__ = "skip_rules"
+    __table_args__ = (UniqueConstraint("project", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(200), index=True)  # PEP 503 normal form
+    version: Mapped[str | None] = mapped_column(String(100))  # None: every release
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FeedActionCount(Base):
+    """How many changelog events of each kind a feed has applied or ignored on purpose."""
+
+    __tablename__ = "feed_action_counts"
+
+    feed: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class FeedCursor(Base):

@@ -34,6 +34,17 @@ class FailureReason(StrEnum):
     LOST = "lost"
 
 
+class SkipReason(StrEnum):
+    """Why a release or a target is not built; recorded so operators can see it."""
+
+    SKIP_LIST = "skip-list"
+    NO_SDIST = "no-sdist"
+    COVERED_UPSTREAM = "covered-upstream"
+    PURE_PYTHON_UPSTREAM = "pure-python-upstream"
+    REMOVED_UPSTREAM = "removed-upstream"
+    YANKED_UPSTREAM = "yanked-upstream"
+
+
 class TokenRole(StrEnum):
     BUILDER = "builder"
     MAINTAINER = "maintainer"

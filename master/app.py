@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config import Settings
-from common.models import Builder, BuildJob, OutputFile, Project, Token, utcnow
+from common.models import Builder, BuildJob, OutputFile, Project, Release, Token, utcnow
 from common.names import BadName, normalize_project
 from common.states import ARCHES, FailureReason, JobState, TokenRole
 from common.wheels import BadWheel, parse_name
@@ -314,9 +314,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         except (BadWheel, BadName) as exc:
             raise HTTPException(404, str(exc)) from exc
         output = db.scalar(
-            select(OutputFile).where(
-                OutputFile.filename == wheel_name, OutputFile.published.is_(True)
-            )
+            select(OutputFile)
+            .join(Release, OutputFile.release_id == Release.id)
+            .where(OutputFile.filename == wheel_name, *index.SERVED)
         )
         if output is None or output.release.project.name != normal:
             raise HTTPException(404, "no such file")

@@ -25,6 +25,11 @@ OFFERED = (JSON_TYPE, HTML_TYPE, LEGACY_HTML)
 FORMAT_ALIASES = {"json": JSON_TYPE, "html": HTML_TYPE}
 
 
+# A wheel is served while it is published and its release is still on PyPI: a release
+# removed upstream leaves the index (its rows stay), a yanked one stays, marked yanked.
+SERVED = (OutputFile.published.is_(True), Release.removed_at.is_(None))
+
+
 class NotAcceptable(ValueError):
     """The client accepts none of the formats we serve."""
 
@@ -84,7 +89,7 @@ def project_files(session: Session, project: Project) -> list[IndexFile]:
     rows = session.execute(
         select(OutputFile, Release)
         .join(Release, OutputFile.release_id == Release.id)
-        .where(Release.project_id == project.id, OutputFile.published.is_(True))
+        .where(Release.project_id == project.id, *SERVED)
         .order_by(OutputFile.filename)
     ).all()
     files = []
@@ -183,7 +188,7 @@ def published_projects(session: Session) -> list[str]:
             select(Project.name)
             .join(Release, Release.project_id == Project.id)
             .join(OutputFile, OutputFile.release_id == Release.id)
-            .where(OutputFile.published.is_(True))
+            .where(*SERVED)
             .distinct()
             .order_by(Project.name)
         )

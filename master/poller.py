@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.db import transaction
 from common.models import Project, Release, SourceFile
-from master.scheduler import create_jobs
+from common.states import SkipReason
+from master.build_plan import plan_builds
+from master.releases import (
+    apply_release_files,
+    get_or_create_project,
+    mark_releases_removed,
+    restore_release,
+)
 from master.upstream import (
     ProjectPage,
     SimpleClient,
@@ -36,85 +43,63 @@ class PollOutcome:
     new_releases: int = 0
     new_sdists: int = 0
     new_jobs: int = 0
+    removed_releases: int = 0
     unchanged: bool = False
-
-
-def get_or_create_project(session: Session, name: str, display: str | None = None) -> Project:
-    project = session.scalar(select(Project).where(Project.name == name))
-    if project is None:
-        project = Project(name=name, display_name=display or name)
-        session.add(project)
-        session.flush()
-    return project
-
-
-def _pick_sdist(files: list[UpstreamFile]) -> UpstreamFile | None:
-    candidates = [f for f in files if f.is_sdist and f.sha256]
-    candidates.sort(key=lambda f: (not f.filename.endswith(".tar.gz"), f.filename))
-    return candidates[0] if candidates else None
 
 
 def apply_page(session: Session, page: ProjectPage, settings: Settings) -> PollOutcome:
     outcome = PollOutcome(page.name)
     project = get_or_create_project(session, page.name)
     project.polled_at = datetime.now(UTC)
-    if page.not_modified or page.missing:
+    if page.not_modified:
         outcome.unchanged = True
         return outcome
-    by_version: dict[str, list[UpstreamFile]] = defaultdict(list)
-    for upstream_file in page.files:
-        by_version[upstream_file.version].append(upstream_file)
     releases = {
         r.version: r
         for r in session.scalars(select(Release).where(Release.project_id == project.id))
     }
+    if page.missing:
+        # 404 for a project we know: it was removed upstream (it may come back).
+        present = [r for r in releases.values() if r.removed_at is None]
+        if present:
+            outcome.removed_releases = mark_releases_removed(session, present, project.polled_at)
+            project.removed_at = project.polled_at
+        outcome.unchanged = not present
+        return outcome
+    by_version: dict[str, list[UpstreamFile]] = defaultdict(list)
+    for upstream_file in page.files:
+        by_version[upstream_file.version].append(upstream_file)
     # First seen means first seen with files: an earlier 404 or empty page does not count.
     first_sight = not releases
-    new_sources: list[tuple[Release, SourceFile]] = []
+    to_plan: list[tuple[Release, SourceFile]] = []
     for version, files in by_version.items():
-        sdist = _pick_sdist(files)
         release = releases.get(version)
         if release is None:
-            release = Release(
-                project=project,
-                version=version,
-                requires_python=sdist.requires_python if sdist else None,
-                upstream_files=[],
-            )
+            release = Release(project=project, version=version, upstream_files=[])
             session.add(release)
+            session.flush()
             releases[version] = release
             outcome.new_releases += 1
-        release.upstream_files = sorted(set(release.upstream_files) | {f.filename for f in files})
-        yanked = [f for f in files if f.yanked]
-        release.yanked = bool(files) and len(yanked) == len(files)
-        reasons = [f.yanked for f in yanked if isinstance(f.yanked, str)]
-        release.yanked_reason = reasons[0] if release.yanked and reasons else None
-        if any(f.is_sdist and not f.sha256 for f in files):
-            log.warning("sdist without sha256 ignored", extra={"project": project.name})
-        if sdist is None:
-            continue
-        known = session.scalar(select(SourceFile.id).where(SourceFile.filename == sdist.filename))
-        if known is not None:
-            continue
-        source = SourceFile(
-            release=release,
-            filename=sdist.filename,
-            url=sdist.url,
-            sha256=sdist.sha256 or "",
-            size=sdist.size,
-            upload_time=sdist.upload_time,
-        )
-        session.add(source)
-        new_sources.append((release, source))
-        outcome.new_sdists += 1
+        reappeared = release.removed_at is not None
+        restore_release(release)
+        applied = apply_release_files(session, release, files)
+        if applied.new_source:
+            outcome.new_sdists += 1
+        if applied.source is not None and (
+            applied.new_source or reappeared or (applied.yank_changed and not release.yanked)
+        ):
+            to_plan.append((release, applied.source))
+        elif applied.source is None and release.skip_reason is None:
+            release.skip_reason = SkipReason.NO_SDIST
+    gone = [r for v, r in releases.items() if v not in by_version and r.removed_at is None]
+    if gone and by_version:
+        outcome.removed_releases = mark_releases_removed(session, gone, project.polled_at)
     session.flush()
-    if first_sight and not settings.upstream.backfill and new_sources:
-        newest = max(new_sources, key=lambda pair: Version(pair[0].version))
-        new_sources = [newest]
-    for release, source in new_sources:
-        if release.yanked:
-            continue
-        outcome.new_jobs += len(create_jobs(session, release, source, settings.enabled_targets()))
+    if first_sight and not settings.upstream.backfill and to_plan:
+        newest = max(to_plan, key=lambda pair: Version(pair[0].version))
+        to_plan = [newest]
+    for release, source in to_plan:
+        outcome.new_jobs += len(plan_builds(session, release, source, settings))
     project.upstream_etag = page.etag
     project.upstream_serial = page.serial
     return outcome
@@ -129,7 +114,7 @@ def poll_project(
     page = client.project_page(name, etag)
     with transaction(factory) as session:
         outcome = apply_page(session, page, settings)
-    if outcome.new_releases or outcome.new_sdists or outcome.new_jobs:
+    if outcome.new_releases or outcome.new_sdists or outcome.new_jobs or outcome.removed_releases:
         log.info(
             "project polled",
             extra={
@@ -137,6 +122,7 @@ def poll_project(
                 "new_releases": outcome.new_releases,
                 "new_sdists": outcome.new_sdists,
                 "new_jobs": outcome.new_jobs,
+                "removed_releases": outcome.removed_releases,
             },
         )
     return outcome
@@ -147,8 +133,7 @@ def poll_watched(
 ) -> list[PollOutcome]:
     projects = settings.upstream.projects
     if projects == "all":
-        # Following everything needs a change feed, not one request per project.
-        log.warning("upstream.projects = 'all' needs the changelog feed; nothing polled")
+        # Following everything needs the changelog feed, not one request per project.
         return []
     outcomes: list[PollOutcome] = []
     for name in projects:

@@ -64,7 +64,7 @@ class ProjectPage:
     missing: bool = False
 
 
-def _classify(project: str, filename: str) -> tuple[str, bool] | None:
+def classify_filename(project: str, filename: str) -> tuple[str, bool] | None:
     try:
         if filename.endswith(".whl"):
             name, version, _b, _t = parse_wheel_filename(filename)
@@ -80,7 +80,7 @@ def _classify(project: str, filename: str) -> tuple[str, bool] | None:
     return str(version), is_sdist
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
@@ -106,7 +106,7 @@ def parse_json_page(project: str, page_url: str, body: Any) -> list[UpstreamFile
         except (KeyError, TypeError, ValueError):
             log.warning("malformed file entry skipped", extra={"project": project})
             continue
-        kind = _classify(project, filename)
+        kind = classify_filename(project, filename)
         if kind is None:
             continue
         size = entry.get("size")
@@ -116,11 +116,11 @@ def parse_json_page(project: str, page_url: str, body: Any) -> list[UpstreamFile
             UpstreamFile(
                 filename=filename,
                 url=url,
-                sha256=_sha256(hashes.get("sha256")),
+                sha256=parse_sha256(hashes.get("sha256")),
                 requires_python=requires if isinstance(requires, str) else None,
                 yanked=yanked if isinstance(yanked, str | bool) else False,
                 size=size if isinstance(size, int) and size >= 0 else None,
-                upload_time=_parse_time(entry.get("upload-time")),
+                upload_time=parse_time(entry.get("upload-time")),
                 version=kind[0],
                 is_sdist=kind[1],
             )
@@ -128,7 +128,7 @@ def parse_json_page(project: str, page_url: str, body: Any) -> list[UpstreamFile
     return files
 
 
-def _sha256(value: Any) -> str | None:
+def parse_sha256(value: Any) -> str | None:
     if isinstance(value, str) and len(value) == 64:
         try:
             int(value, 16)
@@ -174,7 +174,7 @@ def parse_html_page(project: str, page_url: str, body: str) -> list[UpstreamFile
             log.warning("malformed link skipped", extra={"project": project})
             continue
         filename = text or url.rsplit("/", 1)[-1]
-        kind = _classify(project, filename)
+        kind = classify_filename(project, filename)
         if kind is None:
             continue
         algo, _, digest = fragment.partition("=")
@@ -183,7 +183,7 @@ def parse_html_page(project: str, page_url: str, body: str) -> list[UpstreamFile
             UpstreamFile(
                 filename=filename,
                 url=url,
-                sha256=_sha256(digest) if algo == "sha256" else None,
+                sha256=parse_sha256(digest) if algo == "sha256" else None,
                 requires_python=attrs.get("data-requires-python") or None,
                 yanked=(yanked_attr or True) if "data-yanked" in attrs else False,
                 size=None,

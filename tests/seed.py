@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 
 from common.config import Settings
 from common.models import BuildJob, Project, Release, SourceFile
-from master.poller import get_or_create_project
+from master.releases import get_or_create_project
 from master.scheduler import create_jobs
 
 

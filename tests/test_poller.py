@@ -29,7 +29,7 @@ from tenacity import wait_none
 from common.config import Settings, TargetSettings
 from common.db import transaction
 from common.models import BuildJob, Project, Release, SourceFile
-from common.states import JobState
+from common.states import JobState, SkipReason
 from master.poller import apply_page, poll_project, poll_watched
 from master.upstream import (
     JSON_TYPE,
@@ -529,8 +529,14 @@ def test_malformed_entries_record_nothing(
         one = session.scalar(select(Release).where(Release.version == "1.0"))
         assert one is not None and not one.yanked
         assert one.upstream_files == ["demo-1.0-py3-none-any.whl", "demo-1.0.tar.gz"]
-    # The yanked release gets no job; 1.0 is not wholly yanked (the HTML sdist is not).
-    assert [v for v, _, _, _ in jobs_by_version(factory)] == ["1.0", "1.3"]
+    # The yanked release gets no job; 1.0 is not wholly yanked (the HTML sdist is not) but
+    # PyPI serves a py3-none-any wheel for it, which the farm never shadows.
+    assert [v for v, _, _, _ in jobs_by_version(factory)] == ["1.3"]
+    with factory() as session:
+        rows = session.execute(select(Release.version, Release.skip_reason)).all()
+        reasons = {version: reason for version, reason in rows}
+    assert reasons["1.0"] == SkipReason.PURE_PYTHON_UPSTREAM
+    assert reasons["1.7"] == SkipReason.YANKED_UPSTREAM
     assert any(r.getMessage() == "sdist without sha256 ignored" for r in caplog.records)
 
 
