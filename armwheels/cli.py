@@ -162,6 +162,120 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from common.db import make_sessionmaker
+    from common.names import BadName, normalize_project
+    from master.importer import ProjectListError, read_project_list, run_import
+    from master.json_api import JsonApiClient
+
+    if args.top is not None and args.from_file is None:
+        raise UsageError("--top needs --from FILE")
+    if not args.projects and args.from_file is None:
+        raise UsageError("name projects to import, or give --from FILE")
+    try:
+        names = [normalize_project(name) for name in args.projects]
+        if args.from_file is not None:
+            names += read_project_list(args.from_file, args.top)
+    except (BadName, ProjectListError) as exc:
+        raise UsageError(str(exc)) from exc
+    names = list(dict.fromkeys(names))
+    settings = _settings(args)
+    engine = _engine(settings)
+    client = JsonApiClient(settings.upstream.json_url, settings.upstream.timeout)
+    columns = (
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[project]}"),
+    )
+    try:
+        with Progress(*columns, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task("import", total=len(names), project="")
+            outcome = run_import(
+                make_sessionmaker(engine),
+                client,
+                settings,
+                names,
+                all_releases=args.all_releases,
+                advance=lambda name: progress.update(task, advance=1, project=name),
+            )
+    finally:
+        client.close()
+        engine.dispose()
+    for name, error in outcome.failed.items():
+        print(f"not imported: {name}: {error}", file=sys.stderr)
+    print(
+        f"imported {outcome.projects} of {len(names)} projects: "
+        f"{outcome.releases} releases, {outcome.jobs} backfill jobs"
+    )
+    return 1 if outcome.failed else 0
+
+
+def cmd_skip_add(args: argparse.Namespace) -> int:
+    from common.db import make_sessionmaker, transaction
+    from master.skips import SkipRuleError, add_rule
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            rule, settled = add_rule(session, args.project, args.version, args.reason, "cli")
+            what = f"{rule.project} {rule.version or '(all releases)'}"
+    except SkipRuleError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    print(f"skipping {what}; {settled} waiting jobs skipped")
+    return 0
+
+
+def cmd_skip_remove(args: argparse.Namespace) -> int:
+    from common.db import make_sessionmaker, transaction
+    from master.skips import SkipRuleError, remove_rule
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            remove_rule(session, args.project, args.version)
+    except SkipRuleError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    print(f"no longer skipping {args.project} {args.version or '(all releases)'}")
+    return 0
+
+
+def cmd_skip_list(args: argparse.Namespace) -> int:
+    from common.db import make_sessionmaker
+    from master.skips import list_rules
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    with make_sessionmaker(engine)() as session:
+        rows = [
+            (r.project, r.version or "*", r.reason, r.created_by, r.created_at.isoformat())
+            for r in list_rules(session)
+        ]
+    engine.dispose()
+    if args.json:
+        keys = ("project", "version", "reason", "created_by", "created_at")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Skip list")
+    for column in ("project", "version", "reason", "by", "since"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import IntegrityError
 
@@ -213,6 +327,16 @@ def _name(value: str) -> str:
     return value
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     # SUPPRESS: a subcommand's unset --config must not hide one given before the subcommand.
@@ -238,6 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--arch", choices=ARCHES)
     status = add("status", cmd_status, "show queues, builders and recent outcomes")
     status.add_argument("--json", action="store_true")
+
+    importer = add("import", cmd_import, "backfill existing releases at low priority")
+    importer.add_argument("projects", nargs="*", metavar="PROJECT")
+    importer.add_argument("--from", dest="from_file", type=Path, metavar="FILE")
+    importer.add_argument("--top", type=_positive, metavar="N")
+    importer.add_argument(
+        "--all-releases", action="store_true", help="every release, not only the newest"
+    )
+
+    skip = sub.add_parser("skip", help="the skip list", parents=[common])
+    skip_sub = skip.add_subparsers(dest="skip_command", required=True, parser_class=_Parser)
+    skip_add = skip_sub.add_parser("add", parents=[common], help="stop building a project")
+    skip_add.add_argument("project")
+    skip_add.add_argument("version", nargs="?")
+    skip_add.add_argument("--reason", required=True)
+    skip_add.set_defaults(func=cmd_skip_add)
+    skip_remove = skip_sub.add_parser("remove", parents=[common], help="build it again")
+    skip_remove.add_argument("project")
+    skip_remove.add_argument("version", nargs="?")
+    skip_remove.set_defaults(func=cmd_skip_remove)
+    skip_list = skip_sub.add_parser("list", parents=[common], help="show the skip list")
+    skip_list.add_argument("--json", action="store_true")
+    skip_list.set_defaults(func=cmd_skip_list)
 
     db = sub.add_parser("db", help="database schema", parents=[common])
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)

@@ -18,6 +18,8 @@ from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState, TokenRole
 from master.app import create_app
 from master.auth import create_token
+from master.feed import apply_events
+from master.journal import JournalEvent, parse_entry
 from tests.conftest import make_wheel
 from tests.seed import add_release
 
@@ -263,3 +265,30 @@ def test_restarted_builder_hands_back_its_job(farm: Farm) -> None:
     assert answer.status_code == 200
     job = farm.job()
     assert job.state == JobState.PENDING and job.builder_id is None
+
+
+def test_yanked_and_removed_upstream_show_in_the_index(farm: Farm) -> None:
+    assert farm.upload().status_code == 200
+    settings = farm.settings.model_copy(deep=True)
+    settings.upstream.projects = "all"
+    settings.upstream.feed = "changelog"
+
+    def change(action: str, serial: int) -> None:
+        event = parse_entry(["demo", "1.0", 1_700_000_000, action, serial])
+        assert isinstance(event, JournalEvent)
+        with transaction(farm.factory) as session:
+            apply_events(session, [event], settings)
+
+    json_accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
+    change("yank release", 1)
+    page = farm.client.get("/simple/demo/", headers=json_accept).json()
+    assert [(f["filename"], f["yanked"]) for f in page["files"]] == [(GOOD, True)]
+    change("remove release", 2)
+    # The project has nothing left to serve: it answers like an unknown project.
+    assert farm.client.get("/simple/demo/", headers=json_accept).status_code == 404
+    assert farm.client.get(f"/files/demo/{GOOD}").status_code == 404
+    projects = farm.client.get("/simple/", headers=json_accept).json()["projects"]
+    assert projects == []
+    with farm.factory() as session:
+        output = session.scalar(select(OutputFile))
+        assert output is not None and output.filename == GOOD  # history stays

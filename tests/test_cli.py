@@ -90,6 +90,10 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str
         (["token", "create", "x" * 101, "--role", "builder"], ["invalid name"]),
         (["token", "revoke", "b/1"], ["invalid name: 'b/1'"]),
         (["image", "build"], ["required", "--arch"]),
+        (["import", "demo", "--top", "0"], ["--top", "not a positive number: '0'"]),
+        (["import", "demo", "--top", "x"], ["--top", "not a positive number: 'x'"]),
+        (["skip", "add", "demo"], ["required", "--reason"]),
+        (["skip"], ["armwheels skip:", "required"]),
     ],
 )
 def test_bad_arguments(farm: Farm, args: list[str], fragments: list[str]) -> None:
@@ -194,3 +198,49 @@ def test_rebuild(farm: Farm) -> None:
     assert farm.ok("rebuild", "Demo", "1.0").startswith("nothing to do")
     data = json.loads(farm.ok("status", "--json"))
     assert data["queues"]["aarch64"]["pending"] == 1
+
+
+def test_import_refuses_bad_input_in_one_line(farm: Farm) -> None:
+    farm.upgraded()
+    assert_usage_error(farm.run("import"), "name projects to import, or give --from FILE")
+    assert_usage_error(farm.run("import", "--top", "3"), "--top needs --from FILE")
+    assert_usage_error(farm.run("import", "ok", "bad name"), "invalid project name: 'bad name'")
+    assert_usage_error(farm.run("import", "--from", "missing.txt"), "missing.txt: cannot read")
+    (farm.root / "list.json").write_text('{"rows": [{"project": "numpy"}, {"count": 3}]}')
+    assert_usage_error(farm.run("import", "--from", "list.json"), "entry without a project name")
+    (farm.root / "list.txt").write_text("numpy\n# a comment\nnot a name!\n")
+    assert_usage_error(farm.run("import", "--from", "list.txt"), "invalid project name")
+
+
+def test_skip_list(farm: Farm) -> None:
+    farm.upgraded()
+    settings = load_settings(None, master={"data_dir": farm.data})
+    engine = make_engine(settings.database.url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            add_release(session, settings, "demo", "1.0")
+            add_release(session, settings, "demo", "2.0")
+    finally:
+        engine.dispose()
+    assert farm.ok("skip", "add", "Demo", "1.0", "--reason", "needs CUDA").startswith(
+        "skipping demo 1.0; 1 waiting jobs skipped"
+    )
+    assert_usage_error(
+        farm.run("skip", "add", "demo", "1.0", "--reason", "again"), "already on the skip list"
+    )
+    assert_usage_error(farm.run("skip", "add", "demo", "--reason", " "), "a reason of 1 to 500")
+    assert_usage_error(farm.run("skip", "add", "demo", "1..0", "--reason", "x"), "invalid version")
+    assert farm.ok("skip", "add", "demo", "--reason", "whole project").startswith(
+        "skipping demo (all releases); 1 waiting jobs skipped"
+    )
+    rules = json.loads(farm.ok("skip", "list", "--json"))
+    assert [(r["project"], r["version"], r["reason"]) for r in rules] == [
+        ("demo", "*", "whole project"),
+        ("demo", "1.0", "needs CUDA"),
+    ]
+    data = json.loads(farm.ok("status", "--json"))
+    assert data["queues"]["aarch64"].get("pending", 0) == 0
+    assert data["queues"]["aarch64"]["skipped"] == 2
+    farm.ok("skip", "remove", "demo")
+    assert_usage_error(farm.run("skip", "remove", "demo"), "is not on the skip list")
+    assert len(json.loads(farm.ok("skip", "list", "--json"))) == 1

@@ -614,3 +614,43 @@ def test_odd_headers_and_html_fallback(upstream: Upstream) -> None:
             client.project_page("teapot")
         with pytest.raises(UpstreamError, match="invalid JSON"):
             client.project_page("garbled")
+
+
+def test_releases_and_projects_removed_upstream_leave_the_index(
+    settings: Settings, factory: sessionmaker[Session], upstream: Upstream
+) -> None:
+    settings.upstream.backfill = True
+    both: list[object] = [sdist_entry("demo", "1.0"), sdist_entry("demo", "2.0")]
+    upstream.script(
+        "demo",
+        json_reply(both, etag='"a"'),
+        json_reply([sdist_entry("demo", "1.0")], etag='"b"'),  # 2.0 removed
+        Reply(404, b"gone"),  # the whole project removed
+        json_reply(both, etag='"c"'),  # and back again
+    )
+    watch(settings, upstream.url, "demo")
+
+    def removed() -> dict[str, bool]:
+        with factory() as session:
+            rows = session.execute(select(Release.version, Release.removed_at)).all()
+        return {version: when is not None for version, when in rows}
+
+    with client_for(upstream.url) as client:
+        poll_watched(factory, client, settings)
+        assert removed() == {"1.0": False, "2.0": False}
+        (outcome,) = poll_watched(factory, client, settings)
+        assert outcome.removed_releases == 1
+        assert removed() == {"1.0": False, "2.0": True}
+        (outcome,) = poll_watched(factory, client, settings)
+        assert outcome.removed_releases == 1
+        assert removed() == {"1.0": True, "2.0": True}
+        with factory() as session:
+            project = session.scalar(select(Project).where(Project.name == "demo"))
+            assert project is not None and project.removed_at is not None
+        poll_watched(factory, client, settings)
+        assert removed() == {"1.0": False, "2.0": False}
+    # History stays: the removed release's jobs ended as skipped, and it came back with
+    # new jobs, not with a second copy of anything.
+    states = [(v, s) for v, _, _, s in jobs_by_version(factory)]
+    assert states.count(("2.0", JobState.SKIPPED)) == 1
+    assert ("2.0", JobState.PENDING) in states
