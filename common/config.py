@@ -123,6 +123,9 @@ class MasterSettings(_Section):
     requeue_after: float = Field(default=6 * 3600.0, ge=60)
     # Attempts before a job that keeps getting lost fails with reason "lost".
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # Jobs of one arch in the broker at once; the rest wait in the database in priority
+    # order, so a later rebuild still goes first. Keep it above the arch's builder count.
+    queue_depth: int = Field(default=50, ge=1)
 
     @model_validator(mode="after")
     def _public_url(self) -> MasterSettings:

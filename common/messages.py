@@ -15,20 +15,45 @@ from common.states import ARCHES
 BUILD_TASK = "armwheels.build"
 
 
+# kombu emulates priorities on Redis with one list per step; the worker polls the lists in
+# step order, so step 0 is served first. Every step gets its own list: the database's
+# priorities (1, 5, 9) stay distinct in the broker.
+REDIS_PRIORITY_STEPS: list[int] = list(range(10))
+
+
 def queue_name(arch: str) -> str:
     return f"build.{arch}"
+
+
+def is_sqlalchemy_broker(url: str) -> bool:
+    return url.startswith(("sqla+", "sqlalchemy+"))
+
+
+def is_redis_broker(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+
+
+def broker_priority(priority: int) -> int:
+    """Redis's priority for a database priority: 9 is most urgent there, 0 on Redis."""
+    return 9 - min(max(priority, 0), 9)
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("armwheels", broker=settings.broker.url, set_as_current=False)
     hard_limit = settings.builder.build_timeout + 600
-    transport_options: dict[str, int] = {}
-    if not settings.broker.url.startswith(("sqla+", "sqlalchemy+")):
+    transport_options: dict[str, object] = {}
+    if not is_sqlalchemy_broker(settings.broker.url):
         # Redis redelivers an unacknowledged message after this; kombu's SQLAlchemy
-        # transport has no such timeout and hands unknown options to create_engine().
+        # transport has no such timeout and hands unknown options to create_engine(),
+        # so it gets none of these (and has no priorities: its queues are FIFO).
         transport_options["visibility_timeout"] = max(
             settings.broker.visibility_timeout, hard_limit + 600
         )
+    if is_redis_broker(settings.broker.url):
+        # Sender and worker must agree on these: they name the per-priority lists.
+        transport_options["priority_steps"] = REDIS_PRIORITY_STEPS
+        transport_options["sep"] = ":"
+        transport_options["queue_order_strategy"] = "priority"
     app.conf.update(
         task_queues=[Queue(queue_name(arch)) for arch in ARCHES],
         task_default_queue=queue_name(ARCHES[0]),

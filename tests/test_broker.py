@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, load_settings
 from common.db import transaction
-from common.messages import BUILD_TASK, make_celery, queue_name
+from common.messages import BUILD_TASK, broker_priority, make_celery, queue_name
 from common.models import BuildJob
 from common.states import JobState
-from master.scheduler import dispatch_pending
+from master.scheduler import PRIORITY_NEW, dispatch_pending
 from tests.seed import add_release
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,10 +213,12 @@ def test_dispatch_pending_sends_each_job_once(
             assert queued.state == JobState.QUEUED
             assert queued.queued_at is not None
 
-        # kombu keeps each Redis queue as a list named after the queue.
-        assert redis_db.llen(queue_name("aarch64")) == 1
-        assert redis_db.llen(queue_name("armv7l")) == 0
-        raw = redis_db.lindex(queue_name("aarch64"), 0)
+        # kombu keeps each Redis queue as one list per priority, "<queue>:<priority>" (the
+        # bare name for 0, the most urgent); a new job's database priority 5 is Redis's 4.
+        aarch64 = f"{queue_name('aarch64')}:{broker_priority(PRIORITY_NEW)}"
+        assert redis_db.llen(aarch64) == 1
+        assert redis_db.keys(queue_name("armv7l") + "*") == []
+        raw = redis_db.lindex(aarch64, 0)
         assert isinstance(raw, bytes)
         message = json.loads(raw)
         assert message["headers"]["task"] == BUILD_TASK
@@ -227,6 +229,6 @@ def test_dispatch_pending_sends_each_job_once(
 
         # Nothing is pending any more, so a second pass sends nothing.
         assert dispatch_pending(factory, app) == 0
-        assert redis_db.llen(queue_name("aarch64")) == 1
+        assert redis_db.llen(aarch64) == 1
     finally:
         app.close()
