@@ -1,10 +1,11 @@
-"""Runs the master: the feed poller and dispatcher in a thread, the HTTP server in front."""
+"""Runs the master: poller, reconciler and dispatcher in a thread, the HTTP server in front."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 import uvicorn
 from celery import Celery
@@ -14,8 +15,13 @@ from common.config import Settings
 from common.db import is_up_to_date, make_engine, make_sessionmaker, transaction
 from common.messages import make_celery
 from master.app import create_app
+from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
+from master.feed import follow_changelog
+from master.json_api import JsonApiClient
+from master.leader import PollLeader
 from master.poller import poll_watched
 from master.reconciler import reconcile
+from master.refresh import refresh_marked
 from master.scheduler import dispatch_pending
 from master.upstream import SimpleClient
 
@@ -26,41 +32,108 @@ class SchemaOutdated(RuntimeError):
     """The database needs `armwheels db upgrade` before the master can start."""
 
 
-class FeedLoop(threading.Thread):
-    """Polls upstream every poll_interval and dispatches pending jobs more often."""
+@dataclass
+class UpstreamClients:
+    """One client per upstream interface; each keeps its connections between rounds."""
 
-    def __init__(self, settings: Settings, factory: sessionmaker[Session], celery: Celery) -> None:
+    simple: SimpleClient
+    changelog: ChangelogClient
+    json_api: JsonApiClient
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> UpstreamClients:
+        upstream = settings.upstream
+        return cls(
+            SimpleClient(upstream.index_url, upstream.timeout),
+            ChangelogClient(upstream.xmlrpc_url, upstream.timeout),
+            JsonApiClient(upstream.json_url, upstream.timeout),
+        )
+
+    def close(self) -> None:
+        self.simple.close()
+        self.changelog.close()
+        self.json_api.close()
+
+
+class FeedLoop(threading.Thread):
+    """Each round: the leader follows upstream (every poll_interval), refreshes releases the
+    changelog named and reconciles; every master dispatches.
+
+    Of several masters on one PostgreSQL database only the leader does the upstream and
+    reconcile work (see master.leader); dispatch runs everywhere, since its batches are
+    locked with SKIP LOCKED, so it keeps going while leadership moves.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        celery: Celery,
+        leader: PollLeader,
+    ) -> None:
         super().__init__(name="feed-loop", daemon=True)
         self.settings = settings
         self.factory = factory
         self.celery = celery
+        self.leader = leader
         self.stopping = threading.Event()
+        self.next_poll = 0.0
 
     def run(self) -> None:
-        client = SimpleClient(self.settings.upstream.index_url, self.settings.upstream.timeout)
-        next_poll = 0.0
+        client = UpstreamClients.for_settings(self.settings)
         try:
             while not self.stopping.is_set():
-                if time.monotonic() >= next_poll:
-                    try:
-                        poll_watched(self.factory, client, self.settings)
-                    except Exception:
-                        log.exception("poll round failed")
-                    next_poll = time.monotonic() + self.settings.upstream.poll_interval
-                try:
-                    with transaction(self.factory) as session:
-                        reconcile(session, self.settings)
-                except Exception:
-                    log.exception("reconcile failed")
-                try:
-                    sent = dispatch_pending(self.factory, self.celery)
-                    if sent:
-                        log.info("dispatched jobs", extra={"count": sent})
-                except Exception:
-                    log.exception("dispatch failed")
+                self.run_round(client)
                 self.stopping.wait(self.settings.master.dispatch_interval)
         finally:
+            # Hand over now rather than when the process exits.
+            self.leader.release()
             client.close()
+
+    def run_round(self, client: UpstreamClients) -> None:
+        try:
+            leading = self.leader.is_leader()
+        except Exception:
+            log.exception("leadership check failed")
+            leading = False
+        if leading:
+            self._lead(client)
+        else:
+            # Poll as soon as this master leads: the previous leader's schedule is unknown.
+            self.next_poll = 0.0
+        try:
+            sent = dispatch_pending(
+                self.factory, self.celery, queue_depth=self.settings.master.queue_depth
+            )
+            if sent:
+                log.info("dispatched jobs", extra={"count": sent})
+        except Exception:
+            log.exception("dispatch failed")
+
+    def _lead(self, client: UpstreamClients) -> None:
+        """The work only one master does at a time."""
+        upstream = self.settings.upstream
+        if time.monotonic() >= self.next_poll:
+            try:
+                if upstream.feed == "changelog":
+                    follow_changelog(self.factory, client.changelog, self.settings)
+                else:
+                    poll_watched(self.factory, client.simple, self.settings)
+            except (TransientChangelogError, ChangelogError) as exc:
+                # The cursor did not move: the next round starts where this one failed.
+                log.warning("changelog round failed: %s", exc)
+            except Exception:
+                log.exception("poll round failed")
+            self.next_poll = time.monotonic() + upstream.poll_interval
+        try:
+            refresh_marked(self.factory, client.json_api, self.settings)
+        except Exception:
+            log.exception("refresh failed")
+        try:
+            with transaction(self.factory) as session:
+                reconcile(session, self.settings)
+        except Exception:
+            log.exception("reconcile failed")
 
 
 def run_master(settings: Settings) -> None:
@@ -69,7 +142,8 @@ def run_master(settings: Settings) -> None:
         raise SchemaOutdated("database schema is not current: run `armwheels db upgrade`")
     factory = make_sessionmaker(engine)
     celery = make_celery(settings)
-    loop = FeedLoop(settings, factory, celery)
+    leader = PollLeader(engine)
+    loop = FeedLoop(settings, factory, celery, leader)
     loop.start()
     app = create_app(settings, factory)
     log.info("master listening", extra={"url": settings.master.public_url})
@@ -84,4 +158,5 @@ def run_master(settings: Settings) -> None:
     finally:
         loop.stopping.set()
         loop.join(timeout=30)
+        leader.close()
         engine.dispose()
