@@ -9,6 +9,7 @@ pages.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -24,6 +25,21 @@ from master.scheduler import PRIORITY_NEW
 from master.upstream import TransientUpstreamError, UpstreamError
 
 log = logging.getLogger(__name__)
+
+
+# JSON API requests in flight at once: refresh time is mostly network latency.
+FETCH_CONCURRENCY = 8
+
+
+def _fetch(client: JsonApiClient, name: str) -> tuple[ProjectDetails | None, str | None]:
+    """(details, None); (None, None) for unusable data; (None, error) to retry later."""
+    try:
+        return client.project(name), None
+    except TransientUpstreamError as exc:
+        return None, str(exc)
+    except UpstreamError as exc:
+        log.warning("release details unusable: %s", exc, extra={"project": name})
+        return None, None
 
 
 @dataclass
@@ -46,16 +62,18 @@ def _apply_marked(
         )
     )
     jobs = 0
-    for release in marked:
-        release.refresh_needed = False
-        if release.removed_at is not None:
-            continue
-        files = None if details.missing else details.releases.get(release.version)
-        if files is None:
-            # Gone again since the feed named it; its removal event says so too.
-            continue
-        applied = apply_release_files(session, release, files)
-        jobs += len(plan_builds(session, release, applied.source, settings, PRIORITY_NEW))
+    # Each step flushes what the next one reads; autoflush before every query only costs.
+    with session.no_autoflush:
+        for release in marked:
+            release.refresh_needed = False
+            if release.removed_at is not None:
+                continue
+            files = None if details.missing else details.releases.get(release.version)
+            if files is None:
+                # Gone again since the feed named it; its removal event says so too.
+                continue
+            applied = apply_release_files(session, release, files)
+            jobs += len(plan_builds(session, release, applied.source, settings, PRIORITY_NEW))
     return len(marked), jobs
 
 
@@ -80,17 +98,16 @@ def refresh_marked(
             .order_by(Project.id)
             .limit(limit or settings.upstream.refresh_batch)
         ).all()
-    for project_id, name, feed_serial in rows:
-        try:
-            details = client.project(name)
-        except TransientUpstreamError as exc:
+    with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY) as pool:
+        fetched = list(pool.map(lambda row: _fetch(client, row[1]), rows))
+    for (project_id, name, feed_serial), (details, error) in zip(rows, fetched, strict=True):
+        if error is not None:
             outcome.failed += 1
-            log.warning("release details not read: %s", exc, extra={"project": name})
+            log.warning("release details not read: %s", error, extra={"project": name})
             continue
-        except UpstreamError as exc:
+        if details is None:
             # Malformed upstream data: logged and dropped, the next change names it again.
             outcome.failed += 1
-            log.warning("release details unusable: %s", exc, extra={"project": name})
             details = ProjectDetails(name, None, missing=True)
         if (
             not details.missing

@@ -1,0 +1,175 @@
+"""The changelog client and feed against a local server speaking PyPI's XML-RPC protocol.
+
+PyPI's XML-RPC cannot be reached from these machines: tests.pypi_replay replays a
+generated journal with PyPI's method names, tuple shapes, page limit and faults, and
+serves the matching JSON API.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from packaging.version import Version
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import wait_none
+
+from common.config import Settings
+from common.models import BuildJob, FeedActionCount, Project, Release
+from common.states import JobState
+from master.build_plan import covering_wheel, pure_python_wheel
+from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
+from master.feed import CHANGELOG_FEED, follow_changelog, read_cursor
+from master.json_api import JsonApiClient
+from master.refresh import refresh_marked
+from master.scheduler import target_allowed
+from tests.pypi_replay import ReplayServer, ReplayState, replay_server
+
+EVENTS = 3000
+
+
+@pytest.fixture(scope="module")
+def replay() -> Iterator[ReplayServer]:
+    with replay_server(events=EVENTS, seed=7, page_limit=700) as server:
+        yield server
+
+
+def client_for(server: ReplayServer, attempts: int = 4) -> ChangelogClient:
+    return ChangelogClient(server.xmlrpc_url, timeout=30, attempts=attempts, wait=wait_none())
+
+
+def follow_settings(settings: Settings, server: ReplayServer) -> Settings:
+    settings.upstream.feed = "changelog"
+    settings.upstream.projects = "all"
+    settings.upstream.xmlrpc_url = server.xmlrpc_url
+    settings.upstream.json_url = server.url + "/pypi/"
+    settings.upstream.changelog_start = server.journal[0].serial - 1
+    return settings
+
+
+def test_client_pages_through_the_whole_journal(replay: ReplayServer) -> None:
+    replay.set_faults(page_limit=700)
+    with client_for(replay) as client:
+        assert client.last_serial() == replay.journal[-1].serial
+        serial = replay.journal[0].serial - 1
+        seen: list[int] = []
+        pages = 0
+        while True:
+            page = client.since(serial)
+            if page.last_serial is None:
+                break
+            pages += 1
+            assert page.entries <= 700
+            seen += [e.serial for e in page.events]
+            serial = page.last_serial
+    assert pages == -(-EVENTS // 700)
+    assert seen == [entry.serial for entry in replay.journal]
+
+
+def test_rate_limits_and_outages_are_retried(replay: ReplayServer) -> None:
+    replay.set_faults(rate_limit_next=2, rate_limit_reset=0, http_503_next=1)
+    with client_for(replay) as client:
+        assert client.last_serial() == replay.journal[-1].serial
+    replay.set_faults(rate_limit_next=3, rate_limit_reset=0)
+    with client_for(replay, attempts=2) as client, pytest.raises(TransientChangelogError):
+        client.last_serial()
+    replay.set_faults(rate_limit_next=0, http_503_next=0)
+
+
+def test_faults_that_are_not_transient_are_errors(replay: ReplayServer) -> None:
+    with client_for(replay) as client:
+        with pytest.raises(ChangelogError, match="-32601"):
+            client._call("changelog_everything")
+        with pytest.raises(ChangelogError, match="-32602"):
+            client._call("changelog_since_serial", "not a number")
+
+
+def test_an_outage_never_moves_the_cursor(
+    settings: Settings, factory: sessionmaker[Session], replay: ReplayServer
+) -> None:
+    follow_settings(settings, replay)
+    replay.set_faults(page_limit=700, http_503_next=5)
+    with client_for(replay, attempts=2) as client, pytest.raises(TransientChangelogError):
+        follow_changelog(factory, client, settings)
+    replay.set_faults(http_503_next=0)
+    with factory() as session:
+        assert read_cursor(session, CHANGELOG_FEED) == replay.journal[0].serial - 1
+        assert session.scalars(select(Release)).first() is None
+
+
+def expected_builds(state: ReplayState, settings: Settings) -> set[tuple[str, str, str]]:
+    """(project, version, arch) the farm should build, computed from the replayed state."""
+    wanted = set()
+    targets = settings.enabled_targets()
+    for project in state.projects.values():
+        for release in project.releases.values():
+            files = list(release.files)
+            has_sdist = any(f.packagetype == "sdist" for f in release.files.values())
+            if release.yanked or not has_sdist or pure_python_wheel(files):
+                continue
+            for arch, target in targets.items():
+                for tag in target.python_tags:
+                    if not target_allowed(release.requires_python, tag):
+                        continue
+                    if covering_wheel(files, tag, target.policy):
+                        continue
+                    wanted.add((project.normalized, str(Version(release.version)), arch))
+    return wanted
+
+
+def test_following_the_changelog_reproduces_upstream(
+    settings: Settings, factory: sessionmaker[Session], replay: ReplayServer
+) -> None:
+    follow_settings(settings, replay)
+    replay.set_faults(page_limit=700)
+    json_api = JsonApiClient(settings.upstream.json_url, 30, attempts=2, wait=wait_none())
+    with client_for(replay) as client:
+        outcome = follow_changelog(factory, client, settings)
+        assert outcome.events == EVENTS and outcome.serial == replay.journal[-1].serial
+        # Caught up: another round reads one empty page and changes nothing.
+        again = follow_changelog(factory, client, settings)
+        assert (again.events, again.pages) == (0, 1)
+    while refresh_marked(factory, json_api, settings, limit=500).projects:
+        pass
+    json_api.close()
+    state = replay.expected_state()
+    with factory() as session:
+        assert read_cursor(session, CHANGELOG_FEED) == replay.journal[-1].serial
+        counts = {row.kind: row.count for row in session.scalars(select(FeedActionCount))}
+        assert sum(counts.values()) == EVENTS
+        for kind in ("new-release", "add-sdist", "remove-release", "yank-release"):
+            assert counts[kind] > 0
+        assert counts["ignored:role-change"] > 0
+        releases = session.execute(select(Project.name, Release).join(Project)).all()
+        live = {
+            (name, release.version): release
+            for name, release in releases
+            if release.removed_at is None
+        }
+        expected_live = {
+            (project.normalized, str(Version(release.version))): release
+            for project in state.projects.values()
+            for release in project.releases.values()
+        }
+        assert set(live) == set(expected_live)
+        for key, release in live.items():
+            upstream = expected_live[key]
+            assert not release.refresh_needed
+            assert release.upstream_files == sorted(upstream.files), key
+            assert release.yanked == upstream.yanked, key
+            if upstream.yanked:
+                assert release.yanked_reason == upstream.yanked_reason, key
+        jobs = session.execute(
+            select(Project.name, Release.version, BuildJob.arch, BuildJob.state)
+            .join(Release, BuildJob.release_id == Release.id)
+            .join(Project)
+        ).all()
+        building = {
+            (name, version, arch)
+            for name, version, arch, job_state in jobs
+            if job_state == JobState.PENDING
+        }
+        assert building == expected_builds(state, settings)
+        assert Counter(job_state for *_, job_state in jobs)[JobState.PENDING] == len(building)
