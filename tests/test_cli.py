@@ -244,3 +244,49 @@ def test_skip_list(farm: Farm) -> None:
     farm.ok("skip", "remove", "demo")
     assert_usage_error(farm.run("skip", "remove", "demo"), "is not on the skip list")
     assert len(json.loads(farm.ok("skip", "list", "--json"))) == 1
+
+
+def test_import_backfills_at_low_priority(farm: Farm) -> None:
+    from sqlalchemy import func, select
+
+    from common.models import BuildJob, Project, Release
+    from master.scheduler import PRIORITY_BACKFILL
+    from tests.pypi_replay import replay_server
+
+    farm.upgraded()
+    with replay_server(events=1500, seed=4) as server:
+        state = server.expected_state()
+        # Projects whose newest release has an sdist and nothing that stops a build.
+        names = sorted(
+            name
+            for name, project in state.projects.items()
+            if project.releases and not any(r.yanked for r in project.releases.values())
+        )[:6]
+        ranking = farm.root / "top.json"
+        ranking.write_text(
+            json.dumps({"rows": [{"project": n, "download_count": 9} for n in names]})
+        )
+        env = {"ARMWHEELS_UPSTREAM__JSON_URL": server.url + "/pypi/"}
+        result = farm.run("import", "--from", str(ranking), "--top", "4", "no-such-project", **env)
+        assert result.returncode == 1, result.stderr
+        assert "not imported: no-such-project: no-such-project: not found upstream" in (
+            result.stderr
+        )
+        assert "imported 4 of 5 projects" in result.stdout
+        again = farm.run("import", *names[:4], "--all-releases", **env)
+        assert again.returncode == 0, again.stderr
+    settings = load_settings(None, master={"data_dir": farm.data})
+    engine = make_engine(settings.database.url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            imported = set(session.scalars(select(Project.name)))
+            assert imported == set(names[:4])
+            releases = session.scalar(select(func.count()).select_from(Release))
+            expected = sum(
+                1 for n in names[:4] for r in state.projects[n].releases.values() if r.files
+            )
+            assert releases == expected
+            priorities = list(session.scalars(select(BuildJob.priority)))
+            assert priorities and set(priorities) == {PRIORITY_BACKFILL}
+    finally:
+        engine.dispose()
