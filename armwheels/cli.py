@@ -138,6 +138,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             seconds,
         )
     console.print(recent)
+    feeds = Table(title="Feeds")
+    for column in ("feed", "serial", "updated", "events seen"):
+        feeds.add_column(column)
+    for name, feed in data["feeds"]["cursors"].items():
+        feeds.add_row(
+            name, str(feed["serial"]), feed["updated"] or "", str(sum(feed["actions"].values()))
+        )
+    console.print(feeds)
+    waiting = data["feeds"]["releases_waiting_for_details"]
+    skips = ", ".join(f"{k} {v}" for k, v in sorted(data["skips"].items())) or "none"
+    console.print(f"releases waiting for details: {waiting}; not built: {skips}")
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.models import Builder, BuildJob, Project, Release
+from common.models import Builder, BuildJob, FeedActionCount, FeedCursor, Project, Release
 from common.states import JobState
 
 BUILDER_OFFLINE_AFTER = timedelta(minutes=5)
@@ -63,4 +63,49 @@ def collect(session: Session, recent: int = 20) -> dict[str, Any]:
         }
         for job, version, name in rows
     ]
-    return {"queues": queues, "builders": builders, "recent": outcomes}
+    return {
+        "queues": queues,
+        "builders": builders,
+        "recent": outcomes,
+        "feeds": _feeds(session),
+        "skips": _skips(session),
+    }
+
+
+def _feeds(session: Session) -> dict[str, Any]:
+    """Where each change feed stands, what kinds of change it saw, what waits for details."""
+    feeds: dict[str, Any] = {
+        cursor.name: {
+            "serial": cursor.serial,
+            "updated": _aware(cursor.updated_at).isoformat(),
+            "actions": {},
+        }
+        for cursor in session.scalars(select(FeedCursor))
+    }
+    for row in session.scalars(select(FeedActionCount).order_by(FeedActionCount.kind)):
+        feeds.setdefault(row.feed, {"serial": None, "updated": None, "actions": {}})
+        feeds[row.feed]["actions"][row.kind] = row.count
+    waiting = session.scalar(
+        select(func.count()).where(Release.refresh_needed.is_(True), Release.removed_at.is_(None))
+    )
+    return {"cursors": feeds, "releases_waiting_for_details": waiting or 0}
+
+
+def _skips(session: Session) -> dict[str, int]:
+    """Releases and targets not built, by recorded reason."""
+    counts: dict[str, int] = {}
+    for reason, count in session.execute(
+        select(Release.skip_reason, func.count())
+        .where(Release.skip_reason.is_not(None))
+        .group_by(Release.skip_reason)
+    ):
+        if reason is not None:
+            counts[f"release:{reason.value}"] = count
+    for reason, count in session.execute(
+        select(BuildJob.skip_reason, func.count())
+        .where(BuildJob.skip_reason.is_not(None))
+        .group_by(BuildJob.skip_reason)
+    ):
+        if reason is not None:
+            counts[f"target:{reason.value}"] = count
+    return counts

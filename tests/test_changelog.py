@@ -25,6 +25,7 @@ from master.feed import CHANGELOG_FEED, follow_changelog, read_cursor
 from master.json_api import JsonApiClient
 from master.refresh import refresh_marked
 from master.scheduler import target_allowed
+from master.status import collect
 from tests.pypi_replay import ReplayServer, ReplayState, replay_server
 
 EVENTS = 3000
@@ -173,3 +174,8 @@ def test_following_the_changelog_reproduces_upstream(
         }
         assert building == expected_builds(state, settings)
         assert Counter(job_state for *_, job_state in jobs)[JobState.PENDING] == len(building)
+        status = collect(session)
+    feed = status["feeds"]["cursors"][CHANGELOG_FEED]
+    assert feed["serial"] == replay.journal[-1].serial
+    assert sum(feed["actions"].values()) == EVENTS
+    assert status["feeds"]["releases_waiting_for_details"] == 0

@@ -241,6 +241,9 @@ def test_skip_list(farm: Farm) -> None:
     data = json.loads(farm.ok("status", "--json"))
     assert data["queues"]["aarch64"].get("pending", 0) == 0
     assert data["queues"]["aarch64"]["skipped"] == 2
+    assert data["skips"] == {"release:skip-list": 2, "target:skip-list": 2}
+    table = farm.ok("status")
+    assert "not built: release:skip-list 2, target:skip-list 2" in " ".join(table.split())
     farm.ok("skip", "remove", "demo")
     assert_usage_error(farm.run("skip", "remove", "demo"), "is not on the skip list")
     assert len(json.loads(farm.ok("skip", "list", "--json"))) == 1
