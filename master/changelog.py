@@ -18,14 +18,13 @@ from xml.parsers.expat import ExpatError
 
 import httpx
 from tenacity import (
-    RetryCallState,
     retry,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 from tenacity.wait import wait_base
 
+from master.backoff import RetryAfterError, parse_retry_after, wait_retry_after
 from master.journal import JournalEvent, parse_entry
 
 log = logging.getLogger(__name__)
@@ -34,19 +33,14 @@ log = logging.getLogger(__name__)
 FAULT_APPLICATION = -32500
 FAULT_UNAVAILABLE = -32403
 _RESET_IN = re.compile(r"reset in (\d+) seconds")
-MAX_RETRY_AFTER = 300.0
 
 
 class ChangelogError(Exception):
     """The changelog answered, but with a fault or data we cannot use."""
 
 
-class TransientChangelogError(Exception):
+class TransientChangelogError(RetryAfterError):
     """Worth retrying later: timeouts, 429/5xx, rate limiting, service unavailable."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -61,22 +55,6 @@ class ChangelogPage:
     malformed: int = 0
 
 
-class _WaitRetryAfter(wait_base):
-    """Jittered exponential backoff, but never shorter than the server asked for."""
-
-    def __init__(self, fallback: wait_base) -> None:
-        self.fallback = fallback
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        delay = self.fallback(retry_state)
-        outcome = retry_state.outcome
-        if outcome is not None and outcome.failed:
-            exc = outcome.exception()
-            if isinstance(exc, TransientChangelogError) and exc.retry_after is not None:
-                delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
-        return delay
-
-
 class ChangelogClient:
     def __init__(
         self,
@@ -87,9 +65,7 @@ class ChangelogClient:
     ) -> None:
         self.url = url
         self.attempts = attempts
-        self.wait = _WaitRetryAfter(
-            wait if wait is not None else wait_exponential_jitter(initial=1, max=120)
-        )
+        self.wait = wait_retry_after(wait)
         self.http = httpx.Client(
             timeout=timeout,
             headers={
@@ -161,10 +137,9 @@ class ChangelogClient:
         except httpx.TransportError as exc:
             raise TransientChangelogError(f"{method}: {exc!r}") from exc
         if response.status_code == 429 or response.status_code >= 500:
-            retry_after = response.headers.get("Retry-After", "")
             raise TransientChangelogError(
                 f"{method}: HTTP {response.status_code}",
-                float(retry_after) if retry_after.isdigit() else None,
+                parse_retry_after(response.headers.get("Retry-After")),
             )
         if response.status_code != 200:
             raise ChangelogError(f"{method}: HTTP {response.status_code}")

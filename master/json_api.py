@@ -14,10 +14,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
 from common.names import BadName, parse_version
+from master.backoff import parse_retry_after, wait_retry_after
 from master.upstream import (
     TransientUpstreamError,
     UpstreamError,
@@ -105,7 +106,7 @@ class JsonApiClient:
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.attempts = attempts
-        self.wait = wait if wait is not None else wait_exponential_jitter(initial=1, max=60)
+        self.wait = wait_retry_after(wait)
         self.http = httpx.Client(
             timeout=timeout,
             follow_redirects=True,
@@ -131,7 +132,10 @@ class JsonApiClient:
         except httpx.TransportError as exc:
             raise TransientUpstreamError(f"{name}: {exc!r}") from exc
         if response.status_code == 429 or response.status_code >= 500:
-            raise TransientUpstreamError(f"{name}: HTTP {response.status_code}")
+            raise TransientUpstreamError(
+                f"{name}: HTTP {response.status_code}",
+                parse_retry_after(response.headers.get("Retry-After")),
+            )
         if response.status_code == 404:
             return ProjectDetails(name, None, missing=True)
         if response.status_code != 200:

@@ -23,9 +23,10 @@ from tenacity import (
     retry,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 from tenacity.wait import wait_base
+
+from master.backoff import RetryAfterError, parse_retry_after, wait_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 ACCEPT = f"{JSON_TYPE}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
 
 
-class TransientUpstreamError(Exception):
+class TransientUpstreamError(RetryAfterError):
     """Timeouts, 429 and 5xx: retried with backoff, never recorded as data."""
 
 
@@ -204,7 +205,7 @@ class SimpleClient:
         self.index_url = index_url
         self.attempts = attempts
         # Between attempts on a transient error (tests pass tenacity's wait_none()).
-        self.wait = wait if wait is not None else wait_exponential_jitter(initial=1, max=60)
+        self.wait = wait_retry_after(wait)
         self.http = httpx.Client(
             timeout=timeout,
             follow_redirects=True,
@@ -233,7 +234,10 @@ class SimpleClient:
         except httpx.TransportError as exc:
             raise TransientUpstreamError(f"{project}: {exc!r}") from exc
         if response.status_code == 429 or response.status_code >= 500:
-            raise TransientUpstreamError(f"{project}: HTTP {response.status_code}")
+            raise TransientUpstreamError(
+                f"{project}: HTTP {response.status_code}",
+                parse_retry_after(response.headers.get("Retry-After")),
+            )
         serial_header = response.headers.get("X-PyPI-Last-Serial")
         serial = (
             int(serial_header)
