@@ -106,7 +106,8 @@ def test_plan_records_a_reason_for_everything_it_does_not_build(
         jobs = plan_builds(session, py312_only, py312_src, settings)
         assert [(j.arch, j.python_tag) for j in jobs] == [("armv7l", "cp312")]
     with factory() as session:
-        reasons = dict(session.execute(select(Release.version, Release.skip_reason)).tuples().all())
+        rows = session.execute(select(Release.version, Release.skip_reason)).all()
+        reasons = {version: reason for version, reason in rows}
         assert reasons == {
             "1.0": None,
             "2.0": SkipReason.NO_SDIST,
