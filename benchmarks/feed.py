@@ -33,7 +33,7 @@ from common.messages import make_celery
 from common.models import BuildJob
 from common.states import JobState
 from master.changelog import ChangelogClient
-from master.feed import apply_events, follow_changelog
+from master.feed import BATCH_EVENTS, apply_events, follow_changelog
 from master.journal import JournalEvent
 from master.json_api import JsonApiClient
 from master.refresh import refresh_marked
@@ -111,7 +111,9 @@ def main(events: int) -> None:
             upgrade(engine2)
             factory2 = make_sessionmaker(engine2)
             batches: list[list[JournalEvent]] = [
-                page[i : i + 2000] for page in pages for i in range(0, len(page), 2000)
+                page[i : i + BATCH_EVENTS]
+                for page in pages
+                for i in range(0, len(page), BATCH_EVENTS)
             ]
             started = time.perf_counter()
             for batch in batches:

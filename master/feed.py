@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,14 +25,15 @@ from common.db import transaction
 from common.models import FeedActionCount, FeedCursor, Project, Release
 from common.states import SkipReason
 from master.build_plan import settle_active_jobs
-from master.changelog import ChangelogClient
+from master.changelog import ChangelogClient, ChangelogPage
 from master.journal import ACTING_KINDS, ActionKind, JournalEvent
 from master.releases import mark_releases_removed, restore_release, utc_from_timestamp
 
 log = logging.getLogger(__name__)
 
 CHANGELOG_FEED = "pypi-changelog"
-BATCH_EVENTS = 2000
+# Events per transaction (and cursor update): large enough to amortise each flush.
+BATCH_EVENTS = 5000
 # Large enough that a restart after hours of downtime catches up in one round.
 MAX_PAGES_PER_ROUND = 40
 _CHUNK = 1000
@@ -110,6 +112,28 @@ class _Batch:
             for release in session.scalars(query):
                 self.releases[(names_by_id[release.project_id], release.version)] = release
 
+        # Releases whose waiting jobs may need ending, settled once at the end of the batch
+        # from their final state (a yank and an unyank in one batch cancel out).
+        self.to_settle: list[Release] = []
+
+    def releases_of(self, project: Project) -> list[Release]:
+        """The project's releases in the database and those this batch created."""
+        stored = (
+            list(self.session.scalars(select(Release).where(Release.project_id == project.id)))
+            if project.id is not None
+            else []
+        )
+        pending = [r for (name, _), r in self.releases.items() if name == project.name]
+        return list({id(r): r for r in [*stored, *pending]}.values())
+
+    def settle(self) -> None:
+        removed = [r.id for r in self.to_settle if r.id is not None and r.removed_at is not None]
+        yanked = [
+            r.id for r in self.to_settle if r.id is not None and r.removed_at is None and r.yanked
+        ]
+        settle_active_jobs(self.session, sorted(set(removed)), SkipReason.REMOVED_UPSTREAM)
+        settle_active_jobs(self.session, sorted(set(yanked)), SkipReason.YANKED_UPSTREAM)
+
     def project(self, event: JournalEvent, create: bool) -> Project | None:
         project = self.projects.get(event.project)
         if project is None and create:
@@ -149,13 +173,15 @@ def apply_events(session: Session, events: list[JournalEvent], settings: Setting
     batch = _Batch(session, relevant)
     with session.no_autoflush:
         for event in relevant:
-            _apply(session, batch, event)
+            _apply(batch, event)
     session.flush()
+    batch.settle()
     return kinds
 
 
-def _apply(session: Session, batch: _Batch, event: JournalEvent) -> None:
+def _apply(batch: _Batch, event: JournalEvent) -> None:
     kind = event.kind
+    when = utc_from_timestamp(event.timestamp)
     if kind is ActionKind.CREATE_PROJECT:
         project = batch.project(event, create=False)
         if project is not None:
@@ -166,10 +192,10 @@ def _apply(session: Session, batch: _Batch, event: JournalEvent) -> None:
         project = batch.project(event, create=False)
         if project is None:
             return
-        session.flush()
-        releases = list(session.scalars(select(Release).where(Release.project_id == project.id)))
-        mark_releases_removed(session, releases, utc_from_timestamp(event.timestamp))
-        project.removed_at = utc_from_timestamp(event.timestamp)
+        releases = batch.releases_of(project)
+        mark_releases_removed(batch.session, releases, when, settle=False)
+        batch.to_settle.extend(releases)
+        project.removed_at = when
         project.upstream_serial = event.serial
         return
     creates = kind in (
@@ -194,13 +220,11 @@ def _apply(session: Session, batch: _Batch, event: JournalEvent) -> None:
         if release.removed_at is None:
             release.refresh_needed = True
     elif kind is ActionKind.REMOVE_RELEASE:
-        session.flush()
-        mark_releases_removed(session, [release], utc_from_timestamp(event.timestamp))
+        mark_releases_removed(batch.session, [release], when, settle=False)
+        batch.to_settle.append(release)
     elif kind is ActionKind.YANK_RELEASE:
-        if not release.yanked:
-            release.yanked = True
-            session.flush()
-            settle_active_jobs(session, [release.id], SkipReason.YANKED_UPSTREAM)
+        release.yanked = True
+        batch.to_settle.append(release)
         if release.removed_at is None:
             release.refresh_needed = True  # the JSON API gives the reason
     elif kind is ActionKind.UNYANK_RELEASE:
@@ -243,36 +267,49 @@ def follow_changelog(
     outcome = FeedOutcome()
     serial = start_cursor(factory, client, settings)
     outcome.serial = serial
-    while outcome.pages < max_pages:
-        page = client.since(serial)
-        outcome.pages += 1
-        outcome.malformed += page.malformed
-        if page.last_serial is None:
-            break
-        for batch in _batches(page.events, BATCH_EVENTS):
-            with transaction(factory) as session:
-                kinds = apply_events(session, batch, settings)
-                _count(session, CHANGELOG_FEED, kinds)
-                _write_cursor(session, CHANGELOG_FEED, batch[-1].serial)
-            outcome.events += len(batch)
-            outcome.kinds.update(kinds)
-        if page.malformed:
-            with transaction(factory) as session:
-                _count(session, CHANGELOG_FEED, Counter({"malformed": page.malformed}))
-                _write_cursor(session, CHANGELOG_FEED, page.last_serial)
-        serial = page.last_serial
-        outcome.serial = serial
-        log.info(
-            "changelog page applied",
-            extra={
-                "feed": CHANGELOG_FEED,
-                "since": page.since,
-                "serial": serial,
-                "events": len(page.events),
-                "malformed": page.malformed,
-            },
-        )
+    # The next page is fetched while this one is applied: the network and the database
+    # work side by side. A page fetched but not applied is simply asked for again.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changelog-fetch") as pool:
+        upcoming: Future[ChangelogPage] = pool.submit(client.since, serial)
+        while outcome.pages < max_pages:
+            page = upcoming.result()
+            outcome.pages += 1
+            outcome.malformed += page.malformed
+            if page.last_serial is None:
+                break
+            if outcome.pages < max_pages:
+                upcoming = pool.submit(client.since, page.last_serial)
+            _apply_page(factory, settings, page, outcome)
+            serial = page.last_serial
+            outcome.serial = serial
     return outcome
+
+
+def _apply_page(
+    factory: sessionmaker[Session], settings: Settings, page: ChangelogPage, outcome: FeedOutcome
+) -> None:
+    assert page.last_serial is not None
+    for batch in _batches(page.events, BATCH_EVENTS):
+        with transaction(factory) as session:
+            kinds = apply_events(session, batch, settings)
+            _count(session, CHANGELOG_FEED, kinds)
+            _write_cursor(session, CHANGELOG_FEED, batch[-1].serial)
+        outcome.events += len(batch)
+        outcome.kinds.update(kinds)
+    if page.malformed:
+        with transaction(factory) as session:
+            _count(session, CHANGELOG_FEED, Counter({"malformed": page.malformed}))
+            _write_cursor(session, CHANGELOG_FEED, page.last_serial)
+    log.info(
+        "changelog page applied",
+        extra={
+            "feed": CHANGELOG_FEED,
+            "since": page.since,
+            "serial": page.last_serial,
+            "events": len(page.events),
+            "malformed": page.malformed,
+        },
+    )
 
 
 def _batches(events: list[JournalEvent], size: int) -> Iterable[list[JournalEvent]]:

@@ -98,14 +98,20 @@ def apply_release_files(
     return applied
 
 
-def mark_releases_removed(session: Session, releases: list[Release], when: datetime) -> int:
-    """Removed upstream: they leave our index, their rows and jobs' history stay."""
+def mark_releases_removed(
+    session: Session, releases: list[Release], when: datetime, settle: bool = True
+) -> int:
+    """Removed upstream: they leave our index, their rows and jobs' history stay.
+    With settle=False the caller ends their waiting jobs itself (in one statement)."""
     gone = [r for r in releases if r.removed_at is None]
     for release in gone:
         release.removed_at = when
         release.refresh_needed = False
         release.skip_reason = SkipReason.REMOVED_UPSTREAM
-    settle_active_jobs(session, [r.id for r in gone], SkipReason.REMOVED_UPSTREAM)
+    if settle:
+        settle_active_jobs(
+            session, [r.id for r in gone if r.id is not None], SkipReason.REMOVED_UPSTREAM
+        )
     for release in gone:
         log.info(
             "release removed upstream",
