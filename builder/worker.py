@@ -53,12 +53,19 @@ def choose_backend(settings: Settings, arch: str, name: str) -> Backend:
     from builder.backends.docker import DockerBackend, DockerUnavailable
 
     try:
-        return DockerBackend(settings.builder, arch, target, name)
+        container = DockerBackend(settings.builder, arch, target, name)
     except DockerUnavailable as exc:
         raise NoBackend(
             f"{exc}; install docker.io and qemu-user-static (apt) and start dockerd,"
             f" then `armwheels image build --arch {arch}`"
         ) from exc
+    if not container.python_tags():
+        container.close()
+        raise NoBackend(
+            f"build image {target.image} has none of {', '.join(target.python_tags)}"
+            f" (it has: {', '.join(container.interpreters) or 'no CPython'})"
+        )
+    return container
 
 
 class JobRunner:
@@ -160,8 +167,17 @@ def run_builder(settings: Settings, arch: str) -> int:
     client = MasterClient(settings.builder.master_url, token)
     from armwheels import __version__
 
-    client.register(arch, backend.name, backend.python_tags(), __version__)
-    log.info("builder registered", extra={"builder": name, "arch": arch, "backend": backend.name})
+    tags = backend.python_tags()
+    client.register(arch, backend.name, tags, __version__)
+    log.info(
+        "builder registered",
+        extra={
+            "builder": name,
+            "arch": arch,
+            "backend": backend.name,
+            "python_tags": ",".join(tags),
+        },
+    )
     stop = threading.Event()
 
     def beat() -> None:
@@ -184,7 +200,7 @@ def run_builder(settings: Settings, arch: str) -> int:
             [
                 "worker",
                 "--queues",
-                queue_name(arch),
+                ",".join(queue_name(arch, tag) for tag in tags),
                 "--concurrency",
                 "1",
                 "--pool",

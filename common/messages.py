@@ -21,8 +21,18 @@ BUILD_TASK = "armwheels.build"
 REDIS_PRIORITY_STEPS: list[int] = list(range(10))
 
 
-def queue_name(arch: str) -> str:
-    return f"build.{arch}"
+def queue_name(arch: str, python_tag: str) -> str:
+    """One queue per target interpreter: a builder consumes only the tags its image has."""
+    return f"build.{arch}.{python_tag}"
+
+
+def configured_queues(settings: Settings) -> list[str]:
+    return [
+        queue_name(arch, tag)
+        for arch in ARCHES
+        if arch in settings.targets
+        for tag in settings.targets[arch].python_tags
+    ]
 
 
 def is_sqlalchemy_broker(url: str) -> bool:
@@ -55,8 +65,8 @@ def make_celery(settings: Settings) -> Celery:
         transport_options["sep"] = ":"
         transport_options["queue_order_strategy"] = "priority"
     app.conf.update(
-        task_queues=[Queue(queue_name(arch)) for arch in ARCHES],
-        task_default_queue=queue_name(ARCHES[0]),
+        task_queues=[Queue(name) for name in configured_queues(settings)],
+        task_default_queue=configured_queues(settings)[0] if settings.targets else "build",
         task_create_missing_queues=False,
         # Hour-long builds: take one message at a time and acknowledge it only when done,
         # so a builder that dies hands its job back to the queue.

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 class Registration(BaseModel):
     arch: Literal["aarch64", "armv7l"]
     backend: str = Field(min_length=1, max_length=16)
-    python_tags: list[str] = Field(default_factory=list, max_length=50)
+    python_tags: list[Annotated[str, Field(pattern=r"^cp3\d{1,2}$")]] = Field(
+        default_factory=list, max_length=50
+    )
     version: str = Field(default="", max_length=40)
 
 
@@ -135,6 +137,10 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             raise HTTPException(404, "no such job")
         if job.arch != me.arch:
             raise HTTPException(409, f"job {job_id} is for {job.arch}, builder is {me.arch}")
+        if job.python_tag not in me.python_tags:
+            raise HTTPException(
+                409, f"job {job_id} needs {job.python_tag}, builder has no such interpreter"
+            )
         if job.state not in (JobState.PENDING, JobState.QUEUED):
             raise HTTPException(409, f"job {job_id} is {job.state.value}")
         job.state, job.builder_id = JobState.BUILDING, me.id

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from celery import Celery
@@ -14,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import TargetSettings
 from common.messages import BUILD_TASK, broker_priority, is_redis_broker, queue_name
-from common.models import BuildJob, Release, SourceFile
+from common.models import Builder, BuildJob, Release, SourceFile
 from common.names import python_version_of_tag
-from common.states import ACTIVE_STATES, ARCHES, JobState
+from common.states import ACTIVE_STATES, JobState
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,17 @@ def create_jobs(
 DISPATCH_BATCH = 500
 
 
+def served_targets(session: Session, builder_timeout: float) -> set[tuple[str, str]]:
+    """(arch, python tag) pairs that a builder heard from recently has an interpreter for."""
+    since = datetime.now(UTC) - timedelta(seconds=builder_timeout)
+    served: set[tuple[str, str]] = set()
+    for arch, tags in session.execute(
+        select(Builder.arch, Builder.python_tags).where(Builder.last_seen_at >= since)
+    ):
+        served.update((arch, tag) for tag in tags or [])
+    return served
+
+
 def dispatch_pending(
     factory: sessionmaker[Session],
     celery: Celery,
@@ -101,6 +113,7 @@ def dispatch_pending(
     queue_depth: int | None = None,
     batch_size: int = DISPATCH_BATCH,
     limit: int | None = None,
+    targets: Iterable[tuple[str, str]] | None = None,
 ) -> int:
     """Send a Celery message for each pending job, highest priority first; returns the count.
 
@@ -110,16 +123,40 @@ def dispatch_pending(
     a builder accepts a job that is pending or queued, so a crash between the two only
     leaves jobs to send again.
 
-    With queue_depth, an arch never has more than that many jobs queued (per master: two
+    Each (arch, python tag) has its own queue. With `targets`, only those (the ones an
+    online builder has an interpreter for) are sent; the others wait in the database.
+    With queue_depth, a queue never has more than that many jobs queued (per master: two
     masters counting at once may each fill the gap). The rest wait in the database, in
     priority order, so a rebuild asked for later still overtakes them on any broker.
     """
     redis_priorities = is_redis_broker(str(celery.conf.broker_url))
+    with factory() as session:
+        waiting = set(
+            session.execute(
+                select(BuildJob.arch, BuildJob.python_tag)
+                .where(BuildJob.state == JobState.PENDING)
+                .distinct()
+            ).tuples()
+        )
+    if targets is not None:
+        unserved = waiting - set(targets)
+        if unserved:
+            log.debug(
+                "pending jobs wait for a builder",
+                extra={"targets": ",".join(f"{a}/{t}" for a, t in sorted(unserved))},
+            )
+        waiting &= set(targets)
     sent = 0
-    for arch in ARCHES:
+    for arch, tag in sorted(waiting):
+        if queue_name(arch, tag) not in celery.amqp.queues:
+            log.warning(
+                "pending jobs for a target that is not configured",
+                extra={"arch": arch, "python_tag": tag},
+            )
+            continue
         while limit is None or sent < limit:
             want = batch_size if limit is None else min(batch_size, limit - sent)
-            count = _dispatch_batch(factory, celery, arch, want, queue_depth, redis_priorities)
+            count = _dispatch_batch(factory, celery, arch, tag, want, queue_depth, redis_priorities)
             sent += count
             if count < want:
                 break
@@ -135,18 +172,23 @@ def _dispatch_batch(
     factory: sessionmaker[Session],
     celery: Celery,
     arch: str,
+    python_tag: str,
     want: int,
     queue_depth: int | None,
     redis_priorities: bool,
 ) -> int:
-    """One batch of one arch's queue; returns how many messages went out."""
-    queue = queue_name(arch)
+    """One batch of one target's queue; returns how many messages went out."""
+    queue = queue_name(arch, python_tag)
     with factory() as session, session.begin():
         if queue_depth is not None:
             queued = session.scalar(
                 select(func.count())
                 .select_from(BuildJob)
-                .where(BuildJob.state == JobState.QUEUED, BuildJob.arch == arch)
+                .where(
+                    BuildJob.state == JobState.QUEUED,
+                    BuildJob.arch == arch,
+                    BuildJob.python_tag == python_tag,
+                )
             )
             want = min(want, queue_depth - (queued or 0))
             if want <= 0:
@@ -154,7 +196,11 @@ def _dispatch_batch(
                 return 0
         batch = session.execute(
             select(BuildJob.id, BuildJob.priority)
-            .where(BuildJob.state == JobState.PENDING, BuildJob.arch == arch)
+            .where(
+                BuildJob.state == JobState.PENDING,
+                BuildJob.arch == arch,
+                BuildJob.python_tag == python_tag,
+            )
             .order_by(BuildJob.priority.desc(), BuildJob.id)
             .limit(want)
             .with_for_update(skip_locked=True)

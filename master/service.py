@@ -22,7 +22,7 @@ from master.leader import PollLeader
 from master.poller import poll_watched
 from master.reconciler import reconcile
 from master.refresh import refresh_marked
-from master.scheduler import dispatch_pending
+from master.scheduler import dispatch_pending, served_targets
 from master.upstream import SimpleClient
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,13 @@ class FeedLoop(threading.Thread):
             # Poll as soon as this master leads: the previous leader's schedule is unknown.
             self.next_poll = 0.0
         try:
+            with self.factory() as session:
+                served = served_targets(session, self.settings.master.builder_timeout)
             sent = dispatch_pending(
-                self.factory, self.celery, queue_depth=self.settings.master.queue_depth
+                self.factory,
+                self.celery,
+                queue_depth=self.settings.master.queue_depth,
+                targets=served,
             )
             if sent:
                 log.info("dispatched jobs", extra={"count": sent})

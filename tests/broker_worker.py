@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
         [
             "worker",
             "--queues",
-            queue_name("aarch64"),
+            queue_name("aarch64", "cp311"),
             "--concurrency",
             "1",
             "--pool",

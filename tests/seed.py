@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy.orm import Session
 
 from common.config import Settings
-from common.models import BuildJob, Project, Release, SourceFile
+from common.models import Builder, BuildJob, Project, Release, SourceFile, Token
+from common.states import TokenRole
 from master.releases import get_or_create_project
 from master.scheduler import create_jobs
 
@@ -36,3 +39,27 @@ def add_release(
     session.flush()
     jobs = create_jobs(session, release, source, settings.enabled_targets())
     return owner, release, jobs
+
+
+def add_builder(
+    session: Session,
+    name: str,
+    arch: str = "aarch64",
+    python_tags: tuple[str, ...] = ("cp311",),
+    last_seen: datetime | None = None,
+) -> Builder:
+    """A registered builder, as POST /api/v1/builders/register leaves it."""
+    token = Token(name=name, role=TokenRole.BUILDER, token_hash=name.ljust(64, "0")[:64])
+    session.add(token)
+    session.flush()
+    builder = Builder(
+        name=name,
+        token_id=token.id,
+        arch=arch,
+        backend="docker",
+        python_tags=list(python_tags),
+        last_seen_at=last_seen or datetime.now(UTC),
+    )
+    session.add(builder)
+    session.flush()
+    return builder

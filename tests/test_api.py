@@ -292,3 +292,30 @@ def test_yanked_and_removed_upstream_show_in_the_index(farm: Farm) -> None:
     with farm.factory() as session:
         output = session.scalar(select(OutputFile))
         assert output is not None and output.filename == GOOD  # history stays
+
+
+def test_builders_claim_only_jobs_for_their_interpreters(farm: Farm) -> None:
+    with transaction(farm.factory) as session:
+        first = session.get(BuildJob, farm.job_id)
+        assert first is not None
+        other = BuildJob(
+            release_id=first.release_id,
+            source_file_id=first.source_file_id,
+            arch="aarch64",
+            python_tag="cp312",
+            policy=first.policy,
+            state=JobState.QUEUED,
+        )
+        session.add(other)
+        session.flush()
+        other_id = other.id
+    answer = farm.client.post(f"/api/v1/jobs/{other_id}/claim", headers=farm.auth(farm.other_token))
+    assert answer.status_code == 409
+    assert "needs cp312" in answer.json()["error"]
+    bad = farm.client.post(
+        "/api/v1/builders/register",
+        headers=farm.auth(farm.other_token),
+        json={"arch": "aarch64", "backend": "docker", "python_tags": ["cp311", "../x"]},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"].startswith("body.python_tags.1:")

@@ -163,12 +163,15 @@ def test_hour_long_build_configuration(broker_settings: Settings, sender: Celery
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_reject_on_worker_lost is True
     assert conf.task_create_missing_queues is False
-    assert sorted(queue.name for queue in conf.task_queues) == ["build.aarch64", "build.armv7l"]
+    assert sorted(queue.name for queue in conf.task_queues) == [
+        "build.aarch64.cp311",
+        "build.armv7l.cp311",
+    ]
     # The transport must accept the app's broker_transport_options: kombu's SQLAlchemy
     # transport hands every option it does not know to sqlalchemy.create_engine().
     with sender.connection_for_write() as connection:
         channel: Any = connection.default_channel
-        channel.queue_declare(queue=queue_name("aarch64"))
+        channel.queue_declare(queue=queue_name("aarch64", "cp311"))
         if broker_settings.broker.url.startswith("redis://"):
             # Redis redelivers an unacknowledged message after the visibility timeout, so it
             # must outlast the longest build, hard time limit included, or a build still
@@ -180,7 +183,7 @@ def test_hour_long_build_configuration(broker_settings: Settings, sender: Celery
 
 
 def test_build_messages_reach_only_their_arch(sender: Celery, worker: Worker) -> None:
-    aarch64, armv7l = queue_name("aarch64"), queue_name("armv7l")
+    aarch64, armv7l = queue_name("aarch64", "cp311"), queue_name("armv7l", "cp311")
     # The first delivery proves the worker is up and consuming before the armv7l message goes.
     sender.send_task(BUILD_TASK, args=[101], queue=aarch64)
     assert worker.wait_for(101) == [101]
@@ -215,14 +218,16 @@ def test_dispatch_pending_sends_each_job_once(
 
         # kombu keeps each Redis queue as one list per priority, "<queue>:<priority>" (the
         # bare name for 0, the most urgent); a new job's database priority 5 is Redis's 4.
-        aarch64 = f"{queue_name('aarch64')}:{broker_priority(PRIORITY_NEW)}"
+        aarch64 = queue_name("aarch64", "cp311") + f":{broker_priority(PRIORITY_NEW)}"
         assert redis_db.llen(aarch64) == 1
-        assert redis_db.keys(queue_name("armv7l") + "*") == []
+        assert redis_db.keys(queue_name("armv7l", "cp311") + "*") == []
         raw = redis_db.lindex(aarch64, 0)
         assert isinstance(raw, bytes)
         message = json.loads(raw)
         assert message["headers"]["task"] == BUILD_TASK
-        assert message["properties"]["delivery_info"]["routing_key"] == queue_name("aarch64")
+        assert message["properties"]["delivery_info"]["routing_key"] == queue_name(
+            "aarch64", "cp311"
+        )
         assert message["properties"]["body_encoding"] == "base64"
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
         assert (args, kwargs) == ([job_id], {})

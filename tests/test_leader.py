@@ -22,7 +22,7 @@ from common.states import JobState
 from master.leader import POLL_LOCK_KEY, PollLeader
 from master.service import FeedLoop, UpstreamClients
 from tests.conftest import _postgres_database
-from tests.seed import add_release
+from tests.seed import add_builder, add_release
 
 TAKEOVER_DEADLINE = 30.0
 
@@ -172,6 +172,7 @@ def test_only_the_leading_master_reconciles(postgres_url: str, tmp_path: Path) -
         with transaction(factory_a) as session:
             _, _, [lost] = add_release(session, settings, project="lost")
             _, _, [fresh] = add_release(session, settings, project="fresh")
+            add_builder(session, "online-cp311")
             # Building on no builder at all: the reconciler hands it back.
             lost.state = JobState.BUILDING
 

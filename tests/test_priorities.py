@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ from master.scheduler import (
     PRIORITY_REBUILD,
     create_jobs,
     dispatch_pending,
+    served_targets,
 )
-from tests.seed import add_release
+from tests.seed import add_builder, add_release
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 14
@@ -47,7 +49,7 @@ BACKLOG = 1000
 DEPTH = 50
 DELIVERY_DEADLINE = 60.0
 STOP_TIMEOUT = 20.0
-AARCH64 = queue_name("aarch64")
+AARCH64 = queue_name("aarch64", "cp311")
 
 
 @pytest.fixture
@@ -405,3 +407,33 @@ def run_worker(broker_url: str, data_dir: Path, tmp_path: Path) -> Iterator[Rece
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_TIMEOUT)
+
+
+def test_jobs_go_only_to_the_interpreters_builders_have(
+    settings: Settings, factory: sessionmaker[Session], redis_app: Celery, redis_db: redis.Redis
+) -> None:
+    """Each (arch, python tag) has its own queue; a tag no online builder has waits pending."""
+    settings.targets["aarch64"].python_tags = ["cp311", "cp312"]
+    app = make_celery(settings)
+    try:
+        with transaction(factory) as session:
+            _, _, jobs = add_release(session, settings, project="two-pythons")
+            assert sorted(j.python_tag for j in jobs) == ["cp311", "cp312"]
+            add_builder(session, "has-311", python_tags=("cp311",))
+            add_builder(
+                session,
+                "silent-312",
+                python_tags=("cp312",),
+                last_seen=datetime.now(UTC) - timedelta(hours=1),
+            )
+        with factory() as session:
+            served = served_targets(session, settings.master.builder_timeout)
+        assert served == {("aarch64", "cp311")}
+        assert dispatch_pending(factory, app, targets=served) == 1
+        with factory() as session:
+            states = dict(session.execute(select(BuildJob.python_tag, BuildJob.state)).all())
+        assert states == {"cp311": JobState.QUEUED, "cp312": JobState.PENDING}
+        assert redis_db.llen(queue_name("aarch64", "cp311") + f":{broker_priority(5)}") == 1
+        assert redis_db.keys(queue_name("aarch64", "cp312") + "*") == []
+    finally:
+        app.close()

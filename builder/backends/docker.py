@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,20 @@ log = logging.getLogger(__name__)
 LABEL = "armwheels.builder"
 CA_PATH = "/armwheels/ca-bundle.crt"
 CONTAINER_HOME = "/tmp"  # noqa: S108 (a path inside the throw-away container)
+
+
+# Prints one tag (cp311) per interpreter found; errors and non-CPython ones print nothing.
+INTERPRETER_PROBE = """
+for py in /opt/python/*/bin/python /usr/bin/python3 /usr/bin/python3.* /usr/local/bin/python3.*; do
+    case "$py" in *-config|*m) continue ;; esac
+    [ -x "$py" ] || continue
+    "$py" -c "import platform, sys
+if platform.python_implementation() == 'CPython': print('cp%d%d' % sys.version_info[:2])" \
+        2>/dev/null
+done
+true
+"""
+_TAG = re.compile(r"^cp3\d{1,2}$")
 
 
 class DockerUnavailable(RuntimeError):
@@ -52,12 +67,38 @@ class DockerBackend:
         except docker.errors.ImageNotFound as exc:
             raise DockerUnavailable(f"build image {target.image} is missing") from exc
         self.remove_stale()
+        self.interpreters = self.discover_interpreters()
 
     def close(self) -> None:
         self.client.close()
 
+    def discover_interpreters(self) -> list[str]:
+        """The CPython tags the build image has: manylinux images keep theirs under
+        /opt/python/, Debian images have /usr/bin/python3.X. Asked once, at start."""
+        try:
+            output = self.client.containers.run(
+                self.target.image,
+                ["/bin/sh", "-c", INTERPRETER_PROBE],
+                network_mode="none",
+                labels={LABEL: self.builder_name},
+                remove=True,
+                stdout=True,
+                stderr=False,
+            )
+        except docker.errors.DockerException as exc:
+            message = f"cannot start the build image {self.target.image}: {exc}"
+            raise DockerUnavailable(message) from exc
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
+        found = sorted({line.strip() for line in text.splitlines() if _TAG.match(line.strip())})
+        log.info(
+            "interpreters in build image",
+            extra={"image": self.target.image, "python_tags": ",".join(found)},
+        )
+        return found
+
     def python_tags(self) -> list[str]:
-        return list(self.target.python_tags)
+        """The configured tags this image can build (the master sends only these)."""
+        return [tag for tag in self.target.python_tags if tag in self.interpreters]
 
     def remove_stale(self) -> None:
         """Remove containers a previous run of this builder left behind."""

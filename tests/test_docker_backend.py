@@ -1,0 +1,43 @@
+"""The docker backend finds the interpreters its build image has, and builds only those."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+import pytest
+
+from builder.backends.docker import LABEL, DockerBackend
+from builder.worker import NoBackend, choose_backend
+from common.config import load_settings
+
+pytestmark = pytest.mark.docker
+IMAGE = "armwheels/build-aarch64:bookworm"
+
+
+def test_interpreters_are_discovered_in_the_image(tmp_path: Path) -> None:
+    settings = load_settings(None, builder={"work_dir": tmp_path})
+    target = settings.targets["aarch64"].model_copy(update={"python_tags": ["cp311", "cp312"]})
+    backend = DockerBackend(settings.builder, "aarch64", target, "probe-test")
+    try:
+        # Debian bookworm's arm64 rootfs has CPython 3.11 only.
+        assert backend.interpreters == ["cp311"]
+        assert backend.python_tags() == ["cp311"]
+        leftovers = backend.client.containers.list(
+            all=True, filters={"label": f"{LABEL}=probe-test"}
+        )
+        assert leftovers == []
+    finally:
+        backend.close()
+
+
+def test_a_builder_whose_image_has_none_of_the_tags_does_not_start(tmp_path: Path) -> None:
+    settings = load_settings(None, builder={"work_dir": tmp_path, "backend": "docker"})
+    settings.targets["aarch64"].python_tags = ["cp313"]
+    with pytest.raises(NoBackend, match=f"build image {IMAGE} has none of cp313 .it has: cp311."):
+        choose_backend(settings, "aarch64", "probe-none")
+    client = docker.from_env()
+    try:
+        assert client.containers.list(all=True, filters={"label": f"{LABEL}=probe-none"}) == []
+    finally:
+        client.close()
