@@ -1,9 +1,33 @@
-"""Maps how a build ended (script exit code, log text) to a failure class and a summary."""
+"""Maps how a build ended (script exit code, log text) to a failure class and a summary.
+
+The summary is what a maintainer reads first on the master's web page, so it names the
+missing thing and, when we know it, the package that provides it. Logs come from
+arbitrary sdist code: we read only the tail, decode leniently, cap every line and use
+only patterns that run in linear time, so a hostile log cannot crash or stall a builder.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from builder.diagnosis_data import (
+    CMAKE,
+    CMAKE_PYTHON,
+    CONFIG_SCRIPTS,
+    HEADER_DIRS,
+    HEADERS,
+    LIBRARIES,
+    LIBRARY_PREFIXES,
+    PKGCONFIG,
+    PYPI_NAMES,
+    PYTHON_HEADER_DIRS,
+    REMOVED_STDLIB,
+    TOOL_HINTS,
+    TOOLS,
+    Packages,
+)
 from common.states import FailureReason
 
 EXIT_CODES: dict[int, tuple[FailureReason, str]] = {
@@ -14,18 +38,751 @@ EXIT_CODES: dict[int, tuple[FailureReason, str]] = {
     14: (FailureReason.BUILDER_ERROR, "the build environment is broken"),
     15: (FailureReason.SMOKE_TEST_FAILED, "the repaired wheel did not install or import"),
 }
+EXIT_NO_INTERPRETER = 10
+EXIT_BUILD_FAILED = 11
+EXIT_AUDITWHEEL = 13
+EXIT_BUILDER = 14
+EXIT_SIGKILL = 137  # 128 + 9: the kernel's (or Docker's) OOM killer, when not our timeout.
 
-_MISSING_HEADER = re.compile(rb"fatal error: ([\w./+-]+\.h): No such file or directory")
-_MISSING_LIBRARY = re.compile(rb"cannot find -l([\w.+-]+)")
+SCAN_BYTES = 256 * 1024
+MAX_LINE = 2000  # Longer lines are cut: keeps every match bounded and summaries short.
+MAX_SUMMARY = 240
+
+# Reasons worth an automatic (capped) retry: the same build may well succeed next time.
+TRANSIENT_REASONS = frozenset({FailureReason.OUT_OF_MEMORY, FailureReason.NETWORK})
 
 
-def classify(exit_code: int, log_tail: bytes) -> tuple[FailureReason, str]:
-    reason, summary = EXIT_CODES.get(
-        exit_code, (FailureReason.BUILDER_ERROR, f"build script exited with {exit_code}")
-    )
+@dataclass(frozen=True)
+class Diagnosis:
+    """One failed build, explained.
+
+    `summary` is the one line sent to the master (it already includes `hint`); `missing`
+    names the header, library, module or tool when that is the cause.
+    """
+
+    reason: FailureReason
+    summary: str
+    transient: bool = False
+    hint: str | None = None
+    missing: str | None = None
+
+
+def classify(
+    exit_code: int, log_tail: bytes, *, timed_out: bool = False, oom_killed: bool = False
+) -> tuple[FailureReason, str]:
+    """The (reason, summary) pair the backends report; see diagnose()."""
+    found = diagnose(exit_code, log_tail, timed_out=timed_out, oom_killed=oom_killed)
+    return found.reason, found.summary
+
+
+def is_transient(reason: FailureReason, text: str | bytes = "") -> bool:
+    """Whether retrying the same build could help (DESIGN: retry transient ones, capped).
+
+    `text` is the summary or the log; it lets a builder problem such as a full disk or an
+    emulator crash count as transient while other failures of that class do not.
+    """
+    if reason in TRANSIENT_REASONS:
+        return True
+    if isinstance(text, bytes):
+        text = _prepare(text)
+    if reason is FailureReason.BUILDER_ERROR:
+        return _BUILDER_TRANSIENT.search(text) is not None
     if reason is FailureReason.COMPILE_ERROR:
-        if match := _MISSING_HEADER.search(log_tail):
-            summary = f"missing header {match.group(1).decode()}"
-        elif match := _MISSING_LIBRARY.search(log_tail):
-            summary = f"missing library lib{match.group(1).decode()}"
-    return reason, summary
+        return _EMULATOR_CRASH.search(text) is not None
+    return False
+
+
+def diagnose(
+    exit_code: int, log_tail: bytes, *, timed_out: bool = False, oom_killed: bool = False
+) -> Diagnosis:
+    """Explain a failed build from build.sh's exit code and the tail of its log.
+
+    `timed_out` and `oom_killed` come from the backend (it killed the build at its limit,
+    or Docker reported OOMKilled); they win over anything the log says.
+    """
+    text = _prepare(log_tail)
+    note = _TIMEOUT_NOTE.search(text)
+    if timed_out or note:
+        limit = f" of {note.group(1)} s" if note else ""
+        return _make(FailureReason.TIMEOUT, f"build exceeded the time limit{limit}")
+    if oom_killed or exit_code == EXIT_SIGKILL:
+        # Not our timeout (handled above), so the container's memory limit killed it.
+        return _oom(text) or _make(
+            FailureReason.OUT_OF_MEMORY, "out of memory: the build was killed (SIGKILL)"
+        )
+    if exit_code == EXIT_AUDITWHEEL:
+        return _auditwheel(text)
+    if exit_code in EXIT_CODES and exit_code != EXIT_BUILD_FAILED:
+        reason, summary = EXIT_CODES[exit_code]
+        if exit_code == EXIT_BUILDER and _NO_SPACE.search(text):
+            summary = "the builder ran out of disk space"
+        elif exit_code == EXIT_NO_INTERPRETER and (tag := _NO_INTERPRETER.search(text)):
+            summary = f"the build image has no interpreter for {tag.group(1)}"
+        return _make(reason, summary, text=text)
+    if found := _from_log(text):
+        return found
+    if exit_code == EXIT_BUILD_FAILED:
+        return _make(FailureReason.COMPILE_ERROR, _fallback_summary(text))
+    return _make(FailureReason.BUILDER_ERROR, f"build script exited with {exit_code}")
+
+
+# --- preparing the text -------------------------------------------------------------------
+
+# CSI (colours, cursor moves) and OSC (titles, hyperlinks) sequences; every repetition is
+# bounded so a stray ESC cannot make the scan quadratic.
+_ANSI = re.compile(
+    r"\x1b\[[0-9;:?<=>]{0,32}[ -/]{0,4}[@-~]|\x1b\][^\x07\x1b\n]{0,512}(?:\x07|\x1b\\)?"
+)
+
+
+def _prepare(log_tail: bytes) -> str:
+    """Decode the last SCAN_BYTES, drop ANSI codes, cut lines to MAX_LINE characters."""
+    text = log_tail[-SCAN_BYTES:].decode("utf-8", errors="replace")
+    text = _ANSI.sub("", text)
+    return "\n".join(line[:MAX_LINE] for line in text.splitlines())
+
+
+def _one_line(text: str, limit: int = MAX_SUMMARY) -> str:
+    """Plain printable text on one line: no control, bidi or zero-width characters."""
+    flat = " ".join(text.split())
+    flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+
+
+def _make(
+    reason: FailureReason,
+    summary: str,
+    hint: str | None = None,
+    missing: str | None = None,
+    text: str = "",
+) -> Diagnosis:
+    line = _one_line(f"{summary}: {hint}" if hint else summary)
+    return Diagnosis(reason, line, is_transient(reason, text or line), hint, missing)
+
+
+def _install(packages: Packages | None) -> str | None:
+    if packages is None:
+        return None
+    debian, centos = packages
+    return f"install {debian} (Debian) / {centos} (CentOS)"
+
+
+def _declare(distribution: str) -> str:
+    return f"add {distribution} to build-system.requires"
+
+
+# --- the patterns -------------------------------------------------------------------------
+# Every pattern is anchored on a literal phrase and uses only bounded or single-class
+# repetitions, so each runs in linear time over the (line-capped) text.
+
+_TIMEOUT_NOTE = re.compile(r"::armwheels:: killed after the time limit of (\d{1,7}) s")
+_NO_INTERPRETER = re.compile(r"::armwheels:: no interpreter for (\w{1,20})")
+_NO_SPACE = re.compile(r"No space left on device")
+_EMULATOR_CRASH = re.compile(
+    r"qemu: uncaught target signal|internal compiler error: (?:Segmentation fault|Illegal)"
+)
+# In the log, or in the summaries diagnose() writes for them.
+_BUILDER_TRANSIENT = re.compile(
+    r"No space left on device|ran out of disk space|qemu: uncaught target signal"
+)
+_QEMU = re.compile(r"qemu: uncaught target signal [^\n]{1,100}")
+
+_OOM = re.compile(
+    r"Killed signal terminated program (?P<prog>[a-z][\w.+-]{0,39})"
+    r"|internal compiler error: Killed \(program (?P<prog2>[\w.+-]{1,40})\)"
+    r"|virtual memory exhausted"
+    r"|(?P<prog3>cc1plus|cc1|lto1|f951|rustc): out of memory"
+    r"|out of memory allocating \d+ bytes"
+    r"|(?P<prog4>ld|collect2|lto-wrapper)(?:\.\w+)? terminated with signal 9"
+    r"|^[ \t]*MemoryError\b"
+    r"|memory allocation of \d+ bytes failed"
+    r"|fatal runtime error: out of memory"
+    r"|LLVM ERROR: out of memory"
+    r"|std::bad_alloc"
+    r"|\(signal: 9, SIGKILL: kill\)"
+    r"|Cannot allocate memory",
+    re.MULTILINE,
+)
+
+_PIP_PYTHON = re.compile(
+    r"(?:Package '(?P<pkg>[^'\n]{1,100})' )?requires a different Python: "
+    r"(?P<have>[\w.+]{1,30}) not in '(?P<want>[^'\n]{1,100})'"
+)
+_SETUP_PYTHON = re.compile(
+    r"(?:RuntimeError|Exception|SystemExit|ERROR|Error): "
+    r"(?P<msg>Python (?:version )?(?:>= ?)?\d\.\d{1,2}(?: or (?:later|newer|above)|\+)? "
+    r"(?:is )?required[^\n]{0,80})"
+)
+_IGNORED_PYTHON = re.compile(
+    r"Ignored the following versions that require a different python version"
+)
+
+_HEADER = re.compile(
+    r":\d+(?::\d+)?: fatal error: (?:(?P<gcc>[\w./+-]{1,200}): No such file or directory"
+    r"|'(?P<clang>[\w./+-]{1,200})' file not found)"
+)
+_LIBRARY = re.compile(
+    r"(?:cannot find|library not found for|unable to find library) -l(?P<lib>:?[\w.+-]{1,100})"
+)
+_PKGCONFIG = re.compile(
+    r"^(?P<line>[^\n]{0,40}?)(?:Package '(?P<a>[\w.+-]{1,100})', required by '[^'\n]{0,100}', "
+    r"not found|Package (?P<b>[\w.+-]{1,100}) was not found in the pkg-config search path"
+    r"|No package '(?P<c>[\w.+-]{1,100})' found)",
+    re.MULTILINE,
+)
+_PKGCONFIG_REQUIRED = re.compile(r"A required package was not found|were not met")
+_PKGCONFIG_OLD = re.compile(
+    r"Requested '(?P<want>[^'\n]{1,100})' but version of (?P<name>[^\n]{1,80}?) is "
+    r"(?P<have>[\w.+-]{1,40})"
+)
+_CMAKE = re.compile(
+    r"^[ \t]*Could NOT find (?P<a>[\w.+-]{1,80})"
+    r"|Could not find a package configuration file provided\s+by\s+\"(?P<b>[\w.+-]{1,80})\""
+    r"|By not providing\s+\"Find(?P<c>[\w.+-]{1,80})\.cmake\""
+    r"|Could not find directory of (?P<d>OpenSSL) installation",
+    re.MULTILINE,
+)
+_MESON_DEP = re.compile(r"ERROR: Dependency \"?(?P<name>[\w.+-]{1,80})\"? not found")
+_CONFIG_SCRIPT = re.compile(
+    r"\b(?P<a>" + "|".join(re.escape(name) for name in CONFIG_SCRIPTS) + r")\b"
+    r"[^\n]{0,60}?(?:not found|No such file|could not be found|not installed|command not found)"
+    r"|(?:Could not find|could not run|can't find|cannot find|Unable to find|"
+    r"Can not find) [^\n]{0,40}?\b(?P<b>"
+    + "|".join(re.escape(name) for name in CONFIG_SCRIPTS)
+    + r")\b"
+)
+_LXML_LIBS = re.compile(r"make sure the libxml2 and libxslt development packages are installed")
+_MYSQLCLIENT = re.compile(r"Can not find valid pkg-config name")
+
+_TOOL = re.compile(
+    r"error: command '(?P<a>[^'\n]{1,200})' failed: No such file or directory"
+    r"|unable to execute '(?P<b>[^'\n]{1,200})': No such file or directory"
+    r"|^[^\n]{0,40}?\b(?:ba)?sh(?:: line \d+)?: (?:\d+: )?(?P<c>[\w.+-]{1,60}): "
+    r"(?:command )?not found"
+    r"|FileNotFoundError: \[Errno 2\] No such file or directory: '(?P<d>[\w.+/-]{1,200})'"
+    r"|error: linker `(?P<e>[\w.+/-]{1,100})` not found"
+    r"|ERROR: Unknown compiler\(s\): \[\['(?P<f>[\w.+-]{1,60})'"
+    r"|ERROR: Program '(?P<g>[\w.+-]{1,60})' not found or not executable"
+    r"|No CMAKE_(?P<h>C|CXX|Fortran)_COMPILER could be found"
+    r"|configure: error: no acceptable (?P<i>C) compiler found"
+    r"|(?P<rust>Cargo, the Rust package manager, is not installed|can't find Rust compiler"
+    r"|Rust compiler not found)"
+    r"|(?P<cmake>CMake must be installed to build|Problem with the CMake installation)",
+    re.MULTILINE,
+)
+_CMAKE_COMPILERS = {"C": "gcc", "CXX": "g++", "Fortran": "gfortran"}
+
+_MODULE = re.compile(
+    r"^[ \t]*(?:ModuleNotFoundError|ImportError): No module named '?(?P<mod>[\w.]{1,100})'?",
+    re.MULTILINE,
+)
+_NO_DISTRIBUTION = re.compile(
+    r"Could not find a version that satisfies the requirement (?P<req>[^\s(]{1,200})"
+    r"(?: \(from versions: (?P<versions>[^)\n]{0,400})\))?"
+    r"|No matching distribution found for (?P<req2>[^\s]{1,200})"
+)
+# Plain-words network trouble first (it reads better in a summary), then exception names.
+_NETWORK_WORDS = (
+    r"Temporary failure in name resolution|Name or service not known|Connection reset by peer"
+    r"|Connection refused|Connection timed out|Read timed out|Network is unreachable"
+    r"|No route to host|HTTP error 5\d\d|\b50[234] (?:Server Error|Service Unavailable"
+    r"|Bad Gateway|Gateway)|Could not resolve host|Couldn't resolve host"
+    r"|spurious network error|Timeout was reached|Operation timed out"
+)
+_NETWORK_NAMES = (
+    r"NameResolutionError|NewConnectionError|Failed to establish a new connection"
+    r"|ConnectionResetError|ConnectTimeoutError|ReadTimeoutError|RemoteDisconnected"
+    r"|IncompleteRead|Connection broken|ProxyError|Max retries exceeded"
+)
+_NETWORK_TROUBLE = re.compile(f"{_NETWORK_WORDS}|{_NETWORK_NAMES}")
+_NETWORK_PLAIN = re.compile(_NETWORK_WORDS)
+# Lines after which a build gave up because of the network (not a retry that recovered).
+_NETWORK_FATAL = re.compile(
+    r"ERROR: Could not install packages due to an OSError: (?P<a>[^\n]{1,300})"
+    r"|because of HTTP error (?P<b>5\d\d[^\n]{0,200})"
+    r"|^[ \t]*(?:pip\._vendor\.)?(?:urllib3|requests)\.exceptions\.(?P<c>\w{1,60}: [^\n]{1,300})"
+    r"|fatal: unable to access '[^'\n]{1,300}': (?P<d>[^\n]{1,200})"
+    r"|failed to download [^\n]{1,200}"
+    r"|error: failed to get `(?P<e>[\w.-]{1,100})` as a dependency",
+    re.MULTILINE,
+)
+
+_COMPILE = re.compile(
+    r"^[ \t]*(?P<where>(?:[A-Za-z]:)?[^\s:]{1,300}:\d+(?::\d+)?): "
+    r"(?:fatal )?error: (?P<msg>[^\n]{1,500})",
+    re.MULTILINE,
+)
+_RUST = re.compile(
+    r"^[ \t]*error(?P<code>\[E\d{4}\])?: (?P<msg>[^\n]{1,400})\n[ \t]*--> (?P<where>[^\s]{1,300})",
+    re.MULTILINE,
+)
+_CYTHON = re.compile(r"Error compiling Cython file:")
+_CYTHON_WHERE = re.compile(
+    r"^[ \t]*(?P<where>[^\s:]{1,300}\.(?:pyx|pxd|pxi|py):\d+:\d+): (?P<msg>[^\n]{1,400})",
+    re.MULTILINE,
+)
+_FORTRAN = re.compile(
+    r"^[ \t]*(?P<where>[^\s:]{1,300}\.(?:[fF](?:90|95|03|08|or)?):\d+(?::\d+)?):[ \t]*\n"
+    r"(?:[^\n]{0,300}\n){0,6}?[ \t]*(?:Fatal )?Error: (?P<msg>[^\n]{1,400})",
+    re.MULTILINE,
+)
+_UNDEFINED = re.compile(r"undefined reference to `(?P<sym>[^'\n]{1,200})'")
+_ICE = re.compile(r"internal compiler error: (?P<msg>[^\n]{1,200})")
+_BUILD_TEMP = re.compile(r"^(?:[^\s:]*/)?(?:pip-req-build-|pip-install-)[\w-]{1,40}/")
+
+# Errors worth quoting when nothing specific matched, and the generic ones to skip.
+_GENERIC_ERROR = re.compile(
+    r"^[ \t]*(?:configure: error: (?P<conf>[^\n]{1,300})"
+    r"|CMake Error(?: at [^\n]{1,200})?:[ \t]*\n[ \t]*(?P<cmake>[^\n]{1,300})"
+    r"|(?P<exc>(?:[A-Za-z_][\w.]{0,80})?(?:Error|Exception)): (?P<excmsg>[^\n]{1,300})"
+    r"|error: (?P<err>[^\n]{1,300}))",
+    re.MULTILINE,
+)
+_NOISE = re.compile(
+    r"subprocess-exited-with-error|metadata-generation-failed|legacy-install-failure"
+    r"|Failed building wheel|Failed to build|returned non-zero exit status"
+    r"|failed with exit (?:code|status)|could not compile `|exit status|CalledProcessError"
+    r"|Command errored out|did not run successfully|process didn't exit successfully"
+    r"|Microsoft Visual"
+)
+
+
+# --- detectors: each returns (position in the text, diagnosis) of its first hit ---------
+
+Found = tuple[int, Diagnosis]
+
+
+def _header(text: str) -> Found | None:
+    match = _HEADER.search(text)
+    if match is None:
+        return None
+    header = match.group("gcc") or match.group("clang")
+    top = header.split("/", 1)[0]
+    if top in PYTHON_HEADER_DIRS and "/" in header:
+        dist = PYTHON_HEADER_DIRS[top]
+        return match.start(), _make(
+            FailureReason.MISSING_DEPENDENCY,
+            f"missing header {header} from Python package {dist}",
+            _declare(dist),
+            dist,
+        )
+    # Exact path, then the family directory; never the bare file name (rocksdb/db.h is
+    # not Berkeley DB's db.h): no suggestion beats a wrong one.
+    packages = HEADERS.get(header) or HEADER_DIRS.get(top if "/" in header else "")
+    return match.start(), _make(
+        FailureReason.MISSING_SYSTEM_LIBRARY,
+        f"missing header {header}",
+        _install(packages),
+        header,
+    )
+
+
+def _library_packages(name: str) -> Packages | None:
+    if name in LIBRARIES:
+        return LIBRARIES[name]
+    return next((pkgs for pre, pkgs in LIBRARY_PREFIXES.items() if name.startswith(pre)), None)
+
+
+def _library(text: str) -> Found | None:
+    match = _LIBRARY.search(text)
+    if match is None:
+        return None
+    raw = match.group("lib")
+    if raw.startswith(":"):  # -l:libfoo.so.1 names the file itself
+        file = raw[1:]
+        name = re.sub(r"\.(?:so|a)(?:\.[\d.]+)?$", "", file.removeprefix("lib"))
+    else:
+        file, name = f"lib{raw}", raw
+    return match.start(), _make(
+        FailureReason.MISSING_SYSTEM_LIBRARY,
+        f"missing library {file}",
+        _install(_library_packages(name)),
+        file,
+    )
+
+
+def _pkgconfig(text: str) -> Found | None:
+    """pkg-config's own errors. Lines CMake prints with "--" are probes unless it then
+    says the package was required; the same goes for setup.py files that try pkg-config
+    and fall back to defaults, so callers rank this below the compiler's own errors.
+    """
+    required = _PKGCONFIG_REQUIRED.search(text) is not None
+    for match in _PKGCONFIG.finditer(text):
+        if match.group("line").strip().startswith("--") and not required:
+            continue
+        name = match.group("a") or match.group("b") or match.group("c")
+        return match.start(), _make(
+            FailureReason.MISSING_SYSTEM_LIBRARY,
+            f"pkg-config cannot find {name}",
+            _install(PKGCONFIG.get(name) or PKGCONFIG.get(name.lower())),
+            name,
+        )
+    if old := _PKGCONFIG_OLD.search(text):
+        name = old.group("want").split()[0]
+        return old.start(), _make(
+            FailureReason.MISSING_SYSTEM_LIBRARY,
+            f"system library too old: {old.group('want')} required, "
+            f"{old.group('name')} is {old.group('have')}",
+            missing=name,
+        )
+    return None
+
+
+def _cmake(text: str) -> Found | None:
+    for match in _CMAKE.finditer(text):
+        # The same words follow "CMake Warning" for optional packages: only errors count.
+        header = text.rfind("CMake ", max(0, match.start() - 2000), match.start())
+        if header >= 0 and text.startswith("CMake Warning", header):
+            continue
+        return _cmake_found(match)
+    return None
+
+
+def _cmake_found(match: re.Match[str]) -> Found:
+    name = match.group("a") or match.group("b") or match.group("c") or match.group("d")
+    key = name.lower()
+    if key in CMAKE_PYTHON:
+        dist = CMAKE_PYTHON[key]
+        return match.start(), _make(
+            FailureReason.MISSING_DEPENDENCY,
+            f"CMake cannot find {name}, a Python build dependency",
+            _declare(dist),
+            dist,
+        )
+    return match.start(), _make(
+        FailureReason.MISSING_SYSTEM_LIBRARY,
+        f"CMake cannot find {name}",
+        _install(CMAKE.get(key) or PKGCONFIG.get(key)),
+        name,
+    )
+
+
+def _meson(text: str) -> Found | None:
+    match = _MESON_DEP.search(text)
+    if match is None:
+        return None
+    name = match.group("name")
+    key = name.lower()
+    if key in CMAKE_PYTHON:
+        return match.start(), _make(
+            FailureReason.MISSING_DEPENDENCY,
+            f"meson cannot find {name}, a Python build dependency",
+            _declare(CMAKE_PYTHON[key]),
+            name,
+        )
+    packages = PKGCONFIG.get(key) or CMAKE.get(key)
+    return match.start(), _make(
+        FailureReason.MISSING_SYSTEM_LIBRARY,
+        f"meson cannot find dependency {name}",
+        _install(packages),
+        name,
+    )
+
+
+def _config_script(text: str) -> Found | None:
+    if match := _CONFIG_SCRIPT.search(text):
+        script = match.group("a") or match.group("b")
+        library, packages = CONFIG_SCRIPTS[script]
+        return match.start(), _make(
+            FailureReason.MISSING_SYSTEM_LIBRARY,
+            f"{script} not found (development files of {library})",
+            _install(packages),
+            library,
+        )
+    if match := _LXML_LIBS.search(text):
+        return match.start(), _make(
+            FailureReason.MISSING_SYSTEM_LIBRARY,
+            "missing libxml2 and libxslt development files",
+            "install libxml2-dev libxslt1-dev (Debian) / libxml2-devel libxslt-devel (CentOS)",
+            "libxml2",
+        )
+    if match := _MYSQLCLIENT.search(text):
+        return match.start(), _make(
+            FailureReason.MISSING_SYSTEM_LIBRARY,
+            "pkg-config cannot find mysqlclient or mariadb",
+            _install(PKGCONFIG["mysqlclient"]),
+            "mysqlclient",
+        )
+    return None
+
+
+def _tool_name(command: str) -> str:
+    """`/usr/bin/aarch64-linux-gnu-gcc` -> gcc; `x86_64-linux-gnu-g++` -> g++."""
+    base = command.rsplit("/", 1)[-1]
+    for name in sorted(TOOLS, key=len, reverse=True):
+        if base == name or (base.endswith("-" + name) and name in {"gcc", "g++", "gfortran"}):
+            return name
+    return base
+
+
+def _tool(text: str) -> Found | None:
+    for match in _TOOL.finditer(text):
+        if match.group("rust"):
+            return match.start(), _make(
+                FailureReason.MISSING_BUILD_TOOL,
+                "missing Rust compiler (cargo/rustc)",
+                TOOL_HINTS["cargo"],
+                "cargo",
+            )
+        if match.group("cmake"):
+            return match.start(), _missing_tool(match.start(), "cmake")
+        if compiler := match.group("h"):
+            return match.start(), _missing_tool(match.start(), _CMAKE_COMPILERS[compiler])
+        if match.group("i"):
+            return match.start(), _missing_tool(match.start(), "gcc")
+        command = next(group for group in match.group("a", "b", "c", "d", "e", "f", "g") if group)
+        name = _tool_name(command)
+        if match.group("d") and name not in TOOLS and name not in TOOL_HINTS:
+            continue  # a missing data file, not a program
+        if name in CONFIG_SCRIPTS:
+            continue  # reported by _config_script, naming the library
+        return match.start(), _missing_tool(match.start(), name)
+    return None
+
+
+def _missing_tool(position: int, name: str) -> Diagnosis:
+    hint = TOOL_HINTS.get(name) or _install(TOOLS.get(name))
+    return _make(FailureReason.MISSING_BUILD_TOOL, f"missing build tool {name}", hint, name)
+
+
+def _module(text: str) -> Found | None:
+    match = _MODULE.search(text)
+    if match is None:
+        return None
+    module = match.group("mod")
+    top = module.split(".", 1)[0]
+    if module in REMOVED_STDLIB or top in REMOVED_STDLIB:
+        gone = module if module in REMOVED_STDLIB else top
+        return match.start(), _make(
+            FailureReason.UNSUPPORTED_PYTHON,
+            f"the build imports {gone}, removed from the standard library in Python "
+            f"{REMOVED_STDLIB[gone]}",
+            missing=gone,
+        )
+    if module == "numpy.distutils":
+        return match.start(), _make(
+            FailureReason.UNSUPPORTED_PYTHON,
+            "the build needs numpy.distutils, gone from numpy 2 and from Python 3.12",
+            missing=module,
+        )
+    dist = PYPI_NAMES.get(top, top)
+    return match.start(), _make(
+        FailureReason.MISSING_DEPENDENCY,
+        f"missing Python build dependency {dist} (No module named '{module}')",
+        _declare(dist),
+        dist,
+    )
+
+
+def _no_distribution(text: str) -> Found | None:
+    """pip could not get a build requirement: the network, the Python version, or the
+    requirement itself (it does not exist, or no release matches its pin).
+    """
+    match = _NO_DISTRIBUTION.search(text)
+    if match is None:
+        return None
+    requirement = match.group("req") or match.group("req2")
+    versions = (match.group("versions") or "").strip()
+    if trouble := _NETWORK_PLAIN.search(text) or _NETWORK_TROUBLE.search(text):
+        return match.start(), _make(
+            FailureReason.NETWORK,
+            f"could not download build dependency {requirement} ({trouble.group(0)})",
+            missing=requirement,
+        )
+    if _IGNORED_PYTHON.search(text):
+        return match.start(), _make(
+            FailureReason.UNSUPPORTED_PYTHON,
+            f"build dependency {requirement} has no release for this Python",
+            missing=requirement,
+        )
+    if versions and versions != "none":
+        shown = versions if len(versions) <= 60 else "..." + versions[-57:]
+        summary = f"no release of build dependency {requirement} matches (have: {shown})"
+    else:
+        summary = f"build dependency {requirement} not found on the package index"
+    return match.start(), _make(FailureReason.MISSING_DEPENDENCY, summary, missing=requirement)
+
+
+def _network(text: str) -> Found | None:
+    for match in _NETWORK_FATAL.finditer(text):
+        # An OSError may be a full disk or a permission problem; cargo names the network
+        # trouble on its "Caused by" lines, after the fatal one.
+        where = match.group(0) if match.group("a") else text
+        if not _NETWORK_TROUBLE.search(where):
+            continue
+        detail = next((group for group in match.groups() if group), match.group(0))
+        if match.group("e"):
+            detail = f"cargo could not fetch {detail}"
+        return match.start(), _make(FailureReason.NETWORK, f"network error: {detail}")
+    return None
+
+
+def _relative(where: str) -> str:
+    return _BUILD_TEMP.sub("", where)
+
+
+def _compile(text: str) -> Found | None:
+    hits: list[Found] = []
+    if match := _COMPILE.search(text):
+        line = f"{_relative(match.group('where'))}: error: {match.group('msg')}"
+        hits.append((match.start(), _make(FailureReason.COMPILE_ERROR, _one_line(line, 200))))
+    if match := _RUST.search(text):
+        line = f"{match.group('where')}: error{match.group('code') or ''}: {match.group('msg')}"
+        hits.append((match.start(), _make(FailureReason.COMPILE_ERROR, _one_line(line, 200))))
+    if (anchor := _CYTHON.search(text)) and (match := _CYTHON_WHERE.search(text, anchor.end())):
+        line = f"Cython: {_relative(match.group('where'))}: {match.group('msg')}"
+        hits.append((anchor.start(), _make(FailureReason.COMPILE_ERROR, _one_line(line, 200))))
+    if match := _FORTRAN.search(text):
+        line = f"{_relative(match.group('where'))}: Error: {match.group('msg')}"
+        hits.append((match.start(), _make(FailureReason.COMPILE_ERROR, _one_line(line, 200))))
+    if match := _UNDEFINED.search(text):
+        line = f"link error: undefined reference to `{match.group('sym')}`"
+        hits.append((match.start(), _make(FailureReason.COMPILE_ERROR, _one_line(line, 200))))
+    if match := _ICE.search(text):
+        line = f"internal compiler error: {match.group('msg')}"
+        hits.append((match.start(), _make(FailureReason.COMPILE_ERROR, line, text=line)))
+    return min(hits, key=lambda hit: hit[0]) if hits else None
+
+
+def _oom(text: str) -> Diagnosis | None:
+    match = _OOM.search(text)
+    if match is None:
+        return None
+    program = next((g for g in match.group("prog", "prog2", "prog3", "prog4") if g), None)
+    if program:
+        return _make(
+            FailureReason.OUT_OF_MEMORY, f"out of memory: {program} was killed", missing=program
+        )
+    return _make(FailureReason.OUT_OF_MEMORY, f"out of memory ({match.group(0).strip()})")
+
+
+def _broken_builder(text: str) -> Diagnosis | None:
+    """Failures of the builder, not the package: worth a retry, maybe on another host."""
+    if match := _QEMU.search(text):
+        return _make(FailureReason.BUILDER_ERROR, f"the emulator crashed: {match.group(0)}")
+    if _NO_SPACE.search(text):
+        return _make(FailureReason.BUILDER_ERROR, "the builder ran out of disk space", text=text)
+    return None
+
+
+def _unsupported_python(text: str) -> Diagnosis | None:
+    if match := _PIP_PYTHON.search(text):
+        who = match.group("pkg") or "the package"
+        return _make(
+            FailureReason.UNSUPPORTED_PYTHON,
+            f"{who} requires Python {match.group('want')}, this build uses {match.group('have')}",
+        )
+    if match := _SETUP_PYTHON.search(text):
+        return _make(FailureReason.UNSUPPORTED_PYTHON, f"setup says: {match.group('msg')}")
+    return None
+
+
+# Specific causes, found where they first appear; the earliest wins ("first real error").
+_DETECTORS: tuple[Callable[[str], Found | None], ...] = (
+    _header,
+    _library,
+    _cmake,
+    _meson,
+    _config_script,
+    _tool,
+    _module,
+    _no_distribution,
+    _network,
+    _compile,
+)
+
+
+def _from_log(text: str) -> Diagnosis | None:
+    """The log's own explanation, if it has one.
+
+    Out of memory comes first: a killed compiler leaves a trail of follow-on errors.
+    Then Python-version mismatches, which pip reports in plain words. Otherwise the
+    earliest specific error wins; pkg-config messages only when nothing else matched,
+    since setup.py files often try pkg-config and carry on when it fails.
+    """
+    if found := _oom(text) or _broken_builder(text) or _unsupported_python(text):
+        return found
+    hits = [hit for detect in _DETECTORS if (hit := detect(text)) is not None]
+    if hits:
+        # Compare whole lines: several patterns can hit one line (a missing header is
+        # also a compiler error), and then the more specific detector, listed first, wins.
+        return min(hits, key=lambda hit: text.rfind("\n", 0, hit[0]))[1]
+    if hit := _pkgconfig(text):
+        return hit[1]
+    return None
+
+
+def _fallback_summary(text: str) -> str:
+    """The first error line that says something, when no known pattern matched."""
+    if "::armwheels:: no wheel produced" in text:
+        return "pip finished without producing a wheel"
+    for match in _GENERIC_ERROR.finditer(text):
+        if _NOISE.search(match.group(0)):
+            continue
+        if message := match.group("conf"):
+            return _one_line(f"configure: error: {message}", 200)
+        if message := match.group("cmake"):
+            return _one_line(f"CMake Error: {message}", 200)
+        if message := match.group("excmsg"):
+            return _one_line(f"{match.group('exc')}: {message}", 200)
+        if message := match.group("err"):
+            return _one_line(f"error: {message}", 200)
+    return EXIT_CODES[EXIT_BUILD_FAILED][1]
+
+
+# --- auditwheel --------------------------------------------------------------------------
+
+_AW_CANNOT = re.compile(
+    r"cannot repair \"(?P<wheel>[^\"\n]{1,300})\" to \"(?P<plat>[^\"\n]{1,80})\" ABI because "
+    r"(?:of the presence of )?(?:it )?(?P<why>[^.\n]{1,200})"
+)
+_AW_CONSTRAINT = re.compile(
+    r"constrains the platform tag to\s+\"(?P<tag>[\w.-]{1,80})\""
+    r"|consistent with the following\s+platform tag:\s+\"(?P<tag2>[\w.-]{1,80})\""
+)
+_AW_SYMBOLS = re.compile(
+    r"(?P<lib>[\w.+-]{1,80}\.so[\w.]{0,20}) with\s+versions\s+\{(?P<versions>[^}]{0,2000})\}"
+)
+_AW_MISSING = re.compile(r"required library \"(?P<lib>[^\"\n]{1,200})\" could not be located")
+_AW_ERROR = re.compile(
+    r"auditwheel(?: repair)?: error: (?P<msg>[^\n]{1,300})"
+    r"|(?P<msg2>This does not look like a platform wheel[^\n]{0,200})"
+    r"|(?P<msg3>Invalid binary wheel[^\n]{0,200})"
+    r"|(?P<msg4>can't repair wheel [^\n]{1,200})"
+)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d{1,6}", version)[:6])
+
+
+def _newest_symbols(text: str) -> str:
+    """The newest symbol version each library demands, e.g. libc.so.6 GLIBC_2.25."""
+    needs = []
+    for match in _AW_SYMBOLS.finditer(text):
+        versions = re.findall(r"'([\w.]{1,40})'", match.group("versions"))
+        if versions:
+            newest = max(versions, key=_version_key)
+            needs.append(f"{match.group('lib')} {newest}")
+    return ", ".join(dict.fromkeys(needs))
+
+
+def _auditwheel(text: str) -> Diagnosis:
+    if match := _AW_CANNOT.search(text):
+        why = match.group("why").strip()
+        summary = f"auditwheel cannot repair to {match.group('plat')}: {why}"
+        if constraint := _AW_CONSTRAINT.search(text):
+            summary += f"; the wheel needs {constraint.group('tag') or constraint.group('tag2')}"
+        if needs := _newest_symbols(text):
+            summary += f" ({needs})"
+        return _make(FailureReason.AUDITWHEEL_REJECTED, summary)
+    if match := _AW_MISSING.search(text):
+        return _make(
+            FailureReason.AUDITWHEEL_REJECTED,
+            f"auditwheel: required library {match.group('lib')} could not be located",
+            missing=match.group("lib"),
+        )
+    if match := _AW_ERROR.search(text):
+        message = next(group for group in match.groups() if group)
+        return _make(FailureReason.AUDITWHEEL_REJECTED, f"auditwheel: {message}")
+    return _make(FailureReason.AUDITWHEEL_REJECTED, EXIT_CODES[EXIT_AUDITWHEEL][1])

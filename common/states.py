@@ -32,6 +32,13 @@ class FailureReason(StrEnum):
     BUILDER_ERROR = "builder-error"
     UPLOAD_REJECTED = "upload-rejected"
     LOST = "lost"
+    # Appended for log diagnosis (builder/classify.py); stored as strings, no migration.
+    OUT_OF_MEMORY = "out-of-memory"
+    MISSING_DEPENDENCY = "missing-dependency"
+    MISSING_SYSTEM_LIBRARY = "missing-system-library"
+    MISSING_BUILD_TOOL = "missing-build-tool"
+    UNSUPPORTED_PYTHON = "unsupported-python"
+    NETWORK = "network"
 
 
 class SkipReason(StrEnum):

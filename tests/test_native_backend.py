@@ -62,11 +62,11 @@ def _c_sdist(tmp_path: Path, name: str, source: str) -> Path:
     return make_sdist(tmp_path / "src", tmp_path / "dist", name, "1.0", files)
 
 
-def test_missing_header_is_a_compile_error_naming_it(tmp_path: Path) -> None:
+def test_missing_header_is_a_missing_system_library_naming_it(tmp_path: Path) -> None:
     sdist = _c_sdist(tmp_path, "needsheader", "#include <nosuchlib.h>\nint x;\n")
     outcome, log = _build(_backend(tmp_path), sdist, tmp_path)
     assert "nosuchlib.h: No such file" in log
-    assert outcome.reason == FailureReason.COMPILE_ERROR
+    assert outcome.reason == FailureReason.MISSING_SYSTEM_LIBRARY
     assert outcome.summary == "missing header nosuchlib.h"
 
 

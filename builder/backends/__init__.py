@@ -20,7 +20,7 @@ from common.states import FailureReason
 from common.wheels import BadWheel, read_contents
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-TAIL_BYTES = 64 * 1024
+TAIL_BYTES = 256 * 1024  # what the classifier scans
 
 
 @dataclass
