@@ -99,12 +99,15 @@ class MasterClient:
         build_seconds: float,
         wheel: Path | None = None,
         wheel_sha256: str | None = None,
+        transient: bool = False,
     ) -> Any:
         data: dict[str, str] = {
             "outcome": outcome,
             "summary": summary,
             "build_seconds": f"{build_seconds:.3f}",
         }
+        if transient:
+            data["transient"] = "true"
         if reason:
             data["reason"] = reason
         if wheel_sha256:

@@ -120,7 +120,10 @@ class JobRunner:
             sdist = fetch_sdist(spec, workdir / "sdist")
             note(sink, f"sdist verified: sha256 {spec.sdist_sha256}")
         except SdistUnavailable as exc:
-            return BuildOutcome(False, reason=FailureReason.SDIST_UNAVAILABLE, summary=str(exc))
+            # Often PyPI's CDN has not got the file yet: worth another attempt later.
+            return BuildOutcome(
+                False, reason=FailureReason.SDIST_UNAVAILABLE, summary=str(exc), transient=True
+            )
         except SdistMismatch as exc:
             return BuildOutcome(False, reason=FailureReason.HASH_MISMATCH, summary=str(exc))
         try:
@@ -145,6 +148,7 @@ class JobRunner:
                 seconds,
                 outcome.wheel if outcome.built else None,
                 wheel_sha256,
+                transient=outcome.transient,
             )
             log.info(
                 "job reported",

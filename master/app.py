@@ -177,6 +177,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         build_seconds: Annotated[float | None, Form(ge=0)] = None,
         wheel: Annotated[UploadFile | None, File()] = None,
         wheel_sha256: Annotated[str | None, Form(max_length=64)] = None,
+        transient: Annotated[bool, Form()] = False,
     ) -> dict[str, Any]:
         try:
             job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
@@ -191,7 +192,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             project, job.id, job.attempts, log_file.file, limits.max_log_bytes
         )
         job.log_path, job.log_size = str(log_path), log_size
-        report = ResultReport(outcome, reason, summary, build_seconds)
+        report = ResultReport(outcome, reason, summary, build_seconds, transient)
         rejection: Rejected | None = None
         published: OutputFile | None = None
         if outcome == "built" and wheel is not None and wheel_sha256:
@@ -210,7 +211,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                 report = ResultReport(
                     "failed", FailureReason.UPLOAD_REJECTED, exc.message, build_seconds
                 )
-        finish_job(job, report)
+        finish_job(job, report, settings.master.max_attempts)
         db.commit()
         log.info(
             "job finished",

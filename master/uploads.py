@@ -81,6 +81,7 @@ class ResultReport:
     reason: FailureReason | None
     summary: str
     build_seconds: float | None
+    transient: bool = False
 
 
 def accept_wheel(
@@ -139,14 +140,24 @@ def accept_wheel(
     return output
 
 
-def finish_job(job: BuildJob, report: ResultReport) -> None:
+def finish_job(job: BuildJob, report: ResultReport, max_attempts: int) -> None:
+    """Record the outcome. A transient failure (out of memory, network, sdist not yet on
+    the CDN) under the attempt cap sends the job round again instead of failing it."""
+    if job.builder is not None and job.builder.current_job_id == job.id:
+        job.builder.current_job_id = None
+    job.build_seconds = report.build_seconds
+    if report.outcome != "built" and report.transient and job.attempts < max_attempts:
+        job.state = JobState.PENDING
+        job.failure_reason = report.reason
+        job.summary = f"attempt {job.attempts} failed, retrying: {report.summary}"[:2000]
+        job.builder_id = None
+        job.started_at = None
+        job.queued_at = None
+        return
     job.state = JobState.BUILT if report.outcome == "built" else JobState.FAILED
     job.failure_reason = None if report.outcome == "built" else report.reason
     job.summary = report.summary[:2000]
     job.finished_at = datetime.now(UTC)
-    job.build_seconds = report.build_seconds
-    if job.builder is not None and job.builder.current_job_id == job.id:
-        job.builder.current_job_id = None
 
 
 def _sha256(data: bytes) -> str:

@@ -319,3 +319,45 @@ def test_builders_claim_only_jobs_for_their_interpreters(farm: Farm) -> None:
     )
     assert bad.status_code == 422
     assert bad.json()["error"].startswith("body.python_tags.1:")
+
+
+def test_transient_failures_are_retried_up_to_the_cap(farm: Farm) -> None:
+    assert farm.settings.master.max_attempts == 3
+
+    def fail(attempt: int) -> Any:
+        return farm.client.post(
+            f"/api/v1/jobs/{farm.job_id}/result",
+            headers=farm.auth(),
+            data={
+                "outcome": "failed",
+                "reason": "out-of-memory",
+                "summary": "cc1plus was killed",
+                "transient": "true",
+            },
+            files={"log": ("build.log", f"attempt {attempt}: Killed signal\n".encode())},
+        )
+
+    for attempt in (1, 2):
+        assert fail(attempt).json()["state"] == "pending"
+        job = farm.job()
+        assert job.attempts == attempt and job.builder_id is None
+        assert job.summary == f"attempt {attempt} failed, retrying: cc1plus was killed"
+        claimed = farm.client.post(f"/api/v1/jobs/{farm.job_id}/claim", headers=farm.auth())
+        assert claimed.json()["attempt"] == attempt + 1
+    assert fail(3).json()["state"] == "failed"
+    job = farm.job()
+    assert (job.state, job.failure_reason, job.attempts) == (
+        JobState.FAILED,
+        FailureReason.OUT_OF_MEMORY,
+        3,
+    )
+    # Each attempt's log is kept; the job points at the last.
+    assert "attempt 3" in farm.client.get(f"/logs/{farm.job_id}").text
+    # A permanent failure is never retried.
+    answer = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/result",
+        headers=farm.auth(),
+        data={"outcome": "failed", "reason": "compile-error", "transient": "maybe"},
+        files={"log": ("build.log", b"x")},
+    )
+    assert answer.status_code == 422

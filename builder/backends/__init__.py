@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from builder.classify import classify
+from builder.classify import diagnose
 from builder.client import JobSpec
 from common.config import BuilderSettings
 from common.states import FailureReason
@@ -30,6 +30,9 @@ class BuildOutcome:
     reason: FailureReason | None = None
     summary: str = ""
     grafted: list[str] | None = None
+    # Worth another attempt (out of memory, network, a flaky emulator): the master retries
+    # it automatically, up to its attempt cap.
+    transient: bool = False
 
 
 class Backend(Protocol):
@@ -75,8 +78,13 @@ def run_recipe(
             False, reason=FailureReason.TIMEOUT, summary=f"build exceeded {timeout} s"
         )
     if code != 0:
-        reason, summary = classify(code, _tail(log))
-        return BuildOutcome(False, reason=reason, summary=summary)
+        diagnosis = diagnose(code, _tail(log))
+        return BuildOutcome(
+            False,
+            reason=diagnosis.reason,
+            summary=diagnosis.summary,
+            transient=diagnosis.transient,
+        )
     wheels = sorted((out / "wheelhouse").glob("*.whl"))
     if len(wheels) != 1:
         return BuildOutcome(
