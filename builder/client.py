@@ -89,6 +89,12 @@ class MasterClient:
         return JobSpec(**response.json())
 
     @_retrying
+    def release(self, job_id: int) -> None:
+        """Hand a job back to the master (the builder is stopping)."""
+        response = self.http.post(f"/api/v1/jobs/{job_id}/release")
+        if response.status_code != 200:
+            raise ReportRejected(f"release of job {job_id}: HTTP {response.status_code}")
+
     def report(
         self,
         job_id: int,

@@ -13,11 +13,13 @@ import traceback
 from pathlib import Path
 from typing import BinaryIO
 
+from celery import signals
+
 from builder.backends import Backend, BuildOutcome, note
 from builder.client import ClaimRefused, JobSpec, MasterClient, ReportRejected
 from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
 from common.config import Settings
-from common.messages import BUILD_TASK, make_celery, queue_name
+from common.messages import BUILD_TASK, declare_queues, make_celery, queue_name
 from common.states import FailureReason
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,17 @@ class JobRunner:
         self.arch = arch
         self.backend = backend
         self.client = client
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        """The builder is stopping (SIGTERM): kill the build under way and hand it back,
+        so that no job is left `building` for the reconciler to find later."""
+        self.stopping.set()
+        self.backend.cancel()
 
     def run(self, job_id: int) -> None:
+        if self.stopping.is_set():
+            return  # not claimed: the message goes back to the broker with the worker
         try:
             spec = self.client.claim(job_id)
         except ClaimRefused as exc:
@@ -110,7 +121,10 @@ class JobRunner:
                     sink,
                     f"outcome: {'built' if outcome.built else outcome.reason}: {outcome.summary}",
                 )
-            self._report(job_id, outcome, log_path, time.monotonic() - started)
+            if self.stopping.is_set():
+                self._hand_back(job_id)
+            else:
+                self._report(job_id, outcome, log_path, time.monotonic() - started)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -133,6 +147,15 @@ class JobRunner:
             return BuildOutcome(
                 False, reason=FailureReason.BUILDER_ERROR, summary=f"builder error: {exc!r}"[:300]
             )
+
+    def _hand_back(self, job_id: int) -> None:
+        try:
+            self.client.release(job_id)
+        except Exception as exc:
+            # The reconciler hands it back after builder_timeout instead.
+            log.error("job not handed back: %r", exc, extra={"job_id": job_id})
+        else:
+            log.info("job handed back", extra={"job_id": job_id})
 
     def _report(self, job_id: int, outcome: BuildOutcome, log_path: Path, seconds: float) -> None:
         wheel_sha256 = None
@@ -195,16 +218,22 @@ def run_builder(settings: Settings, arch: str) -> int:
     runner = JobRunner(settings, arch, backend, client)
     app = make_celery(settings)
 
+    @signals.worker_shutting_down.connect
+    def on_shutdown(**_: object) -> None:
+        runner.stop()
+
     @app.task(name=BUILD_TASK)
     def build(job_id: int) -> None:
         runner.run(int(job_id))
 
+    queues = [queue_name(arch, tag) for tag in tags]
+    declare_queues(app, queues)
     try:
         app.worker_main(
             [
                 "worker",
                 "--queues",
-                ",".join(queue_name(arch, tag) for tag in tags),
+                ",".join(queues),
                 "--concurrency",
                 "1",
                 "--pool",

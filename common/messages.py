@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from common.config import Settings
 from common.states import ARCHES
@@ -85,3 +86,23 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+def declare_queues(app: Celery, names: list[str]) -> None:
+    """Create the queues before a worker consumes them. kombu's SQLAlchemy transport makes a
+    queue with a get-or-create that races: a master and a builder starting together can
+    both insert it, and the loser's worker dies on the unique constraint. Here the loser
+    simply finds the row on its next attempt."""
+    declare = retry(
+        retry=retry_if_exception_type(Exception),
+        stop=stop_after_attempt(5),
+        wait=wait_random(0.1, 1.0),
+        reraise=True,
+    )(_declare)
+    for name in names:
+        declare(app, name)
+
+
+def _declare(app: Celery, name: str) -> None:
+    with app.connection_for_write() as connection:
+        Queue(name).bind(connection.default_channel).declare()

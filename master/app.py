@@ -164,6 +164,22 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             attempt=job.attempts,
         )
 
+    @app.post("/api/v1/jobs/{job_id}/release")
+    def release(job_id: int, me: CurrentBuilder, db: DB) -> dict[str, Any]:
+        """A stopping builder hands its job back: pending again, the attempt not counted."""
+        try:
+            job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
+        except Rejected as exc:
+            raise HTTPException(exc.status, exc.message) from exc
+        job.state, job.builder_id = JobState.PENDING, None
+        job.started_at = job.queued_at = None
+        job.attempts = max(0, job.attempts - 1)
+        if me.current_job_id == job.id:
+            me.current_job_id = None
+        db.commit()
+        log.info("job handed back", extra={"job_id": job.id, "builder": me.name})
+        return {"job": job.id, "state": job.state.value}
+
     @app.post("/api/v1/jobs/{job_id}/result")
     def result(
         job_id: int,

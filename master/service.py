@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.db import is_up_to_date, make_engine, make_sessionmaker, transaction
-from common.messages import make_celery
+from common.messages import configured_queues, declare_queues, make_celery
 from master.app import create_app
 from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
 from master.feed import follow_changelog
@@ -147,6 +147,7 @@ def run_master(settings: Settings) -> None:
         raise SchemaOutdated("database schema is not current: run `armwheels db upgrade`")
     factory = make_sessionmaker(engine)
     celery = make_celery(settings)
+    declare_queues(celery, configured_queues(settings))
     leader = PollLeader(engine)
     loop = FeedLoop(settings, factory, celery, leader)
     loop.start()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, load_settings
 from common.db import transaction
-from common.messages import BUILD_TASK, broker_priority, make_celery, queue_name
+from common.messages import (
+    BUILD_TASK,
+    broker_priority,
+    configured_queues,
+    declare_queues,
+    make_celery,
+    queue_name,
+)
 from common.models import BuildJob
 from common.states import JobState
 from master.scheduler import PRIORITY_NEW, dispatch_pending
@@ -237,3 +245,26 @@ def test_dispatch_pending_sends_each_job_once(
         assert redis_db.llen(aarch64) == 1
     finally:
         app.close()
+
+
+def test_queues_declared_by_master_and_builder_at_once(broker_settings: Settings) -> None:
+    """kombu's SQLAlchemy transport creates a queue with a racy get-or-create: a master
+    and a builder starting together must both come through."""
+    names = configured_queues(broker_settings)
+    apps = [make_celery(broker_settings) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def declare(app: Celery) -> None:
+        try:
+            declare_queues(app, names)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=declare, args=(app,)) for app in apps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for app in apps:
+        app.close()
+    assert errors == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -26,7 +27,7 @@ from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
 from common.states import JobState
 from tests.conftest import _postgres_database
-from tests.sdists import pypi_sdist
+from tests.sdists import make_sdist, pypi_sdist
 from tests.servers import (
     ROOT,
     clean_pip_env,
@@ -265,3 +266,97 @@ def test_build_image_carries_tools_and_nothing_else() -> None:
     assert machine == "aarch64"
     assert any(line.startswith("auditwheel ") for line in rest)
     assert any(line.startswith("patchelf ") for line in rest)
+
+
+def _jobs(database_url: str) -> list[BuildJob]:
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return list(session.scalars(select(BuildJob)))
+    finally:
+        engine.dispose()
+
+
+def test_sigterm_hands_the_running_job_back(tmp_path: Path) -> None:
+    """A builder told to stop kills its build, hands the job back and leaves no container."""
+    packages = tmp_path / "upstream"
+    # Hangs when built into a wheel, not when the test makes the sdist.
+    setup = (
+        "import sys, time\n"
+        "if 'sdist' not in sys.argv:\n    time.sleep(3600)\n"
+        "from setuptools import setup\nsetup()\n"
+    )
+    sleeper = make_sdist(
+        tmp_path / "src",
+        tmp_path / "dist",
+        "sleeper",
+        "1.0",
+        {"sleeper/__init__.py": "", "setup.py": setup},
+    )
+    packages.mkdir()
+    shutil.copy(sleeper, packages)
+    port = free_port()
+    with pypiserver(packages) as index_url:
+        config = _farm_config(tmp_path, index_url, port)
+        config.write_text(config.read_text().replace('["msgpack"]', '["sleeper"]'))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARMWHEELS_")}
+        settings = load_settings(config)
+        _cli(env, "db", "upgrade", "--config", str(config))
+        name = f"stopper-{uuid.uuid4().hex[:6]}"
+        token = _cli(env, "token", "create", name, "--role", "builder", "--config", str(config))
+        builder_env = dict(env, ARMWHEELS_BUILDER__TOKEN=token, ARMWHEELS_BUILDER__NAME=name)
+        with (
+            (tmp_path / "master.log").open("wb") as master_log,
+            (tmp_path / "builder.log").open("wb") as builder_log,
+        ):
+            master = subprocess.Popen(
+                [*CLI, "master", "--config", str(config)],
+                env=env,
+                cwd=ROOT,
+                stdout=master_log,
+                stderr=subprocess.STDOUT,
+            )
+            builder = subprocess.Popen(
+                [
+                    *CLI,
+                    "builder",
+                    "--arch",
+                    "aarch64",
+                    "--backend",
+                    "docker",
+                    "--config",
+                    str(config),
+                ],
+                env=builder_env,
+                cwd=ROOT,
+                stdout=builder_log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                client = docker.from_env()
+                running: dict[str, str | list[str] | bool] = {
+                    "label": f"armwheels.builder={name}",
+                    "status": "running",
+                }
+                wait_until(
+                    lambda: (
+                        any(j.state == JobState.BUILDING for j in _jobs(settings.database.url))
+                        and bool(client.containers.list(filters=running))
+                    ),
+                    600,
+                    "the sleeper build to start",
+                    step=1,
+                )
+                builder.send_signal(signal.SIGTERM)
+                assert builder.wait(timeout=120) == 0
+                [job] = _jobs(settings.database.url)
+                assert (job.state, job.attempts, job.builder_id) in {
+                    (JobState.PENDING, 0, None),
+                    (JobState.QUEUED, 0, None),  # the master already sent it again
+                }
+                labelled: dict[str, str | list[str] | bool] = {"label": f"armwheels.builder={name}"}
+                assert client.containers.list(all=True, filters=labelled) == []
+                assert "job handed back" in (tmp_path / "builder.log").read_text()
+            finally:
+                stop_process(builder)
+                stop_process(master)

@@ -46,6 +46,11 @@ class Backend(Protocol):
         """Build, repair and smoke-test one wheel; every byte of output goes to `log`."""
         ...
 
+    def cancel(self) -> None:
+        """Kill the build under way, from another thread or a signal handler: the builder
+        is stopping and hands the job back to the master."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -68,6 +68,8 @@ class DockerBackend:
             raise DockerUnavailable(f"build image {target.image} is missing") from exc
         self.remove_stale()
         self.interpreters = self.discover_interpreters()
+        self._current: Container | None = None
+        self._cancelled = threading.Event()
 
     def close(self) -> None:
         self.client.close()
@@ -142,7 +144,10 @@ class DockerBackend:
             detach=True,
         )
         pump = threading.Thread(target=self._pump, args=(container, log_sink), daemon=True)
+        self._current = container
         try:
+            if self._cancelled.is_set():
+                return None
             container.start()
             pump.start()
             try:
@@ -153,10 +158,21 @@ class DockerBackend:
                 note(log_sink, f"killed after the time limit of {timeout:.0f} s")
                 return None
             pump.join(timeout=30)
+            if self._cancelled.is_set():
+                note(log_sink, "killed: the builder is stopping")
+                return None
             return int(status.get("StatusCode", 1))
         finally:
+            self._current = None
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        container = self._current
+        if container is not None:
+            with contextlib.suppress(docker.errors.APIError):
+                container.kill()
 
     @staticmethod
     def _pump(container: Container, log_sink: BinaryIO) -> None:

@@ -4,11 +4,13 @@ under a throw-away work directory, with a clean environment that holds no builde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +31,8 @@ class NativeBackend:
         self.settings = settings
         self.arch = arch
         self.target = target
+        self._current: subprocess.Popen[bytes] | None = None
+        self._cancelled = threading.Event()
 
     def close(self) -> None:
         pass
@@ -66,16 +70,32 @@ class NativeBackend:
         self, command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO, timeout: float
     ) -> int | None:
         """Run in a new session, so that a timeout kills every process the build started."""
+        if self._cancelled.is_set():
+            return None
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
+        self._current = process
         try:
-            return process.wait(timeout=timeout)
+            code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             note(log, f"killed after the time limit of {timeout:.0f} s")
             return None
+        finally:
+            self._current = None
+        if self._cancelled.is_set():
+            note(log, "killed: the builder is stopping")
+            return None
+        return code
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        process = self._current
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         out = workdir / "out"
