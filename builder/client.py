@@ -69,16 +69,30 @@ class MasterClient:
         self.http.close()
 
     @_retrying
-    def register(self, arch: str, backend: str, python_tags: list[str], version: str) -> Any:
+    def register(
+        self,
+        arch: str,
+        backend: str,
+        python_tags: list[str],
+        version: str,
+        free_disk: int | None = None,
+    ) -> Any:
         response = self.http.post(
             "/api/v1/builders/register",
-            json={"arch": arch, "backend": backend, "python_tags": python_tags, "version": version},
+            json={
+                "arch": arch,
+                "backend": backend,
+                "python_tags": python_tags,
+                "version": version,
+                "free_disk": free_disk,
+            },
         )
         response.raise_for_status()
         return response.json()
 
-    def heartbeat(self) -> None:
-        self.http.post("/api/v1/builders/heartbeat").raise_for_status()
+    def heartbeat(self, job_id: int | None = None, free_disk: int | None = None) -> None:
+        body = {"job_id": job_id, "free_disk": free_disk}
+        self.http.post("/api/v1/builders/heartbeat", json=body).raise_for_status()
 
     @_retrying
     def claim(self, job_id: int) -> JobSpec:

@@ -79,6 +79,8 @@ class JobRunner:
         self.backend = backend
         self.client = client
         self.stopping = threading.Event()
+        # The job this builder is running, for its heartbeats.
+        self.current_job: int | None = None
 
     def stop(self) -> None:
         """The builder is stopping (SIGTERM): kill the build under way and hand it back,
@@ -94,6 +96,7 @@ class JobRunner:
         except ClaimRefused as exc:
             log.info("job not claimed: %s", exc, extra={"job_id": job_id})
             return
+        self.current_job = job_id
         work_root = self.settings.builder.work_dir
         work_root.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=work_root))
@@ -126,6 +129,7 @@ class JobRunner:
             else:
                 self._report(job_id, outcome, log_path, time.monotonic() - started)
         finally:
+            self.current_job = None
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _build(self, spec: JobSpec, workdir: Path, sink: BinaryIO) -> BuildOutcome:
@@ -185,6 +189,16 @@ class JobRunner:
             log.error("result rejected by master: %s", exc, extra={"job_id": job_id})
 
 
+def free_disk(settings: Settings) -> int | None:
+    """Bytes free where builds unpack; operators see it before a build fills the disk."""
+    work = settings.builder.work_dir
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(work).free
+    except OSError:
+        return None
+
+
 def run_builder(settings: Settings, arch: str) -> int:
     token = settings.builder.token.get_secret_value()
     if not token:
@@ -195,7 +209,7 @@ def run_builder(settings: Settings, arch: str) -> int:
     from armwheels import __version__
 
     tags = backend.python_tags()
-    client.register(arch, backend.name, tags, __version__)
+    client.register(arch, backend.name, tags, __version__, free_disk(settings))
     log.info(
         "builder registered",
         extra={
@@ -210,12 +224,12 @@ def run_builder(settings: Settings, arch: str) -> int:
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
             try:
-                client.heartbeat()
+                client.heartbeat(runner.current_job, free_disk(settings))
             except Exception as exc:
                 log.warning("heartbeat failed: %r", exc)
 
-    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     runner = JobRunner(settings, arch, backend, client)
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     app = make_celery(settings)
 
     @signals.worker_shutting_down.connect

@@ -142,6 +142,9 @@ class Builder(Base):
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     current_job_id: Mapped[int | None] = mapped_column(Integer)
+    # What the builder itself last said: its free work-dir space and the job it is running.
+    free_disk: Mapped[int | None] = mapped_column(BigInteger)
+    reported_job_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class BuildJob(Base):

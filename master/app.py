@@ -37,6 +37,14 @@ class Registration(BaseModel):
         default_factory=list, max_length=50
     )
     version: str = Field(default="", max_length=40)
+    free_disk: int | None = Field(default=None, ge=0)
+
+
+class Heartbeat(BaseModel):
+    """What a builder says every 30 s: the job it runs (if any) and its free disk."""
+
+    job_id: int | None = Field(default=None, ge=1)
+    free_disk: int | None = Field(default=None, ge=0)
 
 
 class JobSpec(BaseModel):
@@ -109,6 +117,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             db.add(found)
         found.arch, found.backend = reg.arch, reg.backend
         found.python_tags, found.version = reg.python_tags, reg.version
+        found.free_disk, found.reported_job_id = reg.free_disk, None
         found.last_seen_at = utcnow()
         # A builder that registers again has lost whatever it was doing.
         orphaned = db.scalars(
@@ -125,8 +134,10 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         return {"builder_id": found.id, "name": found.name}
 
     @app.post("/api/v1/builders/heartbeat")
-    def heartbeat(me: CurrentBuilder, db: DB) -> dict[str, Any]:
+    def heartbeat(me: CurrentBuilder, db: DB, beat: Heartbeat | None = None) -> dict[str, Any]:
         me.last_seen_at = utcnow()
+        if beat is not None:
+            me.reported_job_id, me.free_disk = beat.job_id, beat.free_disk
         db.commit()
         return {"ok": True}
 

@@ -37,6 +37,8 @@ def collect(session: Session, recent: int = 20) -> dict[str, Any]:
                 "python_tags": builder.python_tags,
                 "state": ("busy" if builder.current_job_id else "idle") if online else "offline",
                 "current_job": builder.current_job_id,
+                "reported_job": builder.reported_job_id,
+                "free_disk": builder.free_disk,
                 "last_seen": seen.isoformat(),
             }
         )

@@ -361,3 +361,26 @@ def test_transient_failures_are_retried_up_to_the_cap(farm: Farm) -> None:
         files={"log": ("build.log", b"x")},
     )
     assert answer.status_code == 422
+
+
+def test_heartbeats_report_the_running_job_and_free_disk(farm: Farm) -> None:
+    def beat(body: Any) -> Any:
+        return farm.client.post("/api/v1/builders/heartbeat", headers=farm.auth(), json=body)
+
+    assert beat({"job_id": farm.job_id, "free_disk": 123_456_789}).status_code == 200
+    # An old builder's empty heartbeat still counts as a sign of life.
+    assert farm.client.post("/api/v1/builders/heartbeat", headers=farm.auth()).status_code == 200
+    status = farm.client.get("/api/v1/status").json()
+    [b1] = [b for b in status["builders"] if b["name"] == "b1"]
+    assert (b1["current_job"], b1["reported_job"], b1["free_disk"]) == (
+        farm.job_id,
+        farm.job_id,
+        123_456_789,
+    )
+    for bad in ({"job_id": 0}, {"free_disk": -1}, {"job_id": "x"}):
+        answer = beat(bad)
+        assert answer.status_code == 422 and "error" in answer.json()
+    assert beat({"job_id": None, "free_disk": 5}).status_code == 200
+    status = farm.client.get("/api/v1/status").json()
+    [b1] = [b for b in status["builders"] if b["name"] == "b1"]
+    assert (b1["reported_job"], b1["free_disk"]) == (None, 5)
