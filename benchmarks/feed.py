@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from tenacity import wait_none
 
 from common.config import Settings, load_settings
@@ -38,26 +36,16 @@ from master.journal import JournalEvent
 from master.json_api import JsonApiClient
 from master.refresh import refresh_marked
 from master.scheduler import dispatch_pending
+from tests.conftest import _postgres_database
 from tests.pypi_replay import replay_server
 
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 12
 GOAL_EVENTS = 5000.0
 GOAL_JOBS = 2000.0
 
 
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"armwheels_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+# A fresh PostgreSQL database, dropped afterwards: the tests' own helper.
+scratch_database = contextmanager(_postgres_database)
 
 
 def bench_settings(url: str, base: str, start: int) -> Settings:

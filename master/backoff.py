@@ -1,4 +1,5 @@
-"""Backoff between attempts on a transient upstream error, shared by every upstream client.
+"""Talking to upstream politely, shared by every upstream client: one User-Agent, and
+backoff between attempts on a transient error.
 
 Jittered exponential waits (tenacity), but never shorter than the server asked for with
 Retry-After (or, for PyPI's XML-RPC rate limiter, "Limit may reset in N seconds").
@@ -6,11 +7,23 @@ Retry-After (or, for PyPI's XML-RPC rate limiter, "Limit may reset in N seconds"
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
-from tenacity import RetryCallState, wait_exponential_jitter
+import httpx
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 from tenacity.wait import wait_base
+
+log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 300.0
 
@@ -53,3 +66,48 @@ class wait_retry_after(wait_base):
             if isinstance(exc, RetryAfterError) and exc.retry_after is not None:
                 delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
         return delay
+
+
+USER_AGENT = "armwheels (+https://github.com/armwheels)"
+T = TypeVar("T")
+
+
+def upstream_http(
+    timeout: float, follow_redirects: bool = True, headers: dict[str, str] | None = None
+) -> httpx.Client:
+    """The HTTP client every upstream client uses: our User-Agent, a timeout."""
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=follow_redirects,
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+    )
+
+
+def raise_if_transient(response: httpx.Response, what: str, error: type[RetryAfterError]) -> None:
+    """429 and 5xx are worth another attempt, after the Retry-After the server gave."""
+    if response.status_code == 429 or response.status_code >= 500:
+        raise error(
+            f"{what}: HTTP {response.status_code}",
+            parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+
+def with_retries(
+    call: Callable[..., T], wait: wait_base, attempts: int, what: str
+) -> Callable[..., T]:
+    """`call`, retried on RetryAfterError with `wait` between attempts; each retry logged."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "upstream call failed, retrying",
+            extra={"call": what, "attempt": state.attempt_number, "error": str(error)},
+        )
+
+    return retry(
+        retry=retry_if_exception_type(RetryAfterError),
+        wait=wait,
+        stop=stop_after_attempt(attempts),
+        reraise=True,
+        before_sleep=before_sleep,
+    )(call)

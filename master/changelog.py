@@ -17,14 +17,15 @@ from typing import Any
 from xml.parsers.expat import ExpatError
 
 import httpx
-from tenacity import (
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
 from tenacity.wait import wait_base
 
-from master.backoff import RetryAfterError, parse_retry_after, wait_retry_after
+from master.backoff import (
+    RetryAfterError,
+    raise_if_transient,
+    upstream_http,
+    wait_retry_after,
+    with_retries,
+)
 from master.journal import JournalEvent, parse_entry
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,8 @@ class ChangelogClient:
         self.url = url
         self.attempts = attempts
         self.wait = wait_retry_after(wait)
-        self.http = httpx.Client(
-            timeout=timeout,
-            headers={
-                "User-Agent": "armwheels (+https://github.com/armwheels)",
-                "Content-Type": "text/xml",
-            },
+        self.http = upstream_http(
+            timeout, follow_redirects=False, headers={"Content-Type": "text/xml"}
         )
 
     def close(self) -> None:
@@ -114,21 +111,7 @@ class ChangelogClient:
         return page
 
     def _call(self, method: str, *params: Any) -> Any:
-        call = retry(
-            retry=retry_if_exception_type(TransientChangelogError),
-            wait=self.wait,
-            stop=stop_after_attempt(self.attempts),
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "changelog call failed, retrying",
-                extra={
-                    "method": method,
-                    "attempt": state.attempt_number,
-                    "error": str(state.outcome.exception()) if state.outcome else "",
-                },
-            ),
-        )(self._call_once)
-        return call(method, *params)
+        return with_retries(self._call_once, self.wait, self.attempts, method)(method, *params)
 
     def _call_once(self, method: str, *params: Any) -> Any:
         body = xmlrpc.client.dumps(params, methodname=method, allow_none=True)
@@ -136,11 +119,7 @@ class ChangelogClient:
             response = self.http.post(self.url, content=body.encode("utf-8"))
         except httpx.TransportError as exc:
             raise TransientChangelogError(f"{method}: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientChangelogError(
-                f"{method}: HTTP {response.status_code}",
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
+        raise_if_transient(response, method, TransientChangelogError)
         if response.status_code != 200:
             raise ChangelogError(f"{method}: HTTP {response.status_code}")
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -289,7 +289,7 @@ def _apply_page(
     factory: sessionmaker[Session], settings: Settings, page: ChangelogPage, outcome: FeedOutcome
 ) -> None:
     assert page.last_serial is not None
-    for batch in _batches(page.events, BATCH_EVENTS):
+    for batch in _chunks(page.events, BATCH_EVENTS):
         with transaction(factory) as session:
             kinds = apply_events(session, batch, settings)
             _count(session, CHANGELOG_FEED, kinds)
@@ -310,7 +310,3 @@ def _apply_page(
             "malformed": page.malformed,
         },
     )
-
-
-def _batches(events: list[JournalEvent], size: int) -> Iterable[list[JournalEvent]]:
-    yield from _chunks(events, size)

@@ -53,18 +53,7 @@ ACTING_KINDS = frozenset(
     }
 )
 # Kinds that name a release: without a valid version they are malformed.
-RELEASE_KINDS = frozenset(
-    {
-        ActionKind.NEW_RELEASE,
-        ActionKind.ADD_SDIST,
-        ActionKind.ADD_WHEEL,
-        ActionKind.ADD_OTHER_FILE,
-        ActionKind.REMOVE_FILE,
-        ActionKind.REMOVE_RELEASE,
-        ActionKind.YANK_RELEASE,
-        ActionKind.UNYANK_RELEASE,
-    }
-)
+RELEASE_KINDS = ACTING_KINDS - {ActionKind.CREATE_PROJECT, ActionKind.REMOVE_PROJECT}
 
 _ROLE_VERBS = ("add", "remove", "invite", "accepted", "revoke_invite", "decline_invite", "change")
 _ROLES = ("Owner", "Maintainer")

@@ -14,11 +14,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
 from common.names import BadName, parse_version
-from master.backoff import parse_retry_after, wait_retry_after
+from master.backoff import raise_if_transient, upstream_http, wait_retry_after, with_retries
 from master.upstream import (
     TransientUpstreamError,
     UpstreamError,
@@ -107,23 +106,13 @@ class JsonApiClient:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.attempts = attempts
         self.wait = wait_retry_after(wait)
-        self.http = httpx.Client(
-            timeout=timeout,
-            follow_redirects=True,
-            headers={"User-Agent": "armwheels (+https://github.com/armwheels)"},
-        )
+        self.http = upstream_http(timeout)
 
     def close(self) -> None:
         self.http.close()
 
     def project(self, name: str) -> ProjectDetails:
-        fetch = retry(
-            retry=retry_if_exception_type(TransientUpstreamError),
-            wait=self.wait,
-            stop=stop_after_attempt(self.attempts),
-            reraise=True,
-        )(self._fetch)
-        return fetch(name)
+        return with_retries(self._fetch, self.wait, self.attempts, f"json {name}")(name)
 
     def _fetch(self, name: str) -> ProjectDetails:
         url = urljoin(self.base_url, f"{name}/json")
@@ -131,11 +120,7 @@ class JsonApiClient:
             response = self.http.get(url, headers={"Accept": "application/json"})
         except httpx.TransportError as exc:
             raise TransientUpstreamError(f"{name}: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientUpstreamError(
-                f"{name}: HTTP {response.status_code}",
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
+        raise_if_transient(response, name, TransientUpstreamError)
         if response.status_code == 404:
             return ProjectDetails(name, None, missing=True)
         if response.status_code != 200:

@@ -19,14 +19,15 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
-from tenacity import (
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
 from tenacity.wait import wait_base
 
-from master.backoff import RetryAfterError, parse_retry_after, wait_retry_after
+from master.backoff import (
+    RetryAfterError,
+    raise_if_transient,
+    upstream_http,
+    wait_retry_after,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,22 +207,13 @@ class SimpleClient:
         self.attempts = attempts
         # Between attempts on a transient error (tests pass tenacity's wait_none()).
         self.wait = wait_retry_after(wait)
-        self.http = httpx.Client(
-            timeout=timeout,
-            follow_redirects=True,
-            headers={"User-Agent": "armwheels (+https://github.com/armwheels)"},
-        )
+        self.http = upstream_http(timeout)
 
     def close(self) -> None:
         self.http.close()
 
     def project_page(self, project: str, etag: str | None = None) -> ProjectPage:
-        fetch = retry(
-            retry=retry_if_exception_type(TransientUpstreamError),
-            wait=self.wait,
-            stop=stop_after_attempt(self.attempts),
-            reraise=True,
-        )(self._fetch)
+        fetch = with_retries(self._fetch, self.wait, self.attempts, f"simple {project}")
         return fetch(project, etag)
 
     def _fetch(self, project: str, etag: str | None) -> ProjectPage:
@@ -233,11 +225,7 @@ class SimpleClient:
             response = self.http.get(url, headers=headers)
         except httpx.TransportError as exc:
             raise TransientUpstreamError(f"{project}: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientUpstreamError(
-                f"{project}: HTTP {response.status_code}",
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
+        raise_if_transient(response, project, TransientUpstreamError)
         serial_header = response.headers.get("X-PyPI-Last-Serial")
         serial = (
             int(serial_header)

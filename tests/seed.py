@@ -10,7 +10,7 @@ from common.config import Settings
 from common.models import Builder, BuildJob, Project, Release, SourceFile, Token
 from common.states import TokenRole
 from master.releases import get_or_create_project
-from master.scheduler import create_jobs
+from master.scheduler import PRIORITY_NEW, create_jobs
 
 
 def add_release(
@@ -20,6 +20,7 @@ def add_release(
     version: str = "1.0",
     requires_python: str | None = None,
     upstream_files: list[str] | None = None,
+    priority: int = PRIORITY_NEW,
 ) -> tuple[Project, Release, list[BuildJob]]:
     owner = get_or_create_project(session, project)
     release = Release(
@@ -37,7 +38,7 @@ def add_release(
     )
     session.add_all([release, source])
     session.flush()
-    jobs = create_jobs(session, release, source, settings.enabled_targets())
+    jobs = create_jobs(session, release, source, settings.enabled_targets(), priority)
     return owner, release, jobs
 
 

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,3 +92,19 @@ def clean_pip_env() -> dict[str, str]:
         {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     )
     return env
+
+
+@contextmanager
+def redis_database(number: int) -> Iterator[redis.Redis]:
+    """One Redis database of the machine's server, empty before and after the test."""
+    client = redis.Redis(host="127.0.0.1", port=6379, db=number)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()

@@ -38,6 +38,7 @@ from common.models import BuildJob
 from common.states import JobState
 from master.scheduler import PRIORITY_NEW, dispatch_pending
 from tests.seed import add_release
+from tests.servers import redis_database
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 13
@@ -48,17 +49,8 @@ STOP_TIMEOUT = 20.0
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
-    client.flushdb()
-    try:
+    with redis_database(REDIS_DB) as client:
         yield client
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import docker
 import httpx
@@ -155,6 +156,22 @@ def _check_published_wheel(settings: Settings, farm_url: str, tmp_path: Path) ->
     assert "auditwheel repair" in httpx.get(f"{farm_url}/logs/{job.id}").text
 
 
+BUILDER = ["builder", "--arch", "aarch64", "--backend", "docker"]
+
+
+def _spawn(
+    args: list[str], config: Path, env: dict[str, str], log: BinaryIO
+) -> subprocess.Popen[bytes]:
+    """An armwheels command running in the background, its output in `log`."""
+    return subprocess.Popen(
+        [*CLI, *args, "--config", str(config)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([*CLI, *args], env=env, cwd=ROOT, capture_output=True, check=True)
     return done.stdout.decode().strip()
@@ -211,34 +228,9 @@ def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, upstream: st
             (tmp_path / "builder.log").open("wb") as builder_log,
         ):
             try:
-                processes.append(
-                    subprocess.Popen(
-                        [*CLI, "master", "--config", str(config)],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=master_log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+                processes.append(_spawn(["master"], config, env, master_log))
                 wait_until(lambda: _master_answers(f"http://127.0.0.1:{port}"), 120, "master")
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            *CLI,
-                            "builder",
-                            "--arch",
-                            "aarch64",
-                            "--backend",
-                            "docker",
-                            "--config",
-                            str(config),
-                        ],
-                        env=builder_env,
-                        cwd=ROOT,
-                        stdout=builder_log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+                processes.append(_spawn(BUILDER, config, builder_env, builder_log))
                 _check_published_wheel(settings, f"http://127.0.0.1:{port}", tmp_path)
                 status = httpx.get(f"http://127.0.0.1:{port}/api/v1/status").json()
                 assert [b["name"] for b in status["builders"]] == [token_name]
@@ -309,29 +301,8 @@ def test_sigterm_hands_the_running_job_back(tmp_path: Path) -> None:
             (tmp_path / "master.log").open("wb") as master_log,
             (tmp_path / "builder.log").open("wb") as builder_log,
         ):
-            master = subprocess.Popen(
-                [*CLI, "master", "--config", str(config)],
-                env=env,
-                cwd=ROOT,
-                stdout=master_log,
-                stderr=subprocess.STDOUT,
-            )
-            builder = subprocess.Popen(
-                [
-                    *CLI,
-                    "builder",
-                    "--arch",
-                    "aarch64",
-                    "--backend",
-                    "docker",
-                    "--config",
-                    str(config),
-                ],
-                env=builder_env,
-                cwd=ROOT,
-                stdout=builder_log,
-                stderr=subprocess.STDOUT,
-            )
+            master = _spawn(["master"], config, env, master_log)
+            builder = _spawn(BUILDER, config, builder_env, builder_log)
             try:
                 client = docker.from_env()
                 running: dict[str, str | list[str] | bool] = {

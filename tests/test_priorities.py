@@ -10,7 +10,6 @@ and after; the embedded broker is kombu's SQLAlchemy transport on SQLite.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,18 +28,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings, load_settings
 from common.db import transaction
 from common.messages import REDIS_PRIORITY_STEPS, broker_priority, make_celery, queue_name
-from common.models import BuildJob, Project, Release, SourceFile
+from common.models import BuildJob
 from common.states import JobState
 from master.rebuild import request_rebuild
 from master.scheduler import (
     PRIORITY_BACKFILL,
     PRIORITY_NEW,
     PRIORITY_REBUILD,
-    create_jobs,
     dispatch_pending,
     served_targets,
 )
 from tests.seed import add_builder, add_release
+from tests.servers import redis_database, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 14
@@ -54,17 +53,8 @@ AARCH64 = queue_name("aarch64", "cp311")
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379: {exc}")
-    client.flushdb()
-    try:
+    with redis_database(REDIS_DB) as client:
         yield client
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "embedded"])
@@ -97,24 +87,9 @@ def add_backlog(
     session: Session, settings: Settings, count: int, priority: int = PRIORITY_BACKFILL
 ) -> list[int]:
     """count releases of one project, each with one aarch64 job; their ids, oldest first."""
-    project = Project(name="backlog", display_name="backlog")
-    session.add(project)
     job_ids: list[int] = []
     for number in range(count):
-        version = f"1.0.{number}"
-        release = Release(
-            project=project, version=version, upstream_files=[f"backlog-{version}.tar.gz"]
-        )
-        source = SourceFile(
-            release=release,
-            filename=f"backlog-{version}.tar.gz",
-            url=f"http://127.0.0.1:1/backlog-{version}.tar.gz",
-            sha256="0" * 64,
-            size=10,
-        )
-        session.add_all([release, source])
-        session.flush()
-        jobs = create_jobs(session, release, source, settings.enabled_targets(), priority)
+        _, _, jobs = add_release(session, settings, "backlog", f"1.0.{number}", priority=priority)
         job_ids.extend(job.id for job in jobs)
     return job_ids
 
@@ -400,13 +375,7 @@ def run_worker(broker_url: str, data_dir: Path, tmp_path: Path) -> Iterator[Rece
     try:
         yield Received(process, received, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT)
+        stop_process(process, STOP_TIMEOUT)
 
 
 def test_jobs_go_only_to_the_interpreters_builders_have(
