@@ -37,6 +37,11 @@ def test_toml_and_environment_override(tmp_path: Path, monkeypatch: pytest.Monke
         ("[master]\nprot = 80\n", "master.prot: unknown setting"),
         ("[upstream]\nindex_url = 'ftp://x'\n", "upstream.index_url"),
         ("[upstream]\nprojects = ['ok', 'bad name!']\n", "invalid project name"),
+        ("[upstream]\nprojects = 'all'\n", 'projects = "all" needs feed = "changelog"'),
+        ("[upstream]\nfeed = 'rss'\n", "upstream.feed"),
+        ("[upstream]\nxmlrpc_url = 'pypi.org/pypi'\n", "upstream.xmlrpc_url"),
+        ("[upstream]\nchangelog_start = -1\n", "upstream.changelog_start"),
+        ("[master]\nqueue_depth = 0\n", "master.queue_depth"),
         ("[targets.x86_64]\nimage = 'i'\npolicy = 'manylinux2014_x86_64'\n", "unknown arch"),
         ("[targets.aarch64]\nimage = 'i'\npolicy = 'manylinux2014_armv7l'\n", "is not for"),
         (
