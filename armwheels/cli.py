@@ -332,6 +332,31 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe_check(args: argparse.Namespace) -> int:
+    """Validate a recipe file before the master picks it up (it keeps the last good one)."""
+    from common.names import BadName, normalize_project
+    from common.recipes import RecipeError, parse_recipes
+
+    path: Path | None = args.file or _settings(args).master.recipes
+    if path is None:
+        raise UsageError("no recipe file: give FILE or set master.recipes")
+    try:
+        recipes = parse_recipes(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from exc
+    except RecipeError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.project:
+        try:
+            recipe = recipes.get(normalize_project(args.project))
+        except BadName as exc:
+            raise UsageError(str(exc)) from exc
+        print(recipe.model_dump_json(indent=2, exclude_defaults=True) if recipe else "{}")
+        return 0
+    print(f"{path}: {len(recipes)} recipes: {', '.join(sorted(recipes)) or 'none'}")
+    return 0
+
+
 def _name(value: str) -> str:
     if not value or len(value) > 100 or not all(c.isalnum() or c in "-_." for c in value):
         raise argparse.ArgumentTypeError(f"invalid name: {value!r}")
@@ -411,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", parents=[common], help="revoke a token")
     revoke.add_argument("name", type=_name)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    recipe = sub.add_parser("recipe", help="per-project build recipes", parents=[common])
+    recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True, parser_class=_Parser)
+    check = recipe_sub.add_parser(
+        "check", parents=[common], help="validate the recipe file (default: master.recipes)"
+    )
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE")
+    check.add_argument("--project", help="print the recipe this project gets")
+    check.set_defaults(func=cmd_recipe_check)
 
     image = sub.add_parser("image", help="build images", parents=[common])
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)

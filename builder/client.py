@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from common.recipes import Recipe
+
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +36,13 @@ class JobSpec:
     sdist_sha256: str
     sdist_size: int | None
     attempt: int
+    # The operator's recipe for this project (common/recipes.py), if any.
+    recipe: Recipe | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+        recipe = data.pop("recipe", None)
+        return cls(**data, recipe=Recipe.model_validate(recipe) if recipe else None)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -100,7 +109,7 @@ class MasterClient:
         if response.status_code in (404, 409):
             raise ClaimRefused(_error(response))
         response.raise_for_status()
-        return JobSpec(**response.json())
+        return JobSpec.from_json(response.json())
 
     @_retrying
     def release(self, job_id: int) -> None:

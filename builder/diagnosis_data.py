@@ -19,6 +19,7 @@ _SSL: Final = ("libssl-dev", "openssl-devel")
 _XML2: Final = ("libxml2-dev", "libxml2-devel")
 _XSLT: Final = ("libxslt1-dev", "libxslt-devel")
 _YAML: Final = ("libyaml-dev", "libyaml-devel")
+_LZO: Final = ("liblzo2-dev", "lzo-devel")
 _JPEG: Final = ("libjpeg-dev", "libjpeg-turbo-devel")
 _PNG: Final = ("libpng-dev", "libpng-devel")
 _TIFF: Final = ("libtiff-dev", "libtiff-devel")
@@ -206,6 +207,7 @@ HEADERS: Final[dict[str, Packages]] = {
 # First directory of an #include path -> packages, for families like <openssl/ssl.h>.
 HEADER_DIRS: Final[dict[str, Packages]] = {
     "openssl": _SSL,
+    "lzo": _LZO,
     "libxml": _XML2,
     "libxml2": _XML2,
     "libxslt": _XSLT,
@@ -286,6 +288,7 @@ PYTHON_HEADER_DIRS: Final[dict[str, str]] = {
 # Linker library name (the foo of -lfoo) -> packages.
 LIBRARIES: Final[dict[str, Packages]] = {
     "ffi": _FFI,
+    "lzo2": _LZO,
     "z": _ZLIB,
     "ssl": _SSL,
     "crypto": _SSL,

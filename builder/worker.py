@@ -46,9 +46,14 @@ def choose_backend(settings: Settings, arch: str, name: str) -> Backend:
     if wanted == "native":
         if not is_arm_host(arch):
             raise NoBackend(f"--backend native builds {arch} only on an {arch} host")
-        from builder.backends.native import NativeBackend
+        from builder.backends.native import NativeBackend, NativeUnavailable
 
-        native = NativeBackend(settings.builder, arch, target)
+        try:
+            native = NativeBackend(
+                settings.builder, arch, target, build_user=settings.builder.build_user
+            )
+        except NativeUnavailable as exc:
+            raise NoBackend(str(exc)) from exc
         if not native.python_tags():
             raise NoBackend(f"no interpreter here for {', '.join(target.python_tags)}")
         return native

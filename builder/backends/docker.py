@@ -1,5 +1,9 @@
 """Docker backend: each build and each smoke test in its own throw-away container.
 
+The container is the sandbox for the sdist's code: an unprivileged uid, no capabilities,
+a read-only root filesystem with a small tmpfs /tmp, memory (without swap), CPU and
+process limits, a wall-clock limit and a cap on the work directory, the sdist and every
+cache mounted read-only, and nothing of the builder's (token, master URL, config) inside.
 Containers carry labels so that a restarted builder can remove any its predecessor left,
 and they are removed in every case, including timeouts.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 from pathlib import Path
@@ -18,15 +23,35 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from builder.backends import SCRIPTS, BuildOutcome, note, passthrough_environment, run_recipe
+from builder.backends import (
+    SCRIPTS,
+    BuildOutcome,
+    StepExit,
+    note,
+    passthrough_environment,
+    recipe_environment,
+    run_recipe,
+    write_constraints,
+)
+from builder.backends.guard import WorkdirGuard
+from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
 from builder.client import JobSpec
+from builder.wheelhouse import NoBuildRequirements, Wheelhouse, build_requirements, platform_tags
 from common.config import BuilderSettings, TargetSettings
+from common.states import FailureReason
 
 log = logging.getLogger(__name__)
 
 LABEL = "armwheels.builder"
 CA_PATH = "/armwheels/ca-bundle.crt"
-CONTAINER_HOME = "/tmp"  # noqa: S108 (a path inside the throw-away container)
+# The build's writable tree inside the container: a host folder the builder measures.
+WORK = "/armwheels/work"
+# Paths inside the throw-away container, not on the host.
+CONTAINER_TMP = ["/tmp", "/var/tmp"]  # noqa: S108
+SMOKE_ENV = "/tmp/smoke"  # noqa: S108
+WHEELHOUSE = "/armwheels/wheelhouse"
+CONSTRAINTS = "/armwheels/recipe/constraints.txt"
+SMOKE_TIMEOUT = 600.0
 
 
 # Prints one tag (cp311) per interpreter found; errors and non-CPython ones print nothing.
@@ -38,9 +63,14 @@ for py in /opt/python/*/bin/python /usr/bin/python3 /usr/bin/python3.* /usr/loca
 if platform.python_implementation() == 'CPython': print('cp%d%d' % sys.version_info[:2])" \
         2>/dev/null
 done
+for manager in apt-get dnf yum; do
+    if command -v "$manager" >/dev/null; then echo "manager:$manager"; break; fi
+done
+echo "glibc:$(getconf GNU_LIBC_VERSION 2>/dev/null)"
 true
 """
 _TAG = re.compile(r"^cp3\d{1,2}$")
+_GLIBC = re.compile(r"^glibc:glibc 2\.(\d+)$")
 
 
 class DockerUnavailable(RuntimeError):
@@ -67,9 +97,16 @@ class DockerBackend:
         except docker.errors.ImageNotFound as exc:
             raise DockerUnavailable(f"build image {target.image} is missing") from exc
         self.remove_stale()
+        self.package_manager: str | None = None
+        self.glibc_minor = 17
         self.interpreters = self.discover_interpreters()
         self._current: Container | None = None
         self._cancelled = threading.Event()
+        self.wheelhouse = (
+            Wheelhouse(settings.work_dir / "wheelhouse" / arch, settings.wheelhouse_limit)
+            if settings.wheelhouse
+            else None
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -91,10 +128,21 @@ class DockerBackend:
             message = f"cannot start the build image {self.target.image}: {exc}"
             raise DockerUnavailable(message) from exc
         text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
-        found = sorted({line.strip() for line in text.splitlines() if _TAG.match(line.strip())})
+        lines = [line.strip() for line in text.splitlines()]
+        found = sorted({line for line in lines if _TAG.match(line)})
+        for line in lines:
+            if line.startswith("manager:"):
+                self.package_manager = line.partition(":")[2]
+            elif match := _GLIBC.match(line):
+                self.glibc_minor = int(match.group(1))
         log.info(
             "interpreters in build image",
-            extra={"image": self.target.image, "python_tags": ",".join(found)},
+            extra={
+                "image": self.target.image,
+                "python_tags": ",".join(found),
+                "package_manager": self.package_manager,
+                "glibc": f"2.{self.glibc_minor}",
+            },
         )
         return found
 
@@ -110,62 +158,116 @@ class DockerBackend:
         for container in stale:
             container.remove(force=True)
             log.warning("stale build container removed", extra={"container": container.name})
+        installers = self.client.containers.list(
+            all=True, filters={"name": INSTALLER_PREFIX, "status": "exited"}
+        )
+        for container in installers:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
 
-    def _environment(self) -> dict[str, str]:
+    def _user(self) -> str:
+        """Never root: the configured build uid, or the builder's own when it is not root."""
+        uid = os.getuid()
+        if uid == 0:
+            return f"{self.settings.build_uid}:{self.settings.build_uid}"
+        return f"{uid}:{os.getgid()}"
+
+    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
         ca_path = CA_PATH if self.settings.ca_bundle is not None else None
         env = passthrough_environment(self.settings, ca_path)
         env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-        env["HOME"] = CONTAINER_HOME
+        env.update(extra)
+        env.update({"HOME": f"{WORK}/home", "TMPDIR": f"{WORK}/temp"})
         return env
+
+    def _prepare_sandbox(self, folder: Path) -> None:
+        """The build's writable folder, owned by the uid the build runs as."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.getuid() == 0:
+            os.chown(folder, self.settings.build_uid, self.settings.build_uid)
+        folder.chmod(0o755)
 
     def _run(
         self,
+        image: str,
         command: list[str],
         volumes: dict[str, dict[str, str]],
         network: str,
         job_id: int,
         log_sink: BinaryIO,
         timeout: float,
-    ) -> int | None:
-        """Run a container to completion; None means it was killed at the time limit."""
+        env: dict[str, str],
+        guard_root: Path | None = None,
+    ) -> StepExit:
+        """Run a container to completion, killed at the time limit or the work-dir cap."""
         if self.settings.ca_bundle is not None:
             volumes[str(self.settings.ca_bundle)] = {"bind": CA_PATH, "mode": "ro"}
         volumes[str(SCRIPTS)] = {"bind": "/armwheels/scripts", "mode": "ro"}
+        tmpfs_options = f"size={self.settings.tmp_size},mode=1777,nosuid,nodev"
+        cpus = self.settings.cpus
         container: Container = self.client.containers.create(
-            self.target.image,
+            image,
             command,
             labels={LABEL: self.builder_name, "armwheels.job": str(job_id)},
             volumes=volumes,
             network_mode=network,
-            environment=self._environment(),
+            environment=self._environment(env),
+            user=self._user(),
+            read_only=True,
+            tmpfs=dict.fromkeys(CONTAINER_TMP, tmpfs_options),
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
             mem_limit=self.settings.memory_limit,
-            pids_limit=4096,
-            working_dir=CONTAINER_HOME,
+            memswap_limit=self.settings.memory_limit,
+            nano_cpus=int(cpus * 1e9) if cpus else None,
+            pids_limit=self.settings.pids_limit,
+            working_dir=f"{WORK}",
             detach=True,
         )
         pump = threading.Thread(target=self._pump, args=(container, log_sink), daemon=True)
         self._current = container
+        guard = (
+            WorkdirGuard(guard_root, self.settings.work_dir_limit, self._kill, job_id)
+            if guard_root is not None
+            else None
+        )
         try:
             if self._cancelled.is_set():
-                return None
+                return StepExit(None, killed_for="stopping")
             container.start()
             pump.start()
-            try:
-                status = container.wait(timeout=timeout)
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                container.kill()
-                pump.join(timeout=10)
-                note(log_sink, f"killed after the time limit of {timeout:.0f} s")
-                return None
+            with guard or contextlib.nullcontext():
+                try:
+                    status = container.wait(timeout=timeout)
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    container.kill()
+                    pump.join(timeout=10)
+                    note(log_sink, f"killed after the time limit of {timeout:.0f} s")
+                    return StepExit(None, killed_for="timeout")
             pump.join(timeout=30)
             if self._cancelled.is_set():
                 note(log_sink, "killed: the builder is stopping")
-                return None
-            return int(status.get("StatusCode", 1))
+                return StepExit(None, killed_for="stopping")
+            if guard is not None and guard.exceeded:
+                detail = f"work directory passed its limit of {self.settings.work_dir_limit} bytes"
+                note(log_sink, f"killed: {detail}")
+                return StepExit(None, killed_for="work-dir", detail=detail)
+            with contextlib.suppress(docker.errors.APIError):
+                container.reload()
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+            if oom:
+                note(log_sink, f"the kernel killed the build at its {self.settings.memory_limit}")
+            return StepExit(int(status.get("StatusCode", 1)), oom_killed=oom)
         finally:
             self._current = None
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+
+    def _kill(self) -> None:
+        container = self._current
+        if container is not None:
+            with contextlib.suppress(docker.errors.APIError):
+                container.kill()
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -183,18 +285,89 @@ class DockerBackend:
         except (docker.errors.APIError, requests.exceptions.RequestException, ValueError):
             pass
 
-    def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
-        out = workdir / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        sdist_in = f"/armwheels/sdist/{sdist.name}"
-        note(log_sink, f"build container from {self.target.image} for job {spec.job_id}")
-        timeout = self.settings.build_timeout
+    def _build_image(self, spec: JobSpec, log_sink: BinaryIO) -> str | BuildOutcome:
+        """The target's image, or its derivative with the recipe's system packages."""
+        recipe = spec.recipe
+        if recipe is None or not (recipe.apt or recipe.yum):
+            return self.target.image
+        manager = self.package_manager
+        packages = recipe.system_packages(manager or "")
+        if not packages:
+            note(log_sink, f"recipe has no packages for {manager or 'this image'}")
+            return self.target.image
+        if manager is None:
+            summary = (
+                f"recipe needs {' '.join(packages)}; {self.target.image} has no package manager"
+            )
+            return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=summary)
+        ca = str(self.settings.ca_bundle) if self.settings.ca_bundle is not None else None
+        try:
+            return ensure_recipe_image(
+                self.client,
+                self.target.image,
+                manager,
+                packages,
+                network=self.settings.network,
+                environment=passthrough_environment(self.settings, None),
+                ca_bundle=ca,
+                log_sink=log_sink,
+            )
+        except (RecipeImageError, docker.errors.DockerException) as exc:
+            return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=str(exc))
 
-        def run_build() -> int | None:
-            volumes = {
-                str(sdist): {"bind": sdist_in, "mode": "ro"},
-                str(out): {"bind": "/armwheels/out", "mode": "rw"},
-            }
+    def _prefetch(
+        self, spec: JobSpec, sdist: Path, constraints: Path | None, log_sink: BinaryIO
+    ) -> bool:
+        """Fill the wheelhouse with the sdist's build requirements (trusted step)."""
+        if self.wheelhouse is None:
+            return False
+        try:
+            requirements = build_requirements(sdist)
+        except NoBuildRequirements as exc:
+            note(log_sink, f"wheelhouse not used: {exc}")
+            return False
+        note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
+        complete = self.wheelhouse.prefetch(
+            requirements,
+            spec.python_tag,
+            platform_tags(self.arch, self.glibc_minor),
+            constraints,
+            dict(os.environ),
+            log_sink,
+        )
+        if not complete:
+            note(
+                log_sink,
+                "wheelhouse: not every build requirement has a wheel; pip fetches the rest",
+            )
+        return True
+
+    def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
+        sandbox = workdir / "sandbox"
+        self._prepare_sandbox(sandbox)
+        out = sandbox / "out"
+        sdist_in = f"/armwheels/sdist/{sdist.name}"
+        image = self._build_image(spec, log_sink)
+        if isinstance(image, BuildOutcome):
+            return image
+        note(
+            log_sink,
+            f"build container from {image} for job {spec.job_id} as uid {self._user()}",
+        )
+        timeout = self.settings.build_timeout
+        constraints = write_constraints(spec.recipe, workdir / "recipe")
+        env = recipe_environment(spec.recipe, CONSTRAINTS if constraints else None)
+        volumes = {
+            str(sdist): {"bind": sdist_in, "mode": "ro"},
+            str(sandbox): {"bind": WORK, "mode": "rw"},
+        }
+        if constraints is not None:
+            volumes[str(constraints)] = {"bind": CONSTRAINTS, "mode": "ro"}
+        if self._prefetch(spec, sdist, constraints, log_sink) and self.wheelhouse is not None:
+            volumes[str(self.wheelhouse.root)] = {"bind": WHEELHOUSE, "mode": "ro"}
+            env["PIP_FIND_LINKS"] = WHEELHOUSE
+
+        def run_build() -> StepExit:
             command = [
                 "/bin/bash",
                 "/armwheels/scripts/build.sh",
@@ -203,10 +376,18 @@ class DockerBackend:
                 spec.policy,
             ]
             return self._run(
-                command, volumes, self.settings.network, spec.job_id, log_sink, float(timeout)
+                image,
+                command,
+                dict(volumes),
+                self.settings.network,
+                spec.job_id,
+                log_sink,
+                float(timeout),
+                env,
+                guard_root=sandbox,
             )
 
-        def run_smoke(wheel: Path, modules: list[str]) -> int | None:
+        def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
             inside = f"/armwheels/wheel/{wheel.name}"
             command = [
                 "/bin/bash",
@@ -215,13 +396,17 @@ class DockerBackend:
                 spec.python_tag,
                 *modules,
             ]
+            # A fresh container of the target's own image, without the recipe's packages:
+            # the wheel must carry the libraries it needs.
             return self._run(
+                self.target.image,
                 command,
                 {str(wheel): {"bind": inside, "mode": "ro"}},
                 "none",
                 spec.job_id,
                 log_sink,
-                600.0,
+                SMOKE_TIMEOUT,
+                {"ARMWHEELS_SMOKEENV": SMOKE_ENV},
             )
 
         return run_recipe(out, log_sink, timeout, run_build, run_smoke)

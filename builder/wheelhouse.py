@@ -1,0 +1,202 @@
+"""A builder's shared cache of build-dependency wheels, safe against hostile sdists.
+
+A pip cache that builds can write to would let one sdist plant a doctored setuptools for
+every later build. So builds only ever read the wheelhouse (mounted read-only, offered
+with PIP_FIND_LINKS); the builder fills it itself, before the build, with
+`pip download --only-binary=:all:` for the target platform: no sdist code runs, only
+wheels come in, pip checks each against the index's hash, and requirements naming a URL
+are refused, so nothing but what the index serves can enter.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from common.names import python_version_of_tag
+
+log = logging.getLogger(__name__)
+
+# What pip assumes for a project without [build-system] (PEP 518's fallback).
+LEGACY_REQUIRES = ["setuptools>=40.8.0", "wheel"]
+MAX_PYPROJECT_BYTES = 1024 * 1024
+MAX_MEMBERS_SCANNED = 100_000
+MAX_REQUIREMENTS = 64
+DOWNLOAD_TIMEOUT = 600
+
+
+class NoBuildRequirements(Exception):
+    """The sdist's build requirements cannot be read safely; nothing is prefetched."""
+
+
+def build_requirements(sdist: Path) -> list[Requirement]:
+    """[build-system].requires from the sdist's top-level pyproject.toml, read as data."""
+    text = _top_level_pyproject(sdist)
+    if text is None:
+        return [Requirement(line) for line in LEGACY_REQUIRES]
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise NoBuildRequirements(f"pyproject.toml is not TOML: {exc}") from exc
+    system = data.get("build-system")
+    if not isinstance(system, dict) or "requires" not in system:
+        return [Requirement(line) for line in LEGACY_REQUIRES]
+    requires = system["requires"]
+    if not isinstance(requires, list) or len(requires) > MAX_REQUIREMENTS:
+        raise NoBuildRequirements("build-system.requires is not a short list")
+    found = []
+    for line in requires:
+        if not isinstance(line, str):
+            raise NoBuildRequirements("build-system.requires holds a non-string")
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as exc:
+            raise NoBuildRequirements(f"not a requirement: {line!r}") from exc
+        if requirement.url:
+            # A URL could plant any file under any wheel name: never into the cache.
+            raise NoBuildRequirements(f"build requirement names a URL: {line!r}")
+        found.append(requirement)
+    return found
+
+
+def _top_level_pyproject(sdist: Path) -> str | None:
+    name = sdist.name
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(sdist) as archive:
+                for info in archive.infolist()[:MAX_MEMBERS_SCANNED]:
+                    if _is_top_level_pyproject(info.filename) and not info.is_dir():
+                        if info.file_size > MAX_PYPROJECT_BYTES:
+                            raise NoBuildRequirements("pyproject.toml is too large")
+                        return archive.read(info).decode("utf-8")
+            return None
+        with tarfile.open(sdist, mode="r:*") as archive:
+            for count, member in enumerate(archive):
+                if count >= MAX_MEMBERS_SCANNED:
+                    break
+                if member.isfile() and _is_top_level_pyproject(member.name):
+                    if member.size > MAX_PYPROJECT_BYTES:
+                        raise NoBuildRequirements("pyproject.toml is too large")
+                    handle = archive.extractfile(member)
+                    if handle is None:
+                        return None
+                    return io.TextIOWrapper(handle, encoding="utf-8").read()
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
+        raise NoBuildRequirements(f"sdist unreadable: {exc}") from exc
+    return None
+
+
+def _is_top_level_pyproject(member: str) -> bool:
+    parts = member.lstrip("./").split("/")
+    return len(parts) == 2 and parts[1] == "pyproject.toml"
+
+
+def platform_tags(arch: str, glibc_minor: int) -> list[str]:
+    """manylinux platforms a build image with glibc 2.<glibc_minor> can install."""
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(glibc_minor, 16, -1)]
+    return [*tags, f"linux_{arch}"] if arch != "armv7l" else tags
+
+
+class Wheelhouse:
+    """The cache directory and the trusted step that fills it."""
+
+    def __init__(self, root: Path, limit: int) -> None:
+        self.root = root
+        self.limit = limit
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def wheels(self) -> list[Path]:
+        return sorted(self.root.glob("*.whl"))
+
+    def prefetch(
+        self,
+        requirements: list[Requirement],
+        python_tag: str,
+        platforms: list[str],
+        constraints: Path | None,
+        env: dict[str, str],
+        log_sink: BinaryIO,
+    ) -> bool:
+        """Download the requirements' wheels (and their dependencies') for the target.
+
+        Returns False when pip could not get all of them as wheels; the build then
+        fetches what is missing itself, as it would without a cache.
+        """
+        version = python_version_of_tag(python_tag)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--only-binary=:all:",
+            "--dest",
+            str(self.root),
+            "--python-version",
+            version,
+            "--implementation",
+            "cp",
+            "--abi",
+            python_tag,
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+        ]
+        for platform in platforms:
+            command += ["--platform", platform]
+        if constraints is not None:
+            command += ["--constraint", str(constraints)]
+        command += [str(requirement) for requirement in requirements]
+        before = {path.name for path in self.wheels()}
+        try:
+            done = subprocess.run(
+                command,
+                stdout=log_sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=DOWNLOAD_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        added = [path.name for path in self.wheels() if path.name not in before]
+        log.info(
+            "wheelhouse prefetch",
+            extra={
+                "added": len(added),
+                "wheels": len(before) + len(added),
+                "ok": not done.returncode,
+            },
+        )
+        self.prune()
+        return done.returncode == 0
+
+    def prune(self) -> None:
+        """Oldest wheels out first until the cache is under its limit."""
+        wheels = []
+        for path in self.wheels():
+            try:
+                status = path.stat()
+            except OSError:
+                continue
+            wheels.append((status.st_mtime, status.st_size, path))
+        total = sum(size for _, size, _ in wheels)
+        for _, size, path in sorted(wheels):
+            if total <= self.limit:
+                break
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            total -= size

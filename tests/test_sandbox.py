@@ -1,0 +1,229 @@
+"""The docker backend's sandbox, seen from inside a hostile sdist's setup.py under QEMU:
+who it runs as, what it can see and write, and what happens at each limit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from builder.backends import BuildOutcome
+from builder.backends.docker import LABEL, DockerBackend
+from builder.client import JobSpec
+from common.config import BuilderSettings, load_settings
+from common.recipes import Recipe
+from common.states import FailureReason
+from tests.sdists import make_sdist
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+SECRET = "s3cret-builder-token-value"
+
+# Prints what it can see and do, then fails so that pip shows its output.
+PROBE = r"""
+import glob, os, pathlib, sys
+
+def read(path):
+    try:
+        return pathlib.Path(path).read_text().strip().replace("\n", " ")
+    except OSError as exc:
+        return f"unreadable errno {exc.errno}"
+
+def can_write(path):
+    try:
+        with open(path, "ab"):
+            return "writable"
+    except OSError as exc:
+        return f"errno {exc.errno}"
+
+print("PROBE uid", os.getuid())
+print("PROBE env", " ".join(sorted(os.environ)))
+print("PROBE values", " ".join(sorted(os.environ.values())))
+print("PROBE recipe-var", os.environ.get("RECIPE_VAR"))
+print("PROBE constraint", read(os.environ.get("PIP_CONSTRAINT", "/none")))
+for name in ("cpu.max", "memory.max", "memory.swap.max", "pids.max",  # cgroup v2
+             "cpu/cpu.cfs_quota_us", "memory/memory.limit_in_bytes",  # cgroup v1
+             "memory/memory.memsw.limit_in_bytes", "pids/pids.max"):
+    print("PROBE", name, read("/sys/fs/cgroup/" + name))
+for line in pathlib.Path("/proc/self/mountinfo").read_text().splitlines():
+    fields = line.split()
+    if fields[4] == "/" or fields[4].startswith("/armwheels"):
+        print("PROBE mount:" + fields[4], fields[5].split(",")[0])
+for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+    if line.startswith(("CapEff", "NoNewPrivs")):
+        print("PROBE", line.replace("\t", " "))
+print("PROBE sdist", can_write(glob.glob("/armwheels/sdist/*")[0]))
+print("PROBE usr", can_write("/usr/lib/probe"))
+print("PROBE scripts", can_write("/armwheels/scripts/build.sh"))
+print("PROBE tmp", can_write("/tmp/probe"))
+print("PROBE home", can_write(os.path.join(os.environ["HOME"], "probe")))
+sys.exit("PROBE done")
+"""
+
+BALLOON = r"""
+import os, sys, time
+with open(os.path.join(os.environ["TMPDIR"], "balloon"), "wb") as out:
+    for _ in range(200):
+        out.write(b"x" * (1024 * 1024))
+print("BALLOON written", flush=True)
+time.sleep(300)
+"""
+
+HOG = r"""
+import sys
+block = b"x" * (1024 * 1024 * 1024)
+print("HOG survived", len(block))
+sys.exit(1)
+"""
+
+
+def _in_sandbox_only(code: str) -> str:
+    """setup.py also runs here, to make the sdist: there it only describes the project."""
+    guard = "import os\nif not os.path.isdir('/armwheels/work'):\n"
+    guard += "    from setuptools import setup\n    setup()\nelse:\n"
+    return guard + f"    exec(compile({code!r}, 'setup.py', 'exec'))\n"
+
+
+def _backend(tmp_path: Path, **settings: object) -> DockerBackend:
+    builder = BuilderSettings.model_validate(
+        {
+            "ca_bundle": CA_BUNDLE if CA_BUNDLE.exists() else None,
+            "work_dir": tmp_path / "work",
+            "build_timeout": 900,
+            **settings,
+        }
+    )
+    target = load_settings(None).targets["aarch64"]
+    return DockerBackend(builder, "aarch64", target, f"sandbox-{tmp_path.name}")
+
+
+def _build(
+    backend: DockerBackend, sdist: Path, tmp_path: Path, recipe: Recipe | None = None
+) -> tuple[BuildOutcome, str]:
+    name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
+    spec = JobSpec(
+        7, name, version, "aarch64", "cp311", "manylinux2014_aarch64", sdist.name, "", "", None,
+        1, recipe,
+    )  # fmt: skip
+    log_path = tmp_path / "build.log"
+    with log_path.open("wb") as sink:
+        outcome = backend.build(spec, sdist, tmp_path / "job", sink)
+    return outcome, log_path.read_text(errors="replace")
+
+
+def _probe(log: str) -> dict[str, str]:
+    found = {}
+    for line in log.splitlines():
+        match = re.match(r"^\s*PROBE (\S+) ?(.*)$", line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def test_the_build_runs_unprivileged_confined_and_without_builder_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The builder's own secrets are in its environment; none may reach the build.
+    monkeypatch.setenv("ARMWHEELS_BUILDER__TOKEN", SECRET)
+    monkeypatch.setenv("ARMWHEELS_BUILDER__MASTER_URL", "http://user:pw@master.example/")
+    sdist = make_sdist(
+        tmp_path / "src", tmp_path / "dist", "probe", "1.0", {"setup.py": _in_sandbox_only(PROBE)}
+    )
+    backend = _backend(tmp_path, cpus=1.5, memory_limit="1g", pids_limit=512)
+    recipe = Recipe(env={"RECIPE_VAR": "from-the-recipe"}, constraints=["setuptools>=40"])
+    try:
+        outcome, log = _build(backend, sdist, tmp_path, recipe)
+        leftovers = backend.client.containers.list(
+            all=True, filters={"label": f"{LABEL}={backend.builder_name}"}
+        )
+    finally:
+        backend.close()
+    assert not outcome.built
+    probe = _probe(log)
+    assert probe["uid"] not in ("", "0"), log
+    assert SECRET not in log and "master.example" not in log
+    assert not any(name.startswith("ARMWHEELS_BUILDER") for name in probe["env"].split())
+    assert probe["recipe-var"] == "from-the-recipe"
+    assert probe["constraint"] == "setuptools>=40"
+    if probe["cpu.max"].startswith("unreadable"):  # cgroup v1, as on this machine
+        assert probe["cpu/cpu.cfs_quota_us"] == "150000"
+        assert probe["memory/memory.limit_in_bytes"] == str(1024**3)
+        assert probe["memory/memory.memsw.limit_in_bytes"] in (str(1024**3), "unreadable errno 2")
+        assert probe["pids/pids.max"] == "512"
+    else:
+        assert probe["cpu.max"] == "150000 100000"
+        assert probe["memory.max"] == str(1024**3)
+        assert probe["memory.swap.max"] == "0"
+        assert probe["pids.max"] == "512"
+    assert probe["CapEff:"] == "0000000000000000"
+    assert probe["NoNewPrivs:"] == "1"
+    # Read-only mounts: the root filesystem, the sdist, the scripts, the cache.
+    assert probe["mount:/"] == "ro"
+    assert probe["mount:/armwheels/sdist/probe-1.0.tar.gz"] == "ro"
+    assert probe["mount:/armwheels/scripts"] == "ro"
+    assert probe["mount:/armwheels/recipe/constraints.txt"] == "ro"
+    assert probe["mount:/armwheels/wheelhouse"] == "ro"
+    assert probe["mount:/armwheels/work"] == "rw"  # the only writable one, size-capped
+    assert probe["usr"] == "errno 30"  # EROFS
+    assert probe["sdist"] in ("errno 13", "errno 30")
+    assert probe["scripts"] in ("errno 13", "errno 30")
+    assert probe["tmp"] == "writable" and probe["home"] == "writable"
+    assert leftovers == []
+
+
+def test_a_build_filling_its_work_directory_is_killed(tmp_path: Path) -> None:
+    sdist = make_sdist(
+        tmp_path / "src",
+        tmp_path / "dist",
+        "balloon",
+        "1.0",
+        {"setup.py": _in_sandbox_only(BALLOON)},
+    )
+    backend = _backend(tmp_path, work_dir_limit=100 * 1024**2)
+    try:
+        outcome, log = _build(backend, sdist, tmp_path)
+    finally:
+        backend.close()
+    assert outcome.reason is FailureReason.WORK_DIR_LIMIT, log
+    assert "passed its limit of 104857600 bytes" in outcome.summary
+
+
+def test_a_build_past_its_memory_is_out_of_memory(tmp_path: Path) -> None:
+    sdist = make_sdist(
+        tmp_path / "src", tmp_path / "dist", "hog", "1.0", {"setup.py": _in_sandbox_only(HOG)}
+    )
+    backend = _backend(tmp_path, memory_limit="256m")
+    try:
+        outcome, log = _build(backend, sdist, tmp_path)
+    finally:
+        backend.close()
+    assert "HOG survived" not in log
+    assert outcome.reason is FailureReason.OUT_OF_MEMORY, log
+    assert outcome.transient
+
+
+def test_build_dependencies_come_from_the_builders_wheelhouse(tmp_path: Path) -> None:
+    """With no network and no index the build still gets setuptools: the builder fetched
+    its wheel beforehand, and the build could only read it."""
+    files = {
+        "hello.c": "#include <Python.h>\n"
+        'static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "hello"};\n'
+        "PyMODINIT_FUNC PyInit_hello(void) { return PyModule_Create(&m); }\n",
+        "setup.py": "from setuptools import setup, Extension\n"
+        "setup(ext_modules=[Extension('hello', ['hello.c'])])\n",
+    }
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "hello", "1.0", files)
+    backend = _backend(tmp_path, network="none")
+    offline = Recipe(env={"PIP_NO_INDEX": "1"})
+    try:
+        outcome, log = _build(backend, sdist, tmp_path, offline)
+        assert backend.wheelhouse is not None
+        cached = [path.name for path in backend.wheelhouse.wheels()]
+    finally:
+        backend.close()
+    assert outcome.built, log[-3000:]
+    assert any(name.startswith("setuptools-") for name in cached), cached
+    assert "build dependencies offered from the wheelhouse" in log
