@@ -23,6 +23,22 @@ class ReportRejected(Exception):
     """The master refused a result (4xx); retrying the same result will not help."""
 
 
+class LogOffsetMismatch(Exception):
+    """The master has a different amount of the live log: resend from `expected`."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(f"the master expects the live log from byte {expected}")
+        self.expected = expected
+
+
+class LogRefused(Exception):
+    """The master takes no more of this job's live log (not ours, not building)."""
+
+
+# A live-log chunk is best effort: it must not hold up the build for a minute.
+LOG_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class JobSpec:
     job_id: int
@@ -64,6 +80,14 @@ def _error(response: httpx.Response) -> str:
         return str(response.json().get("error", response.text))
     except ValueError:
         return response.text[:200]
+
+
+def _expected_offset(response: httpx.Response) -> int | None:
+    try:
+        expected = response.json().get("expected")
+    except (ValueError, AttributeError):
+        return None
+    return expected if isinstance(expected, int) and expected >= 0 else None
 
 
 class MasterClient:
@@ -117,6 +141,25 @@ class MasterClient:
         response = self.http.post(f"/api/v1/jobs/{job_id}/release")
         if response.status_code != 200:
             raise ReportRejected(f"release of job {job_id}: HTTP {response.status_code}")
+
+    def append_log(self, job_id: int, offset: int, data: bytes) -> int:
+        """Send a chunk of the live build log, `offset` being its place in the log; returns
+        the master's acknowledged total. Not retried here: the streamer retries next tick."""
+        response = self.http.post(
+            f"/api/v1/jobs/{job_id}/log",
+            params={"offset": offset},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=LOG_TIMEOUT,
+        )
+        if response.status_code == 409:
+            expected = _expected_offset(response)
+            if expected is not None:
+                raise LogOffsetMismatch(expected)
+        if 400 <= response.status_code < 500:
+            raise LogRefused(_error(response))
+        response.raise_for_status()
+        return int(response.json()["total"])
 
     def report(
         self,

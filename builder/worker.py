@@ -17,6 +17,7 @@ from celery import signals
 
 from builder.backends import Backend, BuildOutcome, note
 from builder.client import ClaimRefused, JobSpec, MasterClient, ReportRejected
+from builder.log_stream import LogStreamer
 from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
 from common.config import Settings
 from common.messages import BUILD_TASK, declare_queues, make_celery, queue_name
@@ -124,11 +125,18 @@ class JobRunner:
                     f" for {spec.arch} {spec.python_tag} ({spec.policy})"
                     f" on {self.backend.name} backend",
                 )
-                outcome = self._build(spec, workdir, sink)
-                note(
-                    sink,
-                    f"outcome: {'built' if outcome.built else outcome.reason}: {outcome.summary}",
-                )
+                # The log goes to the master as it grows; the report waits for its end.
+                streamer = LogStreamer(self.client, job_id, log_path)
+                streamer.start()
+                try:
+                    outcome = self._build(spec, workdir, sink)
+                    note(
+                        sink,
+                        f"outcome: {'built' if outcome.built else outcome.reason}:"
+                        f" {outcome.summary}",
+                    )
+                finally:
+                    streamer.stop(flush=not self.stopping.is_set())
             if self.stopping.is_set():
                 self._hand_back(job_id)
             else:

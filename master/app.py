@@ -4,30 +4,55 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config import Settings
 from common.models import Builder, BuildJob, OutputFile, Project, Release, Token, utcnow
 from common.names import BadName, normalize_project
+from common.recipes import Recipe, RecipeBook
 from common.states import ARCHES, FailureReason, JobState, TokenRole
 from common.wheels import BadWheel, parse_name
 from master import index, status
 from master.auth import AuthError, authenticate, builder_for, token_from_header
+from master.live_logs import (
+    MAX_CHUNK_BYTES,
+    LiveLogs,
+    LiveView,
+    OffsetGap,
+    claim_key,
+    live_caps,
+)
 from master.storage import Storage
 from master.uploads import Rejected, ResultReport, accept_wheel, check_job_owner, finish_job
 
 log = logging.getLogger(__name__)
+
+# How often builders beat (builder/worker.py HEARTBEAT_SECONDS).
+HEARTBEAT_SECONDS = 30.0
+# A building job its builder's heartbeat does not name is handed back only when claimed
+# longer ago than this: a heartbeat sent just before a claim must not take the job back.
+HAND_BACK_GRACE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 
 
 class Registration(BaseModel):
@@ -59,6 +84,9 @@ class JobSpec(BaseModel):
     sdist_sha256: str
     sdist_size: int | None
     attempt: int
+    # The operator's recipe for the project (master.recipes), sent so that every builder
+    # builds it the same way.
+    recipe: Recipe | None = None
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -88,10 +116,55 @@ def _current_builder(db: DB, authorization: AuthHeader = None) -> Builder:
 CurrentBuilder = Annotated[Builder, Depends(_current_builder)]
 
 
+async def _log_chunk(request: Request) -> bytes:
+    """The raw body of a live-log chunk, refused past MAX_CHUNK_BYTES without reading on."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_CHUNK_BYTES:
+        raise HTTPException(413, f"a log chunk is at most {MAX_CHUNK_BYTES} bytes")
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_CHUNK_BYTES:
+            raise HTTPException(413, f"a log chunk is at most {MAX_CHUNK_BYTES} bytes")
+    return bytes(data)
+
+
+LogChunk = Annotated[bytes, Depends(_log_chunk)]
+
+
+def hand_back(job: BuildJob, builder: Builder, *, count_attempt: bool) -> str:
+    """Make a job its builder no longer runs pending again, for the dispatcher to queue
+    afresh. The attempt is not counted when the builder, not the build, gave up. Returns
+    the claim whose live log is to be discarded once committed."""
+    claim = claim_key(job.started_at)
+    job.state, job.builder_id = JobState.PENDING, None
+    job.started_at = job.queued_at = None
+    if not count_attempt:
+        job.attempts = max(0, job.attempts - 1)
+    if builder.current_job_id == job.id:
+        builder.current_job_id = None
+    return claim
+
+
+def _unreported_jobs(db: Session, builder: Builder, reported: int | None) -> list[BuildJob]:
+    """Jobs building on `builder` that its heartbeat does not name, claimed before the
+    grace period; rows another request holds (a result being stored) are left alone."""
+    query = select(BuildJob).where(
+        BuildJob.builder_id == builder.id,
+        BuildJob.state == JobState.BUILDING,
+        or_(BuildJob.started_at.is_(None), BuildJob.started_at < utcnow() - HAND_BACK_GRACE),
+    )
+    if reported is not None:
+        query = query.where(BuildJob.id != reported)
+    return list(db.scalars(query.with_for_update(skip_locked=True)).all())
+
+
 def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app = FastAPI(title="armwheels master", version="0.1.0")
     storage = Storage(settings.master.data_dir)
     limits = settings.master
+    live = LiveLogs(storage, *live_caps(limits.max_log_bytes))
+    recipes = RecipeBook(settings.master.recipes)
     app.state.factory = factory
 
     @app.exception_handler(StarletteHTTPException)
@@ -125,21 +198,42 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                 BuildJob.builder_id == found.id, BuildJob.state == JobState.BUILDING
             )
         ).all()
+        stale = []
         for job in orphaned:
-            job.state, job.builder_id = JobState.PENDING, None
-            log.warning("job handed back by restarted builder", extra={"job_id": job.id})
+            stale.append((job.id, hand_back(job, found, count_attempt=True)))
+            log.warning(
+                "job handed back by restarted builder",
+                extra={"job_id": job.id, "builder": found.name},
+            )
         found.current_job_id = None
         db.commit()
+        for job_id, claim in stale:
+            live.discard(job_id, claim)
         log.info("builder registered", extra={"builder": found.name, "arch": found.arch})
         return {"builder_id": found.id, "name": found.name}
 
     @app.post("/api/v1/builders/heartbeat")
     def heartbeat(me: CurrentBuilder, db: DB, beat: Heartbeat | None = None) -> dict[str, Any]:
+        """A sign of life; a job the builder holds but no longer runs (it says so) goes
+        back to the queue now rather than after builder_timeout."""
         me.last_seen_at = utcnow()
-        if beat is not None:
+        stale: list[tuple[int, str]] = []
+        if beat is not None:  # an empty heartbeat (older builders) says nothing of jobs
             me.reported_job_id, me.free_disk = beat.job_id, beat.free_disk
+            for job in _unreported_jobs(db, me, beat.job_id):
+                stale.append((job.id, hand_back(job, me, count_attempt=False)))
+                log.warning(
+                    "job handed back: its builder no longer runs it",
+                    extra={
+                        "job_id": job.id,
+                        "builder": me.name,
+                        "reported_job": beat.job_id or "",
+                    },
+                )
         db.commit()
-        return {"ok": True}
+        for job_id, claim in stale:
+            live.discard(job_id, claim)
+        return {"ok": True, "handed_back": [job_id for job_id, _ in stale]}
 
     @app.post("/api/v1/jobs/{job_id}/claim")
     def claim(job_id: int, me: CurrentBuilder, db: DB) -> JobSpec:
@@ -173,6 +267,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             sdist_sha256=source.sha256,
             sdist_size=source.size,
             attempt=job.attempts,
+            recipe=recipes.recipe_for(job.release.project.name, job.release.version),
         )
 
     @app.post("/api/v1/jobs/{job_id}/release")
@@ -182,14 +277,47 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
         except Rejected as exc:
             raise HTTPException(exc.status, exc.message) from exc
-        job.state, job.builder_id = JobState.PENDING, None
-        job.started_at = job.queued_at = None
-        job.attempts = max(0, job.attempts - 1)
-        if me.current_job_id == job.id:
-            me.current_job_id = None
+        claim = hand_back(job, me, count_attempt=False)
         db.commit()
+        live.discard(job.id, claim)
         log.info("job handed back", extra={"job_id": job.id, "builder": me.name})
         return {"job": job.id, "state": job.state.value}
+
+    @app.post("/api/v1/jobs/{job_id}/log")
+    def append_log(
+        job_id: int,
+        me: CurrentBuilder,
+        db: DB,
+        chunk: LogChunk,
+        offset: Annotated[int, Query(ge=0)],
+    ) -> Response:
+        """A chunk of the live log of a job building on this builder, at `offset` of its log.
+        Idempotent: bytes the master has are acknowledged again; a gap answers 409 with
+        the offset to resend from."""
+
+        def still_mine() -> str:
+            # Read again under the live-log lock: a result stored meanwhile ends the log.
+            job = db.get(BuildJob, job_id, populate_existing=True)
+            try:
+                return claim_key(check_job_owner(job, me).started_at)
+            except Rejected as exc:
+                raise HTTPException(exc.status, exc.message) from exc
+
+        try:
+            total = live.append(job_id, offset, chunk, still_mine)
+        except OffsetGap as gap:
+            log.info(
+                "live log chunk past the end",
+                extra={"job_id": job_id, "offset": offset, "expected": gap.expected},
+            )
+            return JSONResponse(
+                {
+                    "error": f"log chunk at {offset}, expected {gap.expected}",
+                    "expected": gap.expected,
+                },
+                status_code=409,
+            )
+        return JSONResponse({"job": job_id, "total": total})
 
     @app.post("/api/v1/jobs/{job_id}/result")
     def result(
@@ -215,6 +343,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         except Rejected as exc:
             raise HTTPException(exc.status, exc.message) from exc
         project = job.release.project.name
+        claim = claim_key(job.started_at)
         log_path, log_size = storage.store_log(
             project, job.id, job.attempts, log_file.file, limits.max_log_bytes
         )
@@ -240,6 +369,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                 )
         finish_job(job, report, settings.master.max_attempts)
         db.commit()
+        live.discard(job.id, claim)  # the final log replaces the live one
         log.info(
             "job finished",
             extra={
@@ -262,6 +392,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         job = db.get(BuildJob, job_id)
         if job is None:
             raise HTTPException(404, "no such job")
+        building = job.state == JobState.BUILDING
         return {
             "job": job.id,
             "project": job.release.project.name,
@@ -284,8 +415,52 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                 }
                 for o in job.outputs
             ],
-            "log": f"/logs/{job.id}" if job.log_path else None,
+            "log": f"/logs/{job.id}" if job.log_path or building else None,
+            "live_log": f"/api/v1/jobs/{job.id}/log" if building else None,
         }
+
+    @app.get("/api/v1/jobs/{job_id}/log")
+    def job_log(job_id: int, db: DB, offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+        """The log from byte `offset` on, for a dashboard tailing a build: the live log while
+        the job is building, the final one after. `X-Log-Total` is the offset to ask for
+        next; `X-Log-Id` changes when another attempt or the final log replaces the log
+        being tailed (read it again from 0 then). A dropped middle shows as a marker line."""
+        job = db.get(BuildJob, job_id)
+        if job is None:
+            raise HTTPException(404, "no such job")
+        view, log_id = _current_log(job, db, offset)
+        if view is None:
+            raise HTTPException(404, "no log for this job")
+        if offset > view.total:
+            return JSONResponse(
+                {"error": f"offset {offset} is past the end ({view.total})", "total": view.total},
+                status_code=416,
+                headers={"X-Log-Total": str(view.total), "X-Log-Id": log_id},
+            )
+        return Response(
+            view.data,
+            media_type="text/plain",
+            headers={
+                "X-Log-Total": str(view.total),
+                "X-Log-Id": log_id,
+                "X-Job-State": job.state.value,
+            },
+        )
+
+    def _current_log(job: BuildJob, db: Session, offset: int) -> tuple[LiveView | None, str]:
+        """The live log of a building job, else its final log (`LiveView` either way)."""
+        if job.state == JobState.BUILDING:
+            claim = claim_key(job.started_at)
+            view = live.read(job.id, claim, offset)
+            if view is not None:
+                return view, f"live-{claim}"
+            db.refresh(job)  # the result may have replaced the live log just now
+            if job.state == JobState.BUILDING:
+                return LiveView(0, b""), f"live-{claim}"
+        if not job.log_path:
+            return None, ""
+        final = storage.read_log(Path(job.log_path))
+        return LiveView(len(final), final[offset:]), f"final-{Path(job.log_path).name}"
 
     @app.get("/api/v1/status")
     def api_status(db: DB) -> dict[str, Any]:
@@ -293,10 +468,12 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
 
     @app.get("/logs/{job_id}")
     def build_log(job_id: int, db: DB) -> Response:
+        """The whole log: live while the job is building, the final one afterwards."""
         job = db.get(BuildJob, job_id)
-        if job is None or not job.log_path:
+        view = None if job is None else _current_log(job, db, 0)[0]
+        if view is None:
             raise HTTPException(404, "no log for this job")
-        return Response(storage.read_log(Path(job.log_path)), media_type="text/plain")
+        return Response(view.data, media_type="text/plain")
 
     def _simple(content: str, media: str) -> Response:
         return Response(content, media_type=media, headers={"Vary": "Accept"})
@@ -324,7 +501,8 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         except BadName as exc:
             raise HTTPException(404, str(exc)) from exc
         if normal != name:
-            return RedirectResponse(f"/simple/{normal}/", status_code=301)
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(f"/simple/{normal}/{query}", status_code=301)
         media = _negotiate(request)
         project = db.scalar(select(Project).where(Project.name == normal))
         files = index.project_files(db, project) if project else []

@@ -23,6 +23,11 @@ HTML_TYPE = "application/vnd.pypi.simple.v1+html"
 LEGACY_HTML = "text/html"
 OFFERED = (JSON_TYPE, HTML_TYPE, LEGACY_HTML)
 FORMAT_ALIASES = {"json": JSON_TYPE, "html": HTML_TYPE}
+# PEP 691's "latest" meta version: answered with the concrete version we serve.
+LATEST = {
+    "application/vnd.pypi.simple.latest+json": JSON_TYPE,
+    "application/vnd.pypi.simple.latest+html": HTML_TYPE,
+}
 
 
 # A wheel is served while it is published and its release is still on PyPI: a release
@@ -61,6 +66,8 @@ def negotiate(accept: str | None, format_query: str | None = None) -> str:
             candidates = [LEGACY_HTML if media == "*/*" else JSON_TYPE]
         elif media == "text/*":
             candidates = [LEGACY_HTML]
+        elif media in LATEST:
+            candidates = [LATEST[media]]
         else:
             candidates = [media] if media in OFFERED else []
         for candidate in candidates:

@@ -11,12 +11,76 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections import deque
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+COPY_BYTES = 1024 * 1024
 
 
 class TooLarge(ValueError):
     """More bytes than the configured limit."""
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+def omitted_marker(count: int) -> bytes:
+    """The line standing for the middle of a log left out to respect the size cap."""
+    return b"\n[armwheels: %d bytes of the log left out here]\n" % count
+
+
+def head_tail(limit: int) -> tuple[int, int]:
+    """How a cap of `limit` bytes is shared: the start says what was built, the end why
+    it failed, so both halves are kept."""
+    head = limit // 2
+    return head, limit - head
+
+
+def copy_capped(source: BinaryIO, out: Sink, head: int, tail: int) -> int:
+    """Copy the first `head` and last `tail` bytes of `source`, with a marker line for any
+    left-out middle, never holding more than `tail` bytes in memory; returns bytes kept."""
+    kept = _copy(source, out, head)
+    if kept < head:
+        return kept
+    if source.seekable():
+        here = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        left_out = max(0, end - here - tail)
+        if left_out:
+            out.write(omitted_marker(left_out))
+        source.seek(here + left_out)
+        return kept + _copy(source, out, None)
+    window: deque[bytes] = deque()
+    held = left_out = 0
+    while chunk := source.read(COPY_BYTES):
+        window.append(chunk)
+        held += len(chunk)
+        while window and held - len(window[0]) >= tail:
+            held -= len(window[0])
+            left_out += len(window.popleft())
+    if held > tail:
+        cut = held - tail
+        window[0] = window[0][cut:]
+        left_out, held = left_out + cut, tail
+    if left_out:
+        out.write(omitted_marker(left_out))
+    for chunk in window:
+        out.write(chunk)
+    return kept + held
+
+
+def _copy(source: BinaryIO, out: Sink, limit: int | None) -> int:
+    copied = 0
+    while limit is None or copied < limit:
+        want = COPY_BYTES if limit is None else min(COPY_BYTES, limit - copied)
+        chunk = source.read(want)
+        if not chunk:
+            break
+        out.write(chunk)
+        copied += len(chunk)
+    return copied
 
 
 class Storage:
@@ -71,20 +135,20 @@ class Storage:
     def store_log(
         self, project: str, job_id: int, attempt: int, source: BinaryIO, limit: int
     ) -> tuple[Path, int]:
-        """Gzip a build log into the log tree; keeps at most `limit` bytes of it."""
+        """Gzip a build log into the log tree. Past `limit` bytes only its first and last
+        halves are kept, with a marker line between (as for live logs): the end of a log
+        is where a build says why it failed. Returns the path and the bytes kept."""
         target = self.logs / project / f"{job_id}-{attempt}.log.gz"
         handle, name = tempfile.mkstemp(dir=self.tmp, suffix=".log.gz.part")
-        size = 0
-        with os.fdopen(handle, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as out:
-            while chunk := source.read(1024 * 1024):
-                keep = chunk[: max(0, limit - size)]
-                out.write(keep)
-                size += len(keep)
-                if size >= limit:
-                    out.write(b"\n[armwheels: log truncated at %d bytes]\n" % limit)
-                    break
-        with open(name, "rb+") as done:
-            os.fsync(done.fileno())
+        try:
+            with os.fdopen(handle, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb") as out:
+                    size = copy_capped(source, out, *head_tail(limit))
+                raw.flush()
+                os.fsync(raw.fileno())
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
         self.publish(Path(name), target)
         return target, size
 

@@ -28,6 +28,7 @@ from builder.backends.native import TOOLS_BIN, NativeBackend, NativeUnavailable
 from builder.client import JobSpec
 from builder.image import TOOLS
 from common.config import BuilderSettings, TargetSettings
+from common.recipes import Recipe
 from common.states import FailureReason
 from tests.sdists import make_sdist, pypi_sdist
 
@@ -98,22 +99,31 @@ def work_root() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _backend(work_root: Path, tools_bin: Path, timeout: int = 900) -> NativeBackend:
-    settings = BuilderSettings(
-        ca_bundle=CA_BUNDLE if CA_BUNDLE.exists() else None,
-        work_dir=work_root,
-        build_timeout=timeout,
-        token=SecretStr(SECRET),
+def _backend(
+    work_root: Path, tools_bin: Path, timeout: int = 900, **limits: object
+) -> NativeBackend:
+    settings = BuilderSettings.model_validate(
+        {
+            "ca_bundle": CA_BUNDLE if CA_BUNDLE.exists() else None,
+            "work_dir": work_root,
+            "build_timeout": timeout,
+            "token": SecretStr(SECRET),
+            **limits,
+        }
     )
     target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
     return NativeBackend(settings, ARCH, target, build_user=BUILD_USER, tools_bin=tools_bin)
 
 
 def _build(
-    backend: NativeBackend, sdist: Path, work_root: Path, logs: Path
+    backend: NativeBackend,
+    sdist: Path,
+    work_root: Path,
+    logs: Path,
+    recipe: Recipe | None = None,
 ) -> tuple[BuildOutcome, str]:
     name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
-    spec = JobSpec(1, name, version, ARCH, TAG, POLICY, sdist.name, "", "", None, 1)
+    spec = JobSpec(1, name, version, ARCH, TAG, POLICY, sdist.name, "", "", None, 1, recipe)
     log_path = logs / "build.log"
     with log_path.open("wb") as log:
         outcome = backend.build(spec, sdist, work_root / "job", log)
@@ -261,3 +271,76 @@ def test_an_unknown_or_root_build_user_is_refused(work_root: Path, tools_bin: Pa
         NativeBackend(settings, ARCH, target, build_user="no-such-user-here", tools_bin=tools_bin)
     with pytest.raises(NativeUnavailable, match="is root"):
         NativeBackend(settings, ARCH, target, build_user="root", tools_bin=tools_bin)
+
+
+# setup.py bodies that misbehave only when a wheel is built, not while the sdist is made.
+BALLOON_SETUP = (
+    "import os, sys, time\n"
+    "if 'bdist_wheel' in sys.argv:\n"
+    "    with open(os.path.join(os.environ['TMPDIR'], 'balloon'), 'wb') as out:\n"
+    "        for _ in range(200):\n"
+    "            out.write(b'x' * 1024 * 1024)\n"
+    "    time.sleep(300)\n"
+    "from setuptools import setup\nsetup()\n"
+)
+HOG_SETUP = (
+    "import sys\n"
+    "if 'bdist_wheel' in sys.argv:\n"
+    "    block = b'x' * (2 * 1024 * 1024 * 1024)\n"
+    "from setuptools import setup\nsetup()\n"
+)
+
+
+def test_a_build_filling_its_work_directory_is_killed(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    files = {"balloon/__init__.py": "", "setup.py": BALLOON_SETUP}
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "balloon", "1.0", files)
+    backend = _backend(work_root, tools_bin, work_dir_limit=100 * 1024**2)
+    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    assert outcome.reason is FailureReason.WORK_DIR_LIMIT, log[-2000:]
+    assert "passed its limit of 104857600 bytes" in log
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is missing")
+def test_a_build_past_its_memory_limit_is_out_of_memory(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    files = {"hog/__init__.py": "", "setup.py": HOG_SETUP}
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "hog", "1.0", files)
+    backend = _backend(work_root, tools_bin, memory_limit="512m")
+    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    assert outcome.reason is FailureReason.OUT_OF_MEMORY, log[-2000:]
+    assert outcome.transient
+
+
+def test_a_recipe_package_missing_on_the_host_fails_naming_it(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    files = {"needs/__init__.py": "", "setup.py": "from setuptools import setup\nsetup()\n"}
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "needs", "1.0", files)
+    recipe = Recipe(apt=["armwheels-no-such-package"], yum=["armwheels-no-such-package"])
+    outcome, _ = _build(_backend(work_root, tools_bin), sdist, work_root, tmp_path, recipe)
+    assert outcome.reason is FailureReason.RECIPE_FAILED
+    assert "armwheels-no-such-package" in outcome.summary
+
+
+def test_a_recipe_sets_environment_and_constraints_and_fills_the_wheelhouse(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    setup = (
+        "import os, sys\n"
+        "if 'bdist_wheel' in sys.argv:\n"
+        "    print('RECIPE', os.environ['RECIPE_VAR'], open(os.environ['PIP_CONSTRAINT']).read())\n"
+        "    assert os.environ['RECIPE_VAR'] == 'on', 'recipe variable missing'\n"
+        "from setuptools import setup\nsetup()\n"
+    )
+    files = {"recipepkg/__init__.py": "", "setup.py": setup}
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "recipepkg", "1.0", files)
+    backend = _backend(work_root, tools_bin)
+    recipe = Recipe(env={"RECIPE_VAR": "on", "PIP_NO_INDEX": "1"}, constraints=["setuptools>=40"])
+    outcome, log = _build(backend, sdist, work_root, tmp_path, recipe)
+    # Pure Python: built by setuptools from the wheelhouse alone (no index), then refused.
+    assert outcome.reason is FailureReason.PURE_PYTHON, log[-3000:]
+    assert backend.wheelhouse is not None
+    assert any(path.name.startswith("setuptools-") for path in backend.wheelhouse.wheels())

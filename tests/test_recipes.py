@@ -6,10 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from armwheels.cli import main
-from common.config import ConfigError, load_settings
+from builder.client import JobSpec
+from common.config import ConfigError, Settings, load_settings
+from common.db import transaction
 from common.recipes import RecipeBook, RecipeError, parse_recipes
+from common.states import TokenRole
+from master.app import create_app
+from master.auth import create_token
+from tests.seed import add_release
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "recipes.toml"
 
@@ -92,3 +100,32 @@ def test_recipe_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert err.startswith("armwheels: error: ") and "HOME is set by the sandbox" in err
     assert len(err.splitlines()) == 1
     assert main(["recipe", "check", str(tmp_path / "none.toml")]) == 2
+
+
+def test_a_claim_carries_the_projects_recipe_to_the_builder(
+    settings: Settings, factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    path = tmp_path / "recipes.toml"
+    path.write_text(
+        '[recipes.demo]\napt = ["liblzo2-dev"]\nenv = { CFLAGS = "-O1" }\nversions = ">=1"\n'
+    )
+    settings = settings.model_copy(
+        update={"master": settings.master.model_copy(update={"recipes": path})}
+    )
+    with transaction(factory) as session:
+        _, _, [first] = add_release(session, settings, version="1.0")
+        _, _, [old] = add_release(session, settings, version="0.9")
+        token = create_token(session, "recipe-builder", TokenRole.BUILDER)
+        first_id, old_id = first.id, old.id
+    with TestClient(create_app(settings, factory)) as client:
+        auth = {"Authorization": f"Bearer {token}"}
+        registration = {"arch": "aarch64", "backend": "docker", "python_tags": ["cp311"]}
+        assert client.post("/api/v1/builders/register", headers=auth, json=registration).is_success
+        answer = client.post(f"/api/v1/jobs/{first_id}/claim", headers=auth)
+        assert answer.status_code == 200, answer.text
+        spec = JobSpec.from_json(answer.json())
+        assert spec.recipe is not None
+        assert spec.recipe.apt == ["liblzo2-dev"] and spec.recipe.env == {"CFLAGS": "-O1"}
+        # The versions specifier leaves 0.9 without it.
+        older = JobSpec.from_json(client.post(f"/api/v1/jobs/{old_id}/claim", headers=auth).json())
+        assert older.recipe is None

@@ -5,13 +5,20 @@ A board's builder often runs as root; the sdist's code must not. When the builde
 build.sh and smoke.sh run as an unprivileged build user (`nobody` unless told otherwise),
 who can read the sdist, write only its own output and scratch directories, and never
 touches the builder's files. The builder seals the output before it reads the wheel.
+
+Limits come from util-linux where a board has it: `prlimit` caps the build's data
+segment (memory) and processes, `taskset` its cores; the work-directory cap and the
+wall-clock limit are the builder's own. A recipe's system packages cannot be installed
+per build on a board: they are checked, and a missing one fails the job naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import platform
 import pwd
 import shutil
 import signal
@@ -23,10 +30,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from builder.backends import SCRIPTS, BuildOutcome, note, passthrough_environment, run_recipe
+from docker.utils import parse_bytes
+
+from builder.backends import (
+    SCRIPTS,
+    BuildOutcome,
+    StepExit,
+    note,
+    passthrough_environment,
+    recipe_environment,
+    run_recipe,
+    write_constraints,
+)
+from builder.backends.guard import WorkdirGuard
 from builder.client import JobSpec
+from builder.wheelhouse import NoBuildRequirements, Wheelhouse, build_requirements, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.names import python_version_of_tag
+from common.recipes import Recipe
+from common.states import FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +108,16 @@ class NativeBackend:
         self._current: subprocess.Popen[bytes] | None = None
         self._cancelled = threading.Event()
         self.account = self._resolve_account(build_user)
+        self.package_manager = next(
+            (tool for tool in ("apt-get", "dnf", "yum") if shutil.which(tool)), None
+        )
+        self.wheelhouse: Wheelhouse | None = None
+        if settings.wheelhouse:
+            self.wheelhouse = Wheelhouse(
+                settings.work_dir / "wheelhouse" / arch, settings.wheelhouse_limit
+            )
+            for folder in (self.wheelhouse.root, self.wheelhouse.root.parent):
+                folder.chmod(0o755)  # the build user reads it, never writes it
 
     def close(self) -> None:
         pass
@@ -206,15 +238,34 @@ class NativeBackend:
         )
         return env
 
+    def _limits(self) -> list[str]:
+        """The command prefix that applies memory, process and CPU limits, where the
+        tools exist (util-linux); without them the build runs with a note in its log."""
+        prefix = []
+        if shutil.which("prlimit"):
+            memory = parse_bytes(self.settings.memory_limit)
+            prefix += ["prlimit", f"--data={memory}", f"--nproc={self.settings.pids_limit}", "--"]
+        cpus = self.settings.cpus
+        if cpus and shutil.which("taskset"):
+            cores = min(max(1, math.ceil(cpus)), os.cpu_count() or 1)
+            prefix += ["taskset", "-c", f"0-{cores - 1}"]
+        return prefix
+
     def _run(
-        self, command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO, timeout: float
-    ) -> int | None:
+        self,
+        command: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log: BinaryIO,
+        timeout: float,
+        guard_root: Path | None = None,
+    ) -> StepExit:
         """Run in a new session, so that a timeout kills every process the build started."""
         if self._cancelled.is_set():
-            return None
+            return StepExit(None, killed_for="stopping")
         account = self.account
         process = subprocess.Popen(
-            command,
+            [*self._limits(), *command],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -227,13 +278,19 @@ class NativeBackend:
             extra_groups=[] if account else None,
         )
         self._current = process
+        guard = (
+            WorkdirGuard(guard_root, self.settings.work_dir_limit, self._kill, None)
+            if guard_root is not None
+            else None
+        )
         try:
-            code = process.wait(timeout=timeout)
+            with guard or contextlib.nullcontext():
+                code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             note(log, f"killed after the time limit of {timeout:.0f} s")
-            return None
+            return StepExit(None, killed_for="timeout")
         finally:
             self._current = None
             # Whatever the build left running in its session (a compiler server, a
@@ -242,8 +299,60 @@ class NativeBackend:
                 os.killpg(process.pid, signal.SIGKILL)
         if self._cancelled.is_set():
             note(log, "killed: the builder is stopping")
-            return None
-        return code
+            return StepExit(None, killed_for="stopping")
+        if guard is not None and guard.exceeded:
+            detail = f"work directory passed its limit of {self.settings.work_dir_limit} bytes"
+            note(log, f"killed: {detail}")
+            return StepExit(None, killed_for="work-dir", detail=detail)
+        return StepExit(code)
+
+    def _kill(self) -> None:
+        process = self._current
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def _missing_packages(self, recipe: Recipe | None) -> list[str]:
+        """The recipe's system packages this host lacks (installing is the operator's job)."""
+        if recipe is None or self.package_manager is None:
+            return []
+        missing = []
+        for package in recipe.system_packages(self.package_manager):
+            if self.package_manager == "apt-get":
+                query = ["dpkg-query", "-W", "-f=${Status}", package]
+            else:
+                query = ["rpm", "-q", package]
+            done = subprocess.run(query, capture_output=True, text=True, check=False)
+            if done.returncode != 0 or (
+                self.package_manager == "apt-get" and "install ok installed" not in done.stdout
+            ):
+                missing.append(package)
+        return missing
+
+    def _prefetch(
+        self, spec: JobSpec, sdist: Path, constraints: Path | None, log: BinaryIO
+    ) -> bool:
+        """Fill the wheelhouse with the sdist's build requirements, as the builder."""
+        if self.wheelhouse is None:
+            return False
+        try:
+            requirements = build_requirements(sdist)
+        except NoBuildRequirements as exc:
+            note(log, f"wheelhouse not used: {exc}")
+            return False
+        libc, version = platform.libc_ver()
+        minor = int(version.split(".")[1]) if libc == "glibc" and "." in version else 17
+        note(log, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
+        if not self.wheelhouse.prefetch(
+            requirements,
+            spec.python_tag,
+            platform_tags(self.arch, minor),
+            constraints,
+            dict(os.environ),
+            log,
+        ):
+            note(log, "wheelhouse: not every build requirement has a wheel; pip fetches the rest")
+        return True
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -253,8 +362,22 @@ class NativeBackend:
                 os.killpg(process.pid, signal.SIGKILL)
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
+        missing = self._missing_packages(spec.recipe)
+        if missing:
+            summary = (
+                f"recipe needs {' '.join(missing)}, not installed on this host:"
+                f" {self.package_manager} install {' '.join(missing)}"
+            )
+            note(log, summary)
+            return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=summary)
         layout = self._prepare(workdir, sdist)
         env = self._environment(layout)
+        constraints = write_constraints(spec.recipe, workdir / "recipe")
+        if constraints is not None:
+            constraints.parent.chmod(0o755)
+        env.update(recipe_environment(spec.recipe, str(constraints) if constraints else None))
+        if self._prefetch(spec, sdist, constraints, log) and self.wheelhouse is not None:
+            env["PIP_FIND_LINKS"] = str(self.wheelhouse.root)
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
         if self.account is None:
@@ -262,7 +385,7 @@ class NativeBackend:
         else:
             note(log, f"build runs as user {self.account.name} (uid {self.account.uid})")
 
-        def run_build() -> int | None:
+        def run_build() -> StepExit:
             command = [
                 "/bin/bash",
                 str(SCRIPTS / "build.sh"),
@@ -270,12 +393,12 @@ class NativeBackend:
                 spec.python_tag,
                 spec.policy,
             ]
-            code = self._run(command, env, layout.scratch, log, float(timeout))
+            step = self._run(command, env, layout.scratch, log, float(timeout), guard_root=workdir)
             if self.account is not None:
                 _seal(layout.out)
-            return code
+            return step
 
-        def run_smoke(wheel: Path, modules: list[str]) -> int | None:
+        def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
             command = [
                 "/bin/bash",
                 str(SCRIPTS / "smoke.sh"),
