@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -182,6 +183,31 @@ class Wheelhouse:
         self.prune()
         return done.returncode == 0
 
+    def fill_for(
+        self,
+        sdist: Path,
+        python_tag: str,
+        platforms: list[str],
+        constraints: Path | None,
+        log_sink: BinaryIO,
+    ) -> bool:
+        """The step both backends run before a build: fetch the sdist's build requirements.
+        True when the build should be offered the wheelhouse."""
+        try:
+            requirements = build_requirements(sdist)
+        except NoBuildRequirements as exc:
+            _note(log_sink, f"wheelhouse not used: {exc}")
+            return False
+        _note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
+        if not self.prefetch(
+            requirements, python_tag, platforms, constraints, dict(os.environ), log_sink
+        ):
+            _note(
+                log_sink,
+                "wheelhouse: not every build requirement has a wheel; pip fetches the rest",
+            )
+        return True
+
     def prune(self) -> None:
         """Oldest wheels out first until the cache is under its limit."""
         wheels = []
@@ -200,3 +226,8 @@ class Wheelhouse:
             except OSError:
                 continue
             total -= size
+
+
+def _note(log_sink: BinaryIO, text: str) -> None:
+    log_sink.write(f"::armwheels:: {text}\n".encode())
+    log_sink.flush()

@@ -36,7 +36,7 @@ from builder.backends import (
 from builder.backends.guard import WorkdirGuard
 from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
 from builder.client import JobSpec
-from builder.wheelhouse import NoBuildRequirements, Wheelhouse, build_requirements, platform_tags
+from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.states import FailureReason
 
@@ -315,33 +315,6 @@ class DockerBackend:
         except (RecipeImageError, docker.errors.DockerException) as exc:
             return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=str(exc))
 
-    def _prefetch(
-        self, spec: JobSpec, sdist: Path, constraints: Path | None, log_sink: BinaryIO
-    ) -> bool:
-        """Fill the wheelhouse with the sdist's build requirements (trusted step)."""
-        if self.wheelhouse is None:
-            return False
-        try:
-            requirements = build_requirements(sdist)
-        except NoBuildRequirements as exc:
-            note(log_sink, f"wheelhouse not used: {exc}")
-            return False
-        note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
-        complete = self.wheelhouse.prefetch(
-            requirements,
-            spec.python_tag,
-            platform_tags(self.arch, self.glibc_minor),
-            constraints,
-            dict(os.environ),
-            log_sink,
-        )
-        if not complete:
-            note(
-                log_sink,
-                "wheelhouse: not every build requirement has a wheel; pip fetches the rest",
-            )
-        return True
-
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
         sandbox = workdir / "sandbox"
         self._prepare_sandbox(sandbox)
@@ -363,7 +336,13 @@ class DockerBackend:
         }
         if constraints is not None:
             volumes[str(constraints)] = {"bind": CONSTRAINTS, "mode": "ro"}
-        if self._prefetch(spec, sdist, constraints, log_sink) and self.wheelhouse is not None:
+        if self.wheelhouse is not None and self.wheelhouse.fill_for(
+            sdist,
+            spec.python_tag,
+            platform_tags(self.arch, self.glibc_minor),
+            constraints,
+            log_sink,
+        ):
             volumes[str(self.wheelhouse.root)] = {"bind": WHEELHOUSE, "mode": "ro"}
             env["PIP_FIND_LINKS"] = WHEELHOUSE
 

@@ -44,7 +44,7 @@ from builder.backends import (
 )
 from builder.backends.guard import WorkdirGuard
 from builder.client import JobSpec
-from builder.wheelhouse import NoBuildRequirements, Wheelhouse, build_requirements, platform_tags
+from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.names import python_version_of_tag
 from common.recipes import Recipe
@@ -329,31 +329,6 @@ class NativeBackend:
                 missing.append(package)
         return missing
 
-    def _prefetch(
-        self, spec: JobSpec, sdist: Path, constraints: Path | None, log: BinaryIO
-    ) -> bool:
-        """Fill the wheelhouse with the sdist's build requirements, as the builder."""
-        if self.wheelhouse is None:
-            return False
-        try:
-            requirements = build_requirements(sdist)
-        except NoBuildRequirements as exc:
-            note(log, f"wheelhouse not used: {exc}")
-            return False
-        libc, version = platform.libc_ver()
-        minor = int(version.split(".")[1]) if libc == "glibc" and "." in version else 17
-        note(log, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
-        if not self.wheelhouse.prefetch(
-            requirements,
-            spec.python_tag,
-            platform_tags(self.arch, minor),
-            constraints,
-            dict(os.environ),
-            log,
-        ):
-            note(log, "wheelhouse: not every build requirement has a wheel; pip fetches the rest")
-        return True
-
     def cancel(self) -> None:
         self._cancelled.set()
         process = self._current
@@ -376,7 +351,9 @@ class NativeBackend:
         if constraints is not None:
             constraints.parent.chmod(0o755)
         env.update(recipe_environment(spec.recipe, str(constraints) if constraints else None))
-        if self._prefetch(spec, sdist, constraints, log) and self.wheelhouse is not None:
+        if self.wheelhouse is not None and self.wheelhouse.fill_for(
+            sdist, spec.python_tag, platform_tags(self.arch, _glibc_minor()), constraints, log
+        ):
             env["PIP_FIND_LINKS"] = str(self.wheelhouse.root)
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
@@ -410,6 +387,12 @@ class NativeBackend:
             return self._run(command, smoke_env, layout.scratch, log, float(SMOKE_TIMEOUT))
 
         return run_recipe(layout.out, log, timeout, run_build, run_smoke)
+
+
+def _glibc_minor() -> int:
+    """This host's glibc 2.x minor version (17, manylinux2014's, when unknown)."""
+    libc, version = platform.libc_ver()
+    return int(version.split(".")[1]) if libc == "glibc" and "." in version else 17
 
 
 def _seal(out: Path) -> None:
