@@ -84,6 +84,7 @@ class _State:
 
 class LiveLogs:
     def __init__(self, storage: Storage, head: int, tail: int) -> None:
+        self.storage = storage
         self.root = storage.root / "live"
         self.tmp = storage.tmp
         self.head_bytes = head

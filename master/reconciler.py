@@ -4,11 +4,14 @@ The database is the source of truth: a job `building` on a builder that stopped
 heart-beating, or `queued` for longer than any queue should hold it, is made
 `pending` again so the dispatcher sends a fresh message. A builder that later
 claims a stale duplicate is refused, so sending twice is harmless. Each hand-back
-counts an attempt; past the maximum the job fails with reason `lost`.
+counts an attempt; past the maximum the job fails with reason `lost`, and the live log
+its builder streamed before it went silent becomes the job's log: it is the only record
+of how far the build got.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.models import Builder, BuildJob
 from common.states import FailureReason, JobState
+from master.live_logs import LiveLogs, claim_key
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,25 @@ class ReconcileOutcome:
     lost: int = 0
 
 
-def _hand_back(job: BuildJob, max_attempts: int, why: str, outcome: ReconcileOutcome) -> None:
+def _keep_live_log(job: BuildJob, live: LiveLogs, max_log_bytes: int) -> None:
+    """Store what the silent builder streamed as the lost job's final log, then drop it."""
+    view = live.read(job.id, claim_key(job.started_at))
+    if view is not None:
+        path, size = live.storage.store_log(
+            job.release.project.name, job.id, job.attempts, io.BytesIO(view.data), max_log_bytes
+        )
+        job.log_path, job.log_size = str(path), size
+    live.discard(job.id)
+
+
+def _hand_back(
+    job: BuildJob,
+    settings: Settings,
+    why: str,
+    outcome: ReconcileOutcome,
+    live: LiveLogs | None,
+) -> None:
+    max_attempts = settings.master.max_attempts
     if job.builder is not None and job.builder.current_job_id == job.id:
         job.builder.current_job_id = None
     job.builder_id = None
@@ -39,6 +61,8 @@ def _hand_back(job: BuildJob, max_attempts: int, why: str, outcome: ReconcileOut
         job.failure_reason = FailureReason.LOST
         job.summary = f"{why}; gave up after {job.attempts} attempts"
         job.finished_at = datetime.now(UTC)
+        if live is not None:
+            _keep_live_log(job, live, settings.master.max_log_bytes)
         outcome.lost += 1
         log.warning("job lost", extra={"job_id": job.id, "attempts": job.attempts, "why": why})
         return
@@ -48,7 +72,10 @@ def _hand_back(job: BuildJob, max_attempts: int, why: str, outcome: ReconcileOut
 
 
 def reconcile(
-    session: Session, settings: Settings, now: datetime | None = None
+    session: Session,
+    settings: Settings,
+    now: datetime | None = None,
+    live: LiveLogs | None = None,
 ) -> ReconcileOutcome:
     now = now or datetime.now(UTC)
     outcome = ReconcileOutcome()
@@ -63,7 +90,7 @@ def reconcile(
         .with_for_update(of=BuildJob, skip_locked=True)
     ).all()
     for job in orphans:
-        _hand_back(job, settings.master.max_attempts, "builder stopped heart-beating", outcome)
+        _hand_back(job, settings, "builder stopped heart-beating", outcome, live)
     waited_since = now - timedelta(seconds=settings.master.requeue_after)
     stuck = session.scalars(
         select(BuildJob)

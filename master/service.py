@@ -19,10 +19,12 @@ from master.changelog import ChangelogClient, ChangelogError, TransientChangelog
 from master.feed import follow_changelog
 from master.json_api import JsonApiClient
 from master.leader import PollLeader
+from master.live_logs import LiveLogs, live_caps
 from master.poller import poll_watched
 from master.reconciler import reconcile
 from master.refresh import refresh_marked
 from master.scheduler import dispatch_pending, served_targets
+from master.storage import Storage
 from master.upstream import SimpleClient
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ class FeedLoop(threading.Thread):
         self.leader = leader
         self.stopping = threading.Event()
         self.next_poll = 0.0
+        self.live = LiveLogs(
+            Storage(settings.master.data_dir), *live_caps(settings.master.max_log_bytes)
+        )
 
     def run(self) -> None:
         client = UpstreamClients.for_settings(self.settings)
@@ -136,7 +141,7 @@ class FeedLoop(threading.Thread):
             log.exception("refresh failed")
         try:
             with transaction(self.factory) as session:
-                reconcile(session, self.settings)
+                reconcile(session, self.settings, live=self.live)
         except Exception:
             log.exception("reconcile failed")
 

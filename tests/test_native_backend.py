@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.tags import sys_tags
+from packaging.utils import parse_wheel_filename
 from pydantic import SecretStr
 
 from builder.backends import BuildOutcome
@@ -152,6 +154,41 @@ def _c_sdist(tmp_path: Path, name: str, source: str, init: str = "", setup_head:
     )
     files = {f"{name}/__init__.py": init, "src/speed.c": source, "setup.py": setup}
     return make_sdist(tmp_path / "src", tmp_path / "dist", name, "1.0", files)
+
+
+GETRANDOM_C = """#include <Python.h>
+#include <sys/random.h>
+static PyObject *rand_byte(PyObject *self, PyObject *args) {
+    unsigned char byte;
+    if (getrandom(&byte, 1, 0) != 1) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(byte);
+}
+static PyMethodDef methods[] = {{"rand_byte", rand_byte, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&module); }
+"""
+
+
+def test_a_wheel_newer_than_its_target_gets_the_policy_it_meets(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    """getrandom() is GLIBC_2.25, past manylinux2014's 2.17. Built on this host (glibc 2.36)
+    the wheel cannot be manylinux2014: auditwheel picks the most compatible policy it
+    meets, which this host (detected by auditwheel) can install."""
+    backend = _backend(work_root, tools_bin)
+    host = backend.host_policy
+    assert host is not None and host.is_newer_than(POLICY)
+    assert host.name in {tag.platform for tag in sys_tags()}
+    sdist = _c_sdist(tmp_path, "randbyte", GETRANDOM_C, "from ._speed import rand_byte\n")
+    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    assert outcome.built, (outcome.reason, outcome.summary, log[-3000:])
+    assert outcome.wheel is not None
+    assert f"this host is {host.name}" in log
+    assert f"does not meet {POLICY}" in log and "smoke test passed" in log
+    _, _, _, tags = parse_wheel_filename(outcome.wheel.name)
+    platforms = {tag.platform for tag in tags}
+    assert not platforms & {POLICY, f"manylinux_2_17_{ARCH}"}
+    assert platforms <= {tag.platform for tag in sys_tags()}, "installable on this host"
 
 
 def test_missing_header_is_a_missing_system_library_naming_it(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -10,7 +11,9 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Builder, BuildJob, Token
 from common.states import FailureReason, JobState, TokenRole
+from master.live_logs import LiveLogs, claim_key, live_caps
 from master.reconciler import reconcile
+from master.storage import Storage
 from tests.seed import add_release
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -87,3 +90,30 @@ def test_queued_too_long_is_sent_again(settings: Settings, factory: sessionmaker
     with factory() as session:
         assert session.get(BuildJob, old.id).state == JobState.PENDING  # type: ignore[union-attr]
         assert session.get(BuildJob, new.id).state == JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_lost_job_keeps_what_its_builder_streamed(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    """The live log is the only record of a build whose builder vanished: it becomes the
+    job's final log (capped head and tail) and the live copy goes."""
+    settings.master.max_attempts = 1
+    storage = Storage(settings.master.data_dir)
+    live = LiveLogs(storage, *live_caps(settings.master.max_log_bytes))
+    started = NOW - timedelta(hours=1)
+    with transaction(factory) as session:
+        _, _, [job] = add_release(session, settings, project="vanished")
+        gone = _builder(session, "vanished", NOW - timedelta(hours=2))
+        _building(job, gone, attempts=1)
+        job.started_at = started
+    streamed = b"collecting msgpack\nbuilding extension\ngcc -O2 -c _cmsgpack.c\n"
+    live.append(job.id, 0, streamed, lambda: claim_key(started))
+    with transaction(factory) as session:
+        assert reconcile(session, settings, NOW, live=live).lost == 1
+    with factory() as session:
+        failed = session.get(BuildJob, job.id)
+        assert failed is not None and failed.log_path is not None
+        assert storage.read_log(Path(failed.log_path)) == streamed
+        assert failed.log_size == len(streamed)
+    assert live.read(job.id, claim_key(started)) is None
+    assert not (live.root / str(job.id)).exists()

@@ -10,6 +10,11 @@ Limits come from util-linux where a board has it: `prlimit` caps the build's dat
 segment (memory) and processes, `taskset` its cores; the work-directory cap and the
 wall-clock limit are the builder's own. A recipe's system packages cannot be installed
 per build on a board: they are checked, and a missing one fails the job naming it.
+
+A board compiles against its own glibc. The builder detects the host's manylinux policy
+with auditwheel at start; when it is newer than a job's target policy, a wheel that does
+not meet the target is repaired to the most compatible policy it does meet (auditwheel's
+`auto`) rather than failing or claiming a tag it does not meet.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from builder.backends import (
 )
 from builder.backends.guard import WorkdirGuard
 from builder.client import JobSpec
+from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.names import python_version_of_tag
@@ -110,6 +116,14 @@ class NativeBackend:
         self.account = self._resolve_account(build_user)
         self.package_manager = next(
             (tool for tool in ("apt-get", "dnf", "yum") if shutil.which(tool)), None
+        )
+        self.host_policy: HostPolicy | None = detect_host_policy()
+        log.info(
+            "host manylinux policy",
+            extra={
+                "policy": self.host_policy.name if self.host_policy else "none",
+                "glibc": self.host_policy.glibc if self.host_policy else "unknown",
+            },
         )
         self.wheelhouse: Wheelhouse | None = None
         if settings.wheelhouse:
@@ -329,6 +343,15 @@ class NativeBackend:
                 missing.append(package)
         return missing
 
+    def _fallback_policy(self, target: str) -> str | None:
+        """`auto` when this host can link symbols the target policy forbids, else None."""
+        if self.host_policy is None:
+            return None
+        try:
+            return "auto" if self.host_policy.is_newer_than(target) else None
+        except UnknownPolicy:
+            return None
+
     def cancel(self) -> None:
         self._cancelled.set()
         process = self._current
@@ -357,6 +380,15 @@ class NativeBackend:
             env["PIP_FIND_LINKS"] = str(self.wheelhouse.root)
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
+        fallback = self._fallback_policy(spec.policy)
+        if fallback is not None and self.host_policy is not None:
+            env["ARMWHEELS_FALLBACK_POLICY"] = fallback
+            note(
+                log,
+                f"this host is {self.host_policy.name} (glibc {self.host_policy.glibc}), newer"
+                f" than {spec.policy}: a wheel that does not meet {spec.policy} is repaired to"
+                " the most compatible policy it meets",
+            )
         if self.account is None:
             note(log, f"build runs as the builder's own user (uid {os.geteuid()})")
         else:

@@ -50,5 +50,11 @@ AUDITWHEEL=$(command -v auditwheel) || { step "auditwheel not found in image"; e
 step "auditwheel show"
 "$AUDITWHEEL" show "$WHEEL"
 step "auditwheel repair --plat $POLICY"
-"$AUDITWHEEL" repair --plat "$POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL" || exit 13
+if ! "$AUDITWHEEL" repair --plat "$POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL"; then
+    # Native builds only: the host's glibc is newer than the target policy's.
+    [ -n "${ARMWHEELS_FALLBACK_POLICY:-}" ] || exit 13
+    step "the wheel does not meet $POLICY; auditwheel repair --plat $ARMWHEELS_FALLBACK_POLICY"
+    rm -rf "$OUT/wheelhouse"
+    "$AUDITWHEEL" repair --plat "$ARMWHEELS_FALLBACK_POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL" || exit 13
+fi
 step "repaired: $(ls "$OUT/wheelhouse")"
