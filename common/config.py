@@ -152,6 +152,52 @@ class MasterSettings(_Section):
         return self
 
 
+class IndexSettings(_Section):
+    # Seconds proxies and pip may reuse a Simple page before revalidating it (its ETag
+    # makes revalidation cheap); files are immutable and cached for a year.
+    page_max_age: int = Field(default=600, ge=0, le=86400)
+    # Keep a static copy of the index under <data_dir>/simple (HTML and JSON side by
+    # side) current on every change, for nginx or an object store to serve.
+    static: bool = True
+
+
+class PushTarget(_Section):
+    """Another index every new wheel is uploaded to (the upload API twine uses)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    url: str
+    username: str = "__token__"
+    # The password or API token; better given as ARMWHEELS_PUSH_<NAME>_PASSWORD in the
+    # environment (named by password_env) than written in the file.
+    password: SecretStr = SecretStr("")
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Only these projects (PEP 503 names); empty means every project.
+    projects: list[str] = Field(default_factory=list)
+    timeout: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("projects")
+    @classmethod
+    def _projects(cls, value: list[str]) -> list[str]:
+        try:
+            return sorted({normalize_project(name) for name in value})
+        except BadName as exc:
+            raise ValueError(str(exc)) from exc
+
+    def secret(self) -> str:
+        """The password: from the named environment variable when set, else the file's."""
+        if self.password_env:
+            return os.environ.get(self.password_env, "")
+        return self.password.get_secret_value()
+
+
 class TargetSettings(_Section):
     image: str
     python_tags: list[str] = Field(default_factory=lambda: ["cp311"], min_length=1)
@@ -248,6 +294,8 @@ class Settings(BaseSettings):
     master: MasterSettings = Field(default_factory=MasterSettings)
     targets: dict[str, TargetSettings] = Field(default_factory=_default_targets)
     builder: BuilderSettings = Field(default_factory=BuilderSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    push: list[PushTarget] = Field(default_factory=list)
 
     _toml_file: ClassVar[Path | None] = None
 
@@ -273,6 +321,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
             if not target.policy.endswith("_" + arch):
                 raise ValueError(f"policy {target.policy!r} is not for {arch}")
+        return value
+
+    @field_validator("push")
+    @classmethod
+    def _push_names(cls, value: list[PushTarget]) -> list[PushTarget]:
+        names = [target.name for target in value]
+        if len(names) != len(set(names)):
+            raise ValueError("push target names must be unique")
         return value
 
     @model_validator(mode="after")

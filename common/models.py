@@ -248,3 +248,45 @@ class FeedCursor(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     serial: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class IndexChange(Base):
+    """One change to what the index serves (a wheel published or withdrawn, a release
+    yanked, removed or restored). Its id is the index's serial, as PyPI's journal id is
+    PyPI's: a project's `_last-serial` is its newest change, and the static index is
+    brought up to date by replaying changes past the serial it shows."""
+
+    __tablename__ = "index_changes"
+    __table_args__ = (Index("ix_index_changes_project_id_id", "project_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    action: Mapped[str] = mapped_column(String(40))
+    filename: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WheelPush(Base):
+    """A published wheel's upload to one configured push target, and how it went."""
+
+    __tablename__ = "wheel_pushes"
+    __table_args__ = (
+        UniqueConstraint("output_file_id", "target"),
+        Index("ix_wheel_pushes_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    output_file_id: Mapped[int] = mapped_column(ForeignKey("output_files.id"))
+    target: Mapped[str] = mapped_column(String(64))
+    # pending (waiting or retrying), pushed, failed (gave up or refused for good)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None]
+    pushed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    output: Mapped[OutputFile] = relationship()
