@@ -15,7 +15,9 @@ from common.logs import setup_logging
 from common.states import ARCHES, TokenRole
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("armwheels")
 
@@ -332,6 +334,81 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_progress(label: str, session: Session) -> tuple[Progress, Callable[[int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from sqlalchemy import func, select
+
+    from common.models import OutputFile, Release
+    from master.index import SERVED
+
+    total = session.scalar(
+        select(func.count())
+        .select_from(OutputFile)
+        .join(Release, OutputFile.release_id == Release.id)
+        .where(*SERVED)
+    )
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("files"))
+    progress = Progress(*columns, disable=not sys.stderr.isatty())
+    task = progress.add_task(label, total=total)
+    return progress, lambda count: progress.update(task, advance=count)
+
+
+def cmd_index_export(args: argparse.Namespace) -> int:
+    """Write the whole index as static files (pages and the wheels they link to)."""
+    from common.db import make_sessionmaker
+    from master.static_index import StaticIndex
+
+    target: Path = args.directory.absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / "simple" / ".serial").exists():
+        raise UsageError(f"{target} is not empty and holds no earlier export")
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        with make_sessionmaker(engine)() as session:
+            progress, advance = _index_progress("exporting", session)
+            with progress:
+                report = StaticIndex(target).regenerate(
+                    session, files_from=settings.master.data_dir, progress=advance
+                )
+    except OSError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(
+        f"exported {report.projects} projects at serial {report.serial} to {target}:"
+        f" {report.files_written} pages written, {report.files_linked} files linked or copied"
+    )
+    return 0
+
+
+def cmd_index_sync(args: argparse.Namespace) -> int:
+    """Bring the master's static tree up to date now (the master does it on its own)."""
+    from common.db import make_sessionmaker
+    from master.static_index import StaticIndex
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    static = StaticIndex(settings.master.data_dir)
+    try:
+        with make_sessionmaker(engine)() as session:
+            if args.full:
+                progress, advance = _index_progress("regenerating", session)
+                with progress:
+                    report = static.regenerate(session, progress=advance)
+            else:
+                report = static.sync(session)
+    finally:
+        engine.dispose()
+    print(
+        f"static index at serial {report.serial}: {report.projects} projects rewritten,"
+        f" {report.files_written} files written, {report.files_removed} removed"
+    )
+    return 0
+
+
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     """Validate a recipe file before the master picks it up (it keeps the last good one)."""
     from common.names import BadName, normalize_project
@@ -354,6 +431,53 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
         print(recipe.model_dump_json(indent=2, exclude_defaults=True) if recipe else "{}")
         return 0
     print(f"{path}: {len(recipes)} recipes: {', '.join(sorted(recipes)) or 'none'}")
+    return 0
+
+
+def cmd_push_status(args: argparse.Namespace) -> int:
+    from common.db import make_sessionmaker
+    from master.pushes import push_summary
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    with make_sessionmaker(engine)() as session:
+        rows = push_summary(session, [target.name for target in settings.push])
+    engine.dispose()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Pushes to other indexes")
+    table.add_column("target")
+    for column in ("pushed", "pending", "failed"):
+        table.add_column(column, justify="right")
+    table.add_column("last error")
+    for row in rows:
+        table.add_row(
+            row.target, str(row.pushed), str(row.pending), str(row.failed), row.last_error or ""
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_push_retry(args: argparse.Namespace) -> int:
+    from common.db import make_sessionmaker, transaction
+    from master.pushes import has_pushes, retry_failed
+
+    settings = _settings(args)
+    configured = [target.name for target in settings.push]
+    if args.target is not None and args.target not in configured:
+        raise UsageError(
+            f"no push target named {args.target!r} (configured: {', '.join(configured) or 'none'})"
+        )
+    engine = _engine(settings)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            if args.file is not None and not has_pushes(session, args.file):
+                raise UsageError(f"no pushes of {args.file!r}")
+            count = retry_failed(session, [args.target] if args.target else configured, args.file)
+    finally:
+        engine.dispose()
+    print(f"{count} failed pushes pending again" if count else "no failed pushes to retry")
     return 0
 
 
@@ -446,6 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--project", help="print the recipe this project gets")
     check.set_defaults(func=cmd_recipe_check)
 
+    push = sub.add_parser("push", help="pushes of new wheels to other indexes", parents=[common])
+    push_sub = push.add_subparsers(dest="push_command", required=True, parser_class=_Parser)
+    push_status = push_sub.add_parser("status", parents=[common], help="pushes per target")
+    push_status.set_defaults(func=cmd_push_status)
+    push_retry = push_sub.add_parser("retry", parents=[common], help="try failed pushes again now")
+    push_retry.add_argument("--target", type=_name, metavar="NAME")
+    push_retry.add_argument("--file", metavar="FILENAME", help="only this wheel")
+    push_retry.set_defaults(func=cmd_push_retry)
+
     image = sub.add_parser("image", help="build images", parents=[common])
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser(
@@ -454,6 +587,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--arch", choices=ARCHES, required=True)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_image_build)
+
+    index = sub.add_parser("index", help="the Simple index's static copy", parents=[common])
+    index_sub = index.add_subparsers(dest="index_command", required=True, parser_class=_Parser)
+    export = index_sub.add_parser(
+        "export", parents=[common], help="write the whole index as static files to DIR"
+    )
+    export.add_argument("directory", type=Path, metavar="DIR")
+    export.set_defaults(func=cmd_index_export)
+    sync = index_sub.add_parser(
+        "sync", parents=[common], help="bring <data_dir>/simple up to date now"
+    )
+    sync.add_argument("--full", action="store_true", help="rewrite every page")
+    sync.set_defaults(func=cmd_index_sync)
     return parser
 
 

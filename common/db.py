@@ -15,6 +15,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.index_journal import track_index_changes
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -42,7 +44,9 @@ def make_engine(url: str, echo: bool = False) -> Engine:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    track_index_changes(factory)
+    return factory
 
 
 @contextmanager

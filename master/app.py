@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ from master.live_logs import (
     claim_key,
     live_caps,
 )
+from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
 from master.uploads import Rejected, ResultReport, accept_wheel, check_job_owner, finish_job
 
@@ -159,12 +161,30 @@ def _unreported_jobs(db: Session, builder: Builder, reported: int | None) -> lis
     return list(db.scalars(query.with_for_update(skip_locked=True)).all())
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: a list of (possibly weak) tags, or *."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _sync_static(static: StaticIndex, db: Session, job_id: int) -> None:
+    """Bring the static tree up to date now; on failure the master's loop retries, so
+    the wheel is published either way."""
+    try:
+        static.sync(db)
+    except OSError:
+        log.exception("static index update failed", extra={"job_id": job_id})
+
+
 def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app = FastAPI(title="armwheels master", version="0.1.0")
     storage = Storage(settings.master.data_dir)
     limits = settings.master
     live = LiveLogs(storage, *live_caps(limits.max_log_bytes))
     recipes = RecipeBook(settings.master.recipes)
+    static = StaticIndex(settings.master.data_dir) if settings.index.static else None
     app.state.factory = factory
 
     @app.exception_handler(StarletteHTTPException)
@@ -361,6 +381,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                     wheel_sha256,
                     wheel.file,
                     limits.max_upload_bytes,
+                    push_targets=settings.push,
                 )
             except Rejected as exc:
                 rejection = exc
@@ -370,6 +391,8 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         finish_job(job, report, settings.master.max_attempts)
         db.commit()
         live.discard(job.id, claim)  # the final log replaces the live one
+        if published is not None and static is not None:
+            _sync_static(static, db, job.id)
         log.info(
             "job finished",
             extra={
@@ -475,8 +498,20 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             raise HTTPException(404, "no log for this job")
         return Response(view.data, media_type="text/plain")
 
-    def _simple(content: str, media: str) -> Response:
-        return Response(content, media_type=media, headers={"Vary": "Accept"})
+    def _simple(request: Request, content: str, media: str, serial: int) -> Response:
+        """A Simple page with what caches need: a strong ETag of its bytes (so pip and
+        proxies revalidate for a 304), a max-age, Vary on Accept, and the serial."""
+        body = content.encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        headers = {
+            "Vary": "Accept",
+            "ETag": etag,
+            "Cache-Control": f"max-age={settings.index.page_max_age}, public",
+            "X-PyPI-Last-Serial": str(serial),
+        }
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media, headers=headers)
 
     def _negotiate(request: Request) -> str:
         try:
@@ -486,15 +521,22 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         except index.NotAcceptable as exc:
             raise HTTPException(406, str(exc)) from exc
 
-    @app.get("/simple/")
+    @app.api_route("/simple/", methods=["GET", "HEAD"])
     def simple_root(request: Request, db: DB) -> Response:
         media = _negotiate(request)
+        serial = index.last_serial(db)
+        page = index.JSON_TYPE if media == index.JSON_TYPE else "html"
+        if static is not None:
+            # The tree keeps the project list current without a scan of every file.
+            static.sync(db)
+            name = JSON_PAGE if page == index.JSON_TYPE else HTML_PAGE
+            return _simple(request, (static.simple / name).read_text(), media, serial)
         names = index.published_projects(db)
-        if media == index.JSON_TYPE:
-            return _simple(index.render_root_json(names), media)
-        return _simple(index.render_root_html(names), media)
+        if page == index.JSON_TYPE:
+            return _simple(request, index.render_root_json(names), media, serial)
+        return _simple(request, index.render_root_html(names), media, serial)
 
-    @app.get("/simple/{name}/")
+    @app.api_route("/simple/{name}/", methods=["GET", "HEAD"])
     def simple_project(name: str, request: Request, db: DB) -> Response:
         try:
             normal = normalize_project(name)
@@ -506,18 +548,19 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         media = _negotiate(request)
         project = db.scalar(select(Project).where(Project.name == normal))
         files = index.project_files(db, project) if project else []
-        if not files:
+        if project is None or not files:
             raise HTTPException(404, f"no files for {normal}")
+        serial = index.last_serial(db, project.id)
         if media == index.JSON_TYPE:
-            return _simple(index.render_project_json(normal, files), media)
-        return _simple(index.render_project_html(normal, files), media)
+            return _simple(request, index.render_project_json(normal, files, serial), media, serial)
+        return _simple(request, index.render_project_html(normal, files, serial), media, serial)
 
-    @app.get("/simple/{name}")
+    @app.api_route("/simple/{name}", methods=["GET", "HEAD"])
     def simple_project_slash(name: str) -> RedirectResponse:
         return RedirectResponse(f"/simple/{name}/", status_code=301)
 
-    @app.get("/files/{name}/{filename}")
-    def files(name: str, filename: str, db: DB) -> Response:
+    @app.api_route("/files/{name}/{filename}", methods=["GET", "HEAD"])
+    def files(name: str, filename: str, request: Request, db: DB) -> Response:
         metadata = filename.endswith(".metadata")
         wheel_name = filename.removesuffix(".metadata")
         try:
@@ -532,12 +575,20 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         )
         if output is None or output.release.project.name != normal:
             raise HTTPException(404, "no such file")
+        # A published file never changes: its hash is its ETag and caches may keep it.
+        digest = output.metadata_sha256 if metadata else output.sha256
+        headers = {"ETag": f'"{digest}"', "Cache-Control": "max-age=31536000, immutable"}
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
         if metadata:
-            return FileResponse(storage.metadata_path(normal, wheel_name), media_type="text/plain")
+            return FileResponse(
+                storage.metadata_path(normal, wheel_name), media_type="text/plain", headers=headers
+            )
         return FileResponse(
             storage.wheel_path(normal, wheel_name),
             media_type="application/octet-stream",
             filename=wheel_name,
+            headers=headers,
         )
 
     @app.get("/", response_class=HTMLResponse)

@@ -7,15 +7,17 @@ same bytes.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
+from typing import Any
 
 from packaging.version import Version
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.models import OutputFile, Project, Release
+from common.models import IndexChange, OutputFile, Project, Release
 
 API_VERSION = "1.1"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -92,40 +94,87 @@ class IndexFile:
     version: str
 
 
+# The columns a page needs, read as plain rows: a full regeneration reads a million.
+_FILE_COLUMNS = (
+    OutputFile.filename,
+    OutputFile.sha256,
+    OutputFile.size,
+    OutputFile.requires_python,
+    OutputFile.metadata_sha256,
+    OutputFile.uploaded_at,
+    Release.version,
+    Release.yanked,
+    Release.yanked_reason,
+)
+
+
+def _index_file(row: Sequence[Any], project_name: str) -> IndexFile:
+    """An IndexFile from the _FILE_COLUMNS of one row."""
+    filename, yanked_flag, yanked_reason = row[0], row[7], row[8]
+    yanked: str | bool = (yanked_reason or True) if yanked_flag else False
+    return IndexFile(
+        filename=filename,
+        url=f"../../files/{project_name}/{filename}",
+        sha256=row[1],
+        size=row[2],
+        requires_python=row[3],
+        metadata_sha256=row[4],
+        upload_time=row[5],
+        yanked=yanked,
+        version=row[6],
+    )
+
+
 def project_files(session: Session, project: Project) -> list[IndexFile]:
     rows = session.execute(
-        select(OutputFile, Release)
+        select(*_FILE_COLUMNS)
         .join(Release, OutputFile.release_id == Release.id)
         .where(Release.project_id == project.id, *SERVED)
         .order_by(OutputFile.filename)
     ).all()
-    files = []
-    for output, release in rows:
-        yanked: str | bool = (release.yanked_reason or True) if release.yanked else False
-        files.append(
-            IndexFile(
-                filename=output.filename,
-                url=f"../../files/{project.name}/{output.filename}",
-                sha256=output.sha256,
-                size=output.size,
-                requires_python=output.requires_python,
-                metadata_sha256=output.metadata_sha256,
-                upload_time=output.uploaded_at,
-                yanked=yanked,
-                version=release.version,
-            )
-        )
-    return files
+    return [_index_file(row, project.name) for row in rows]
+
+
+def all_served_files(session: Session) -> Iterator[tuple[int, str, list[IndexFile]]]:
+    """Every served file, grouped by project in name order: (project id, name, files).
+    Streams, so a full regeneration holds one project's files at a time."""
+    rows = session.execute(
+        select(Project.id, Project.name, *_FILE_COLUMNS)
+        .join(Release, Release.project_id == Project.id)
+        .join(OutputFile, OutputFile.release_id == Release.id)
+        .where(*SERVED)
+        .order_by(Project.name, OutputFile.filename)
+        .execution_options(yield_per=5000)
+    )
+    current: tuple[int, str] | None = None
+    files: list[IndexFile] = []
+    for row in rows:
+        project_id, name = row[0], row[1]
+        if current is not None and current[0] != project_id:
+            yield current[0], current[1], files
+            files = []
+        current = (project_id, name)
+        files.append(_index_file(row[2:], name))
+    if current is not None:
+        yield current[0], current[1], files
 
 
 def _upload_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def render_project_json(name: str, files: list[IndexFile]) -> str:
+def last_serial(session: Session, project_id: int | None = None) -> int:
+    """The newest index change (of one project, or of the whole index); 0 if none."""
+    query = select(func.max(IndexChange.id))
+    if project_id is not None:
+        query = query.where(IndexChange.project_id == project_id)
+    return session.scalar(query) or 0
+
+
+def render_project_json(name: str, files: list[IndexFile], serial: int = 0) -> str:
     versions = sorted({f.version for f in files}, key=Version)
     body = {
-        "meta": {"api-version": API_VERSION},
+        "meta": {"api-version": API_VERSION, "_last-serial": serial},
         "name": name,
         "versions": versions,
         "files": [
@@ -146,7 +195,7 @@ def render_project_json(name: str, files: list[IndexFile]) -> str:
     return json.dumps(body, sort_keys=True)
 
 
-def render_project_html(name: str, files: list[IndexFile]) -> str:
+def render_project_html(name: str, files: list[IndexFile], serial: int = 0) -> str:
     lines = [
         "<!DOCTYPE html>",
         "<html>",
@@ -167,7 +216,7 @@ def render_project_html(name: str, files: list[IndexFile]) -> str:
             reason = f.yanked if isinstance(f.yanked, str) else ""
             attrs.append(f'data-yanked="{escape(reason)}"')
         lines.append(f"<a {' '.join(attrs)}>{escape(f.filename)}</a><br>")
-    lines += ["</body>", "</html>", ""]
+    lines += ["</body>", "</html>", f"<!--SERIAL {serial}-->", ""]
     return "\n".join(lines)
 
 

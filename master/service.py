@@ -21,9 +21,11 @@ from master.json_api import JsonApiClient
 from master.leader import PollLeader
 from master.live_logs import LiveLogs, live_caps
 from master.poller import poll_watched
+from master.pushes import push_due
 from master.reconciler import reconcile
 from master.refresh import refresh_marked
 from master.scheduler import dispatch_pending, served_targets
+from master.static_index import StaticIndex
 from master.storage import Storage
 from master.upstream import SimpleClient
 
@@ -80,9 +82,9 @@ class FeedLoop(threading.Thread):
         self.leader = leader
         self.stopping = threading.Event()
         self.next_poll = 0.0
-        self.live = LiveLogs(
-            Storage(settings.master.data_dir), *live_caps(settings.master.max_log_bytes)
-        )
+        self.storage = Storage(settings.master.data_dir)
+        self.live = LiveLogs(self.storage, *live_caps(settings.master.max_log_bytes))
+        self.static = StaticIndex(settings.master.data_dir) if settings.index.static else None
 
     def run(self) -> None:
         client = UpstreamClients.for_settings(self.settings)
@@ -119,6 +121,22 @@ class FeedLoop(threading.Thread):
                 log.info("dispatched jobs", extra={"count": sent})
         except Exception:
             log.exception("dispatch failed")
+        try:
+            pushed = push_due(self.factory, self.settings, self.storage)
+            if pushed.pushed or pushed.failed:
+                log.info(
+                    "push round",
+                    extra={"pushed": pushed.pushed, "failed": pushed.failed},
+                )
+        except Exception:
+            log.exception("push round failed")
+        if self.static is not None:
+            # Yanks and removals from the feed reach the static tree here.
+            try:
+                with self.factory() as session:
+                    self.static.sync(session)
+            except Exception:
+                log.exception("static index update failed")
 
     def _lead(self, client: UpstreamClients) -> None:
         """The work only one master does at a time."""

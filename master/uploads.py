@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +18,11 @@ from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.config import PushTarget
 from common.models import Builder, BuildJob, OutputFile
 from common.states import FailureReason, JobState
 from common.wheels import BadWheel, WheelContents, WheelName, parse_name, read_contents
+from master.pushes import queue_pushes
 from master.storage import Storage, TooLarge
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ def accept_wheel(
     declared_sha256: str,
     source: BinaryIO,
     limit: int,
+    *,
+    push_targets: Sequence[PushTarget] = (),
 ) -> OutputFile:
     """Validate an uploaded wheel and move it into the file tree; raises Rejected."""
     wheel = check_wheel_name(job, filename)
@@ -126,6 +131,7 @@ def accept_wheel(
         published=True,
     )
     session.add(output)
+    queue_pushes(session, output, push_targets)
     log.info(
         "wheel published",
         extra={

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
 from common.config import Settings
-from common.models import Builder, BuildJob, Project, Release, SourceFile, Token
+from common.models import Builder, BuildJob, OutputFile, Project, Release, SourceFile, Token
 from common.states import TokenRole
 from master.releases import get_or_create_project
 from master.scheduler import PRIORITY_NEW, create_jobs
+from master.storage import Storage
+from master.uploads import accept_wheel
+from tests.conftest import make_wheel
 
 
 def add_release(
@@ -64,3 +69,27 @@ def add_builder(
     session.add(builder)
     session.flush()
     return builder
+
+
+def publish_wheel(
+    session: Session,
+    settings: Settings,
+    project: str = "demo",
+    version: str = "1.0",
+) -> OutputFile:
+    """A release whose aarch64 wheel is published through the master's upload path."""
+    _, _, jobs = add_release(session, settings, project=project, version=version)
+    job = next(job for job in jobs if job.arch == "aarch64")
+    escaped = project.replace("-", "_")  # a wheel name's distribution part has no dashes
+    filename = f"{escaped}-{version}-{job.python_tag}-{job.python_tag}-{job.policy}.whl"
+    body = make_wheel(filename, modules=(escaped,))
+    storage = Storage(settings.master.data_dir)
+    return accept_wheel(
+        session,
+        storage,
+        job,
+        filename,
+        hashlib.sha256(body).hexdigest(),
+        io.BytesIO(body),
+        settings.master.max_upload_bytes,
+    )

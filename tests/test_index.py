@@ -56,8 +56,8 @@ def test_negotiate_refuses() -> None:
 
 
 def test_project_json_follows_pep_691_and_700() -> None:
-    body = json.loads(render_project_json("demo", [FILE]))
-    assert body["meta"] == {"api-version": "1.1"}
+    body = json.loads(render_project_json("demo", [FILE], 42))
+    assert body["meta"] == {"api-version": "1.1", "_last-serial": 42}
     assert body["versions"] == ["1.0"]
     [entry] = body["files"]
     assert entry["hashes"] == {"sha256": "a" * 64}
@@ -91,3 +91,4 @@ def test_project_html_follows_pep_503_and_658() -> None:
     assert "data-yanked" not in first
     assert second["data-yanked"] == "broken"
     assert "&gt;=3.8" in render_project_html("demo", [FILE])
+    assert render_project_html("demo", [FILE], 42).endswith("<!--SERIAL 42-->\n")

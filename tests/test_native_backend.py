@@ -259,7 +259,13 @@ PROBE_C = """#include <Python.h>
 static struct PyModuleDef speed = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, NULL};
 PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&speed); }
 """
-BUILD_PATHS = {"ARMWHEELS_OUT", "ARMWHEELS_BUILDENV", "ARMWHEELS_SMOKEENV"}
+# What the scripts are told: paths, and the policy to fall back to on a newer host.
+BUILD_PATHS = {
+    "ARMWHEELS_OUT",
+    "ARMWHEELS_BUILDENV",
+    "ARMWHEELS_SMOKEENV",
+    "ARMWHEELS_FALLBACK_POLICY",
+}
 
 
 def test_the_sdist_runs_unprivileged_and_sees_no_builder_secret(
