@@ -61,6 +61,9 @@ class StaticIndex:
         self.root = root
         self.simple = root / "simple"
         self.files = root / "files"
+        # The project list as last read or written, keyed by its file's (mtime, size):
+        # a new project then costs a render of the list, not a parse of it as well.
+        self._names: tuple[tuple[int, int], list[str]] | None = None
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -201,6 +204,8 @@ class StaticIndex:
         self.simple.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.simple / HTML_PAGE, index.render_root_html(names))
         _write_atomic(self.simple / JSON_PAGE, index.render_root_json(names))
+        stat = (self.simple / JSON_PAGE).stat()
+        self._names = ((stat.st_mtime_ns, stat.st_size), list(names))
         report.files_written += 2
         report.root_rewritten = True
 
@@ -211,6 +216,10 @@ class StaticIndex:
 
     def _listed_names(self) -> list[str]:
         try:
+            stat = (self.simple / JSON_PAGE).stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            if self._names is not None and self._names[0] == key:
+                return list(self._names[1])
             body = json.loads((self.simple / JSON_PAGE).read_text())
             return [entry["name"] for entry in body["projects"]]
         except (OSError, ValueError, KeyError, TypeError):

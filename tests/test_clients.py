@@ -391,16 +391,10 @@ def _uv(tmp_path: Path, *args: str) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize(
-    ("spec", "python", "version"),
-    [("demo==1.0", "3.11", "1.0"), ("demo", "3.11", "1.0"), ("demo==1.1", "3.11", "1.1")],
-)
-def test_uv_resolves_from_our_index(
-    index: Index, tmp_path: Path, spec: str, python: str, version: str
-) -> None:
+def _uv_compile(tmp_path: Path, spec: str, python: str, *indexes: str) -> str:
+    """`uv pip compile` of one requirement for aarch64 manylinux, wheels only, hashed."""
     (tmp_path / "requirements.in").write_text(f"{spec}\n")
-    since = len(index.seen)
-    out = _uv(
+    return _uv(
         tmp_path,
         "pip",
         "compile",
@@ -409,14 +403,24 @@ def test_uv_resolves_from_our_index(
         "aarch64-manylinux_2_17",
         "--python-version",
         python,
-        "--index-url",
-        index.simple,
+        *indexes,
         "--only-binary",
         ":all:",
         "--generate-hashes",
         "--no-header",
         "--no-annotate",
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "python", "version"),
+    [("demo==1.0", "3.11", "1.0"), ("demo", "3.11", "1.0"), ("demo==1.1", "3.11", "1.1")],
+)
+def test_uv_resolves_from_our_index(
+    index: Index, tmp_path: Path, spec: str, python: str, version: str
+) -> None:
+    since = len(index.seen)
+    out = _uv_compile(tmp_path, spec, python, "--index-url", index.simple)
     _served_json(index, since)
     filename = wheel_name(version, AARCH64)
     assert f"demo=={version}" in out
@@ -429,3 +433,44 @@ def test_a_non_normalised_name_redirects_keeping_the_format_query(index: Index) 
     assert answer.headers["location"] == "/simple/demo/?format=json"
     followed = httpx.get(f"{index.simple}Demo/?format=json", follow_redirects=True)
     assert followed.headers["content-type"].split(";")[0] == JSON_TYPE
+
+
+PYPI = "https://pypi.org/simple/"
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def test_pip_with_pypi_first_and_our_index_as_extra(index: Index, tmp_path: Path) -> None:
+    """The way users are told to install: PyPI stays the primary index (its `demo` has
+    only a 2011 egg) and pip takes our aarch64 wheel from the extra index."""
+    cert = ["--cert", str(SYSTEM_CA)] if SYSTEM_CA.exists() else []
+    target = tmp_path / "downloads"
+    done = _pip(
+        "download",
+        "--no-deps",
+        *PIP_TARGET,
+        *cert,
+        "--platform",
+        "manylinux2014_aarch64",
+        "--index-url",
+        PYPI,
+        "--extra-index-url",
+        index.simple,
+        "-d",
+        str(target),
+        "demo",
+        cwd=tmp_path,
+    )
+    assert f"Looking in indexes: {PYPI}, {index.simple}" in done.stdout
+    [fetched] = sorted(target.iterdir())
+    filename = wheel_name("1.0", AARCH64)
+    assert fetched.name == filename
+    assert _sha256(fetched.read_bytes()) == _sha256(index.wheels[filename])
+
+
+def test_uv_with_pypi_first_and_our_index_as_extra(index: Index, tmp_path: Path) -> None:
+    out = _uv_compile(
+        tmp_path, "demo", "3.11", "--index-url", PYPI, "--extra-index-url", index.simple
+    )
+    filename = wheel_name("1.0", AARCH64)
+    assert "demo==1.0" in out
+    assert f"--hash=sha256:{_sha256(index.wheels[filename])}" in out

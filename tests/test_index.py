@@ -15,6 +15,7 @@ from master.index import (
     negotiate,
     render_project_html,
     render_project_json,
+    render_root_html,
     render_root_json,
 )
 
@@ -92,3 +93,15 @@ def test_project_html_follows_pep_503_and_658() -> None:
     assert second["data-yanked"] == "broken"
     assert "&gt;=3.8" in render_project_html("demo", [FILE])
     assert render_project_html("demo", [FILE], 42).endswith("<!--SERIAL 42-->\n")
+
+
+@pytest.mark.parametrize("names", [["alpha", "beta-2", "zz9"], [], ["odd<name>", 'quo"te', "ünï"]])
+def test_project_list_fast_path_renders_what_the_general_one_does(names: list[str]) -> None:
+    """Plain normalised names skip per-name escaping; anything else is escaped; both give
+    the same bytes json.dumps and escape() would."""
+    body = json.loads(render_root_json(names))
+    assert body == {"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]}
+    assert render_root_json(names) == json.dumps(body, sort_keys=True)
+    parser = _Anchors()
+    parser.feed(render_root_html(names))
+    assert [anchor["href"] for anchor in parser.found] == [f"{n}/" for n in names]
