@@ -155,19 +155,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    import getpass
+
     from common.db import make_sessionmaker, transaction
+    from master import audit
     from master.rebuild import RebuildError, request_rebuild
 
     settings = _settings(args)
     engine = _engine(settings)
     try:
         with transaction(make_sessionmaker(engine)) as session:
-            jobs = request_rebuild(session, settings, args.project, args.version, args.arch)
-            created = [(j.id, j.arch, j.python_tag) for j in jobs]
+            actor = f"cli:{getpass.getuser()}"
+            outcome = request_rebuild(
+                session, settings, args.project, args.version, args.arch, requested_by=actor
+            )
+            created = [(j.id, j.arch, j.python_tag) for j in outcome.created]
+            waiting = [(j.id, j.arch, j.python_tag, j.state.value) for j in outcome.existing]
+            audit.record(
+                session,
+                actor,
+                "operator",
+                "rebuild",
+                f"{outcome.project} {outcome.version}",
+                jobs=[job_id for job_id, *_ in created + waiting],
+                arch=args.arch,
+                duplicate=not created,
+            )
     except RebuildError as exc:
         raise UsageError(str(exc)) from exc
     finally:
         engine.dispose()
+    for job_id, arch, tag, state in waiting:
+        print(f"job {job_id} already {state}: {args.project} {arch} {tag}")
     if not created:
         print("nothing to do: a build is already pending for every target")
     for job_id, arch, tag in created:
@@ -290,16 +309,40 @@ def cmd_skip_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    import getpass
+
     from sqlalchemy.exc import IntegrityError
 
     from common.db import make_sessionmaker, transaction
+    from common.names import BadName, normalize_project
+    from master import audit
     from master.auth import create_token
 
+    role = TokenRole(args.role)
+    projects: list[str] | None = None
+    if args.projects:
+        if role != TokenRole.MAINTAINER:
+            raise UsageError("--project scopes maintainer tokens only")
+        try:
+            projects = sorted({normalize_project(name) for name in args.projects})
+        except BadName as exc:
+            raise UsageError(str(exc)) from exc
+    elif role == TokenRole.MAINTAINER:
+        raise UsageError("a maintainer token needs at least one --project")
     settings = _settings(args)
     engine = _engine(settings)
     try:
         with transaction(make_sessionmaker(engine)) as session:
-            secret = create_token(session, args.name, TokenRole(args.role))
+            secret = create_token(session, args.name, role, projects)
+            audit.record(
+                session,
+                f"cli:{getpass.getuser()}",
+                "operator",
+                "token-create",
+                args.name,
+                token_role=role.value,
+                projects=projects,
+            )
     except IntegrityError as exc:
         raise UsageError(f"a token named {args.name!r} exists") from exc
     finally:
@@ -309,13 +352,19 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    import getpass
+
     from common.db import make_sessionmaker, transaction
+    from master import audit
     from master.auth import revoke_token
 
     settings = _settings(args)
     engine = _engine(settings)
     with transaction(make_sessionmaker(engine)) as session:
         done = revoke_token(session, args.name)
+        if done:
+            actor = f"cli:{getpass.getuser()}"
+            audit.record(session, actor, "operator", "token-revoke", args.name)
     engine.dispose()
     if not done:
         raise UsageError(f"no active token named {args.name!r}")
@@ -556,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", parents=[common], help="create a token")
     create.add_argument("name", type=_name)
     create.add_argument("--role", choices=[r.value for r in TokenRole], required=True)
+    create.add_argument(
+        "--project",
+        dest="projects",
+        action="append",
+        metavar="NAME",
+        help="a project a maintainer token may rebuild (repeat for several)",
+    )
     create.set_defaults(func=cmd_token_create)
     revoke = token_sub.add_parser("revoke", parents=[common], help="revoke a token")
     revoke.add_argument("name", type=_name)

@@ -136,6 +136,9 @@ class MasterSettings(_Section):
     queue_depth: int = Field(default=50, ge=1)
     # Per-project build recipes (TOML, see common/recipes.py); re-read when it changes.
     recipes: Path | None = None
+    # Rebuild requests one token may make per window (duplicates of pending jobs count).
+    rebuild_limit: int = Field(default=20, ge=1)
+    rebuild_window: float = Field(default=3600.0, gt=0)
 
     @field_validator("recipes")
     @classmethod

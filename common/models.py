@@ -290,3 +290,19 @@ class WheelPush(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     output: Mapped[OutputFile] = relationship()
+
+
+class AuditEvent(Base):
+    """Who did what to the farm, and when: rebuild requests, token, skip, job and index
+    changes by maintainers and operators. Also the ledger rebuild rate limits count."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_actor_action_at", "actor", "action", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))  # token name, or cli:<user>
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(300))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

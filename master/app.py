@@ -23,7 +23,7 @@ from fastapi import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,8 +34,15 @@ from common.names import BadName, normalize_project
 from common.recipes import Recipe, RecipeBook
 from common.states import ARCHES, FailureReason, JobState, TokenRole
 from common.wheels import BadWheel, parse_name
-from master import index, status
-from master.auth import AuthError, authenticate, builder_for, token_from_header
+from master import audit, index, status
+from master.auth import (
+    AuthError,
+    NotPermitted,
+    authenticate,
+    builder_for,
+    check_project_scope,
+    token_from_header,
+)
 from master.live_logs import (
     MAX_CHUNK_BYTES,
     LiveLogs,
@@ -44,6 +51,8 @@ from master.live_logs import (
     claim_key,
     live_caps,
 )
+from master.metrics import render_metrics
+from master.rebuild import RebuildError, UnknownProject, request_rebuild
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
 from master.uploads import Rejected, ResultReport, accept_wheel, check_job_owner, finish_job
@@ -55,6 +64,13 @@ HEARTBEAT_SECONDS = 30.0
 # A building job its builder's heartbeat does not name is handed back only when claimed
 # longer ago than this: a heartbeat sent just before a claim must not take the job back.
 HAND_BACK_GRACE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+
+
+class RebuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(default=None, min_length=1, max_length=100)
+    arch: Literal["aarch64", "armv7l"] | None = None
 
 
 class Registration(BaseModel):
@@ -410,6 +426,76 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             "file": published.filename if published else None,
         }
 
+    @app.post("/api/v1/projects/{name}/rebuild", status_code=202)
+    def rebuild(
+        name: str, db: DB, authorization: AuthHeader = None, body: RebuildRequest | None = None
+    ) -> dict[str, Any]:
+        """A maintainer (for a project its token names) or an operator asks for a release
+        to be built again. A request duplicating waiting jobs is answered with them."""
+        try:
+            token = authenticate(
+                db, token_from_header(authorization), (TokenRole.MAINTAINER, TokenRole.OPERATOR)
+            )
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from exc
+        try:
+            normal = normalize_project(name)
+            check_project_scope(token, normal)
+        except BadName as exc:
+            raise HTTPException(400, str(exc)) from exc
+        except NotPermitted as exc:
+            raise HTTPException(403, str(exc)) from exc
+        wanted = body or RebuildRequest()
+        now = datetime.now(UTC)
+        window = timedelta(seconds=settings.master.rebuild_window)
+        if audit.count_since(db, token.name, "rebuild", now - window) >= (
+            settings.master.rebuild_limit
+        ):
+            oldest = audit.oldest_since(db, token.name, "rebuild", now - window) or now
+            wait = max(1, int((oldest + window - now).total_seconds()) + 1)
+            raise HTTPException(
+                429,
+                f"rate limit: {settings.master.rebuild_limit} rebuild requests per"
+                f" {int(window.total_seconds())} s for token {token.name}",
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            outcome = request_rebuild(
+                db, settings, normal, wanted.version, wanted.arch, requested_by=token.name
+            )
+        except UnknownProject as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except RebuildError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        jobs = [*outcome.created, *outcome.existing]
+        audit.record(
+            db,
+            token.name,
+            token.role.value,
+            "rebuild",
+            f"{outcome.project} {outcome.version}",
+            jobs=[job.id for job in jobs],
+            arch=wanted.arch,
+            duplicate=not outcome.created,
+        )
+        db.commit()
+        return {
+            "project": outcome.project,
+            "version": outcome.version,
+            "created": len(outcome.created),
+            "duplicate": not outcome.created,
+            "jobs": [
+                {
+                    "id": job.id,
+                    "arch": job.arch,
+                    "python_tag": job.python_tag,
+                    "state": job.state.value,
+                    "url": f"/api/v1/jobs/{job.id}",
+                }
+                for job in sorted(jobs, key=lambda job: job.id)
+            ],
+        }
+
     @app.get("/api/v1/jobs/{job_id}")
     def job_detail(job_id: int, db: DB) -> dict[str, Any]:
         job = db.get(BuildJob, job_id)
@@ -590,6 +676,12 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             filename=wheel_name,
             headers=headers,
         )
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus scrape: the farm's state read from the database at scrape time."""
+        body, content_type = render_metrics(factory, settings)
+        return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse)
     def home(db: DB) -> HTMLResponse:

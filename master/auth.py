@@ -25,13 +25,27 @@ def token_from_header(value: str | None) -> str:
     return secret.strip()
 
 
-def authenticate(session: Session, secret: str, role: TokenRole) -> Token:
+def authenticate(session: Session, secret: str, role: TokenRole | tuple[TokenRole, ...]) -> Token:
     token = session.scalar(select(Token).where(Token.token_hash == hash_secret(secret)))
     if token is None or token.revoked_at is not None:
         raise AuthError("invalid or revoked token")
-    if token.role != role:
-        raise AuthError(f"token is not a {role.value} token")
+    roles = role if isinstance(role, tuple) else (role,)
+    if token.role not in roles:
+        wanted = " or ".join(r.value for r in roles)
+        raise AuthError(f"token is not a {wanted} token")
     return token
+
+
+class NotPermitted(Exception):
+    """A valid token that does not cover what it asked for."""
+
+
+def check_project_scope(token: Token, project: str) -> None:
+    """Operators act on any project; a maintainer token only on the projects it names."""
+    if token.role == TokenRole.OPERATOR:
+        return
+    if project not in (token.projects or []):
+        raise NotPermitted(f"token {token.name} is not scoped to project {project}")
 
 
 def builder_for(session: Session, token: Token) -> Builder | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -9,11 +11,27 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.models import BuildJob, Project, Release
 from common.names import BadName, normalize_project, parse_version
+from common.states import ACTIVE_STATES
 from master.scheduler import PRIORITY_REBUILD, create_jobs
 
 
 class RebuildError(ValueError):
     """The request names something the farm does not know."""
+
+
+class UnknownProject(RebuildError):
+    """No such project in the farm."""
+
+
+@dataclass
+class RebuildOutcome:
+    """The jobs a request created, and those already waiting or running that it would
+    have duplicated (the requester is answered with those)."""
+
+    project: str
+    version: str
+    created: list[BuildJob]
+    existing: list[BuildJob]
 
 
 def request_rebuild(
@@ -23,7 +41,7 @@ def request_rebuild(
     version: str | None = None,
     arch: str | None = None,
     requested_by: str = "cli",
-) -> list[BuildJob]:
+) -> RebuildOutcome:
     try:
         name = normalize_project(project_name)
         wanted = parse_version(version) if version else None
@@ -31,7 +49,7 @@ def request_rebuild(
         raise RebuildError(str(exc)) from exc
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
-        raise RebuildError(f"unknown project: {name}")
+        raise UnknownProject(f"unknown project: {name}")
     releases = [r for r in project.releases if r.source_files]
     if wanted is not None:
         releases = [r for r in releases if Version(r.version) == wanted]
@@ -45,7 +63,7 @@ def request_rebuild(
         if arch not in targets:
             raise RebuildError(f"arch {arch} is not an enabled target")
         targets = {arch: targets[arch]}
-    return create_jobs(
+    created = create_jobs(
         session,
         release,
         release.source_files[0],
@@ -53,3 +71,15 @@ def request_rebuild(
         priority=PRIORITY_REBUILD,
         requested_by=requested_by,
     )
+    fresh = {job.id for job in created}
+    existing = session.scalars(
+        select(BuildJob)
+        .where(
+            BuildJob.release_id == release.id,
+            BuildJob.arch.in_(sorted(targets)),
+            BuildJob.state.in_(ACTIVE_STATES),
+            BuildJob.id.not_in(fresh) if fresh else BuildJob.id.is_not(None),
+        )
+        .order_by(BuildJob.id)
+    ).all()
+    return RebuildOutcome(name, release.version, created, list(existing))

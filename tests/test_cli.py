@@ -174,7 +174,14 @@ def test_tokens(farm: Farm) -> None:
     assert_usage_error(
         farm.run("token", "create", "b1", "--role", "operator"), "a token named 'b1' exists"
     )
-    assert farm.ok("token", "create", "m.1_x-y", "--role", "maintainer").startswith("aw_")
+    maintainer = ["token", "create", "m.1_x-y", "--role", "maintainer"]
+    assert_usage_error(farm.run(*maintainer), "a maintainer token needs at least one --project")
+    assert_usage_error(farm.run(*maintainer, "--project", "!!"), "invalid project name")
+    assert farm.ok(*maintainer, "--project", "Demo", "--project", "other").startswith("aw_")
+    assert_usage_error(
+        farm.run("token", "create", "op", "--role", "operator", "--project", "demo"),
+        "--project scopes maintainer tokens only",
+    )
     assert_usage_error(farm.run("token", "revoke", "ghost"), "no active token named 'ghost'")
     assert farm.ok("token", "revoke", "b1").strip() == "revoked b1"
     assert_usage_error(farm.run("token", "revoke", "b1"), "no active token named 'b1'")
@@ -195,7 +202,9 @@ def test_rebuild(farm: Farm) -> None:
     assert_usage_error(
         farm.run("rebuild", "demo", "--arch", "armv7l"), "arch armv7l is not an enabled target"
     )
-    assert farm.ok("rebuild", "Demo", "1.0").startswith("nothing to do")
+    answer = farm.ok("rebuild", "Demo", "1.0")
+    assert answer.startswith("job ") and "already pending: Demo aarch64 cp311" in answer
+    assert "nothing to do" in answer
     data = json.loads(farm.ok("status", "--json"))
     assert data["queues"]["aarch64"]["pending"] == 1
 

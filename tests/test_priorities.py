@@ -100,7 +100,7 @@ def ask_rebuild(factory: sessionmaker[Session], settings: Settings) -> int:
         _, _, [built] = add_release(session, settings, project="urgent")
         built.state = JobState.BUILT
     with transaction(factory) as session:
-        [job] = request_rebuild(session, settings, "urgent", requested_by="maintainer")
+        [job] = request_rebuild(session, settings, "urgent", requested_by="maintainer").created
         assert job.priority == PRIORITY_REBUILD
         return job.id
 

@@ -85,9 +85,12 @@ def test_rebuild_request(settings: Settings, factory: sessionmaker[Session]) -> 
         _, _, [newer] = add_release(session, settings, version="1.1")
         newer.state = JobState.BUILT
     with transaction(factory) as session:
-        [job] = request_rebuild(session, settings, "Demo")
+        [job] = request_rebuild(session, settings, "Demo").created
         assert job.priority == PRIORITY_REBUILD and job.release.version == "1.1"
-        assert request_rebuild(session, settings, "demo", "1.0") == []  # 1.0 still pending
+        again = request_rebuild(session, settings, "demo", "1.1")
+        assert again.created == [] and [j.id for j in again.existing] == [job.id]
+        pending = request_rebuild(session, settings, "demo", "1.0")  # 1.0 still pending
+        assert pending.created == [] and len(pending.existing) == 1
     for bad in [
         ("nope", None, None),
         ("demo", "9.9", None),
