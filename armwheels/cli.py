@@ -245,39 +245,78 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
-def cmd_skip_add(args: argparse.Namespace) -> int:
+def _operate(args: argparse.Namespace, action: Callable[[Session, str], str]) -> int:
+    """Run one operator action in a transaction as `cli:<user>`, audited; a refusal is a
+    usage error (exit 2, one line)."""
+    import getpass
+
     from common.db import make_sessionmaker, transaction
-    from master.skips import SkipRuleError, add_rule
+    from master.operations import Refused
 
     settings = _settings(args)
     engine = _engine(settings)
     try:
         with transaction(make_sessionmaker(engine)) as session:
-            rule, settled = add_rule(session, args.project, args.version, args.reason, "cli")
-            what = f"{rule.project} {rule.version or '(all releases)'}"
-    except SkipRuleError as exc:
-        raise UsageError(str(exc)) from exc
+            message = action(session, f"cli:{getpass.getuser()}")
+    except Refused as exc:
+        raise UsageError(exc.message) from exc
     finally:
         engine.dispose()
-    print(f"skipping {what}; {settled} waiting jobs skipped")
+    print(message)
     return 0
+
+
+def cmd_skip_add(args: argparse.Namespace) -> int:
+    from master import operations
+
+    def act(session: Session, actor: str) -> str:
+        rule, settled = operations.add_skip(
+            session, args.project, args.version, args.reason, actor, "operator"
+        )
+        what = f"{rule.project} {rule.version or '(all releases)'}"
+        return f"skipping {what}; {settled} waiting jobs skipped"
+
+    return _operate(args, act)
 
 
 def cmd_skip_remove(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker, transaction
-    from master.skips import SkipRuleError, remove_rule
+    from master import operations
 
-    settings = _settings(args)
-    engine = _engine(settings)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            remove_rule(session, args.project, args.version)
-    except SkipRuleError as exc:
-        raise UsageError(str(exc)) from exc
-    finally:
-        engine.dispose()
-    print(f"no longer skipping {args.project} {args.version or '(all releases)'}")
-    return 0
+    def act(session: Session, actor: str) -> str:
+        subject = operations.remove_skip(session, args.project, args.version, actor, "operator")
+        return f"no longer skipping {subject}"
+
+    return _operate(args, act)
+
+
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    from master import operations
+
+    def act(session: Session, actor: str) -> str:
+        job = operations.cancel_job(session, args.job_id, actor, "operator", args.reason)
+        return f"job {job.id} cancelled"
+
+    return _operate(args, act)
+
+
+def cmd_job_requeue(args: argparse.Namespace) -> int:
+    from master import operations
+
+    def act(session: Session, actor: str) -> str:
+        job = operations.requeue_job(session, args.job_id, actor, "operator", args.reason)
+        return f"job {job.id} pending again"
+
+    return _operate(args, act)
+
+
+def cmd_wheel_remove(args: argparse.Namespace) -> int:
+    from master import operations
+
+    def act(session: Session, actor: str) -> str:
+        operations.remove_wheel(session, args.filename, actor, "operator", args.reason)
+        return f"{args.filename} removed from the index"
+
+    return _operate(args, act)
 
 
 def cmd_skip_list(args: argparse.Namespace) -> int:
@@ -594,6 +633,24 @@ def build_parser() -> argparse.ArgumentParser:
     skip_list = skip_sub.add_parser("list", parents=[common], help="show the skip list")
     skip_list.add_argument("--json", action="store_true")
     skip_list.set_defaults(func=cmd_skip_list)
+
+    job = sub.add_parser("job", help="cancel or re-queue a job", parents=[common])
+    job_sub = job.add_subparsers(dest="job_command", required=True, parser_class=_Parser)
+    for verb, func, text in (
+        ("cancel", cmd_job_cancel, "stop a waiting or running job"),
+        ("requeue", cmd_job_requeue, "put a failed or skipped job back in line"),
+    ):
+        action = job_sub.add_parser(verb, parents=[common], help=text)
+        action.add_argument("job_id", type=_positive, metavar="JOB")
+        action.add_argument("--reason", required=True)
+        action.set_defaults(func=func)
+
+    wheel = sub.add_parser("wheel", help="wheels in the index", parents=[common])
+    wheel_sub = wheel.add_subparsers(dest="wheel_command", required=True, parser_class=_Parser)
+    remove = wheel_sub.add_parser("remove", parents=[common], help="take a wheel out of the index")
+    remove.add_argument("filename", metavar="FILENAME")
+    remove.add_argument("--reason", required=True)
+    remove.set_defaults(func=cmd_wheel_remove)
 
     db = sub.add_parser("db", help="database schema", parents=[common])
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)

@@ -53,6 +53,7 @@ class SkipReason(StrEnum):
     PURE_PYTHON_UPSTREAM = "pure-python-upstream"
     REMOVED_UPSTREAM = "removed-upstream"
     YANKED_UPSTREAM = "yanked-upstream"
+    CANCELLED = "cancelled"  # an operator cancelled the job (audit log says who and why)
 
 
 class TokenRole(StrEnum):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
@@ -15,7 +14,6 @@ from fastapi import (
     FastAPI,
     File,
     Form,
-    Header,
     HTTPException,
     Query,
     Request,
@@ -29,20 +27,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config import Settings
-from common.models import Builder, BuildJob, OutputFile, Project, Release, Token, utcnow
+from common.models import Builder, BuildJob, OutputFile, Project, Release, utcnow
 from common.names import BadName, normalize_project
 from common.recipes import Recipe, RecipeBook
 from common.states import ARCHES, FailureReason, JobState, TokenRole
 from common.wheels import BadWheel, parse_name
 from master import audit, index, status
-from master.auth import (
-    AuthError,
-    NotPermitted,
-    authenticate,
-    builder_for,
-    check_project_scope,
-    token_from_header,
-)
+from master.api_deps import DB, AuthHeader, token_with_role
+from master.auth import NotPermitted, builder_for, check_project_scope
 from master.live_logs import (
     MAX_CHUNK_BYTES,
     LiveLogs,
@@ -52,6 +44,7 @@ from master.live_logs import (
     live_caps,
 )
 from master.metrics import render_metrics
+from master.operator_api import router as operator_router
 from master.rebuild import RebuildError, UnknownProject, request_rebuild
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
@@ -107,25 +100,8 @@ class JobSpec(BaseModel):
     recipe: Recipe | None = None
 
 
-def _session(request: Request) -> Iterator[Session]:
-    factory: sessionmaker[Session] = request.app.state.factory
-    with factory() as db:
-        yield db
-
-
-DB = Annotated[Session, Depends(_session)]
-AuthHeader = Annotated[str | None, Header(alias="Authorization")]
-
-
-def _builder_token(db: Session, authorization: str | None) -> Token:
-    try:
-        return authenticate(db, token_from_header(authorization), TokenRole.BUILDER)
-    except AuthError as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
-
-
 def _current_builder(db: DB, authorization: AuthHeader = None) -> Builder:
-    found = builder_for(db, _builder_token(db, authorization))
+    found = builder_for(db, token_with_role(db, authorization, TokenRole.BUILDER))
     if found is None:
         raise HTTPException(409, "builder is not registered")
     return found
@@ -202,6 +178,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     recipes = RecipeBook(settings.master.recipes)
     static = StaticIndex(settings.master.data_dir) if settings.index.static else None
     app.state.factory = factory
+    app.include_router(operator_router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -219,7 +196,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
 
     @app.post("/api/v1/builders/register")
     def register(reg: Registration, db: DB, authorization: AuthHeader = None) -> dict[str, Any]:
-        token = _builder_token(db, authorization)
+        token = token_with_role(db, authorization, TokenRole.BUILDER)
         found = builder_for(db, token)
         if found is None:
             found = Builder(name=token.name, token_id=token.id, arch=reg.arch, backend=reg.backend)
@@ -432,12 +409,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     ) -> dict[str, Any]:
         """A maintainer (for a project its token names) or an operator asks for a release
         to be built again. A request duplicating waiting jobs is answered with them."""
-        try:
-            token = authenticate(
-                db, token_from_header(authorization), (TokenRole.MAINTAINER, TokenRole.OPERATOR)
-            )
-        except AuthError as exc:
-            raise HTTPException(401, str(exc)) from exc
+        token = token_with_role(db, authorization, TokenRole.MAINTAINER, TokenRole.OPERATOR)
         try:
             normal = normalize_project(name)
             check_project_scope(token, normal)

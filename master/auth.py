@@ -32,7 +32,8 @@ def authenticate(session: Session, secret: str, role: TokenRole | tuple[TokenRol
     roles = role if isinstance(role, tuple) else (role,)
     if token.role not in roles:
         wanted = " or ".join(r.value for r in roles)
-        raise AuthError(f"token is not a {wanted} token")
+        article = "an" if wanted[0] in "aeiou" else "a"
+        raise AuthError(f"token is not {article} {wanted} token")
     return token
 
 

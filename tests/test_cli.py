@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from common.config import load_settings
 from common.db import make_engine, make_sessionmaker, transaction
-from tests.seed import add_release
+from common.models import AuditEvent
+from tests.seed import add_release, publish_wheel
 
 SCRIPT = Path(sys.executable).with_name("armwheels")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "armwheels"]
@@ -302,3 +304,42 @@ def test_import_backfills_at_low_priority(farm: Farm) -> None:
             assert priorities and set(priorities) == {PRIORITY_BACKFILL}
     finally:
         engine.dispose()
+
+
+def test_operator_actions_on_jobs_and_wheels_are_audited(farm: Farm) -> None:
+    farm.upgraded()
+    settings = load_settings(None, master={"data_dir": farm.data})
+    engine = make_engine(settings.database.url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            _, _, [job] = add_release(session, settings, "demo", "1.0")
+            wheel = publish_wheel(session, settings, "other").filename
+            job_id = job.id
+    finally:
+        engine.dispose()
+    assert farm.ok("job", "cancel", str(job_id), "--reason", "loops").strip() == (
+        f"job {job_id} cancelled"
+    )
+    assert_usage_error(farm.run("job", "cancel", str(job_id), "--reason", "x"), "nothing to cancel")
+    assert farm.ok("job", "requeue", str(job_id), "--reason", "fixed").strip() == (
+        f"job {job_id} pending again"
+    )
+    assert_usage_error(farm.run("job", "requeue", "999999", "--reason", "x"), "no job 999999")
+    assert_usage_error(farm.run("job", "cancel", "abc", "--reason", "x"), "not a positive number")
+    assert_usage_error(farm.run("job", "cancel", str(job_id)), "required", "--reason")
+    assert farm.ok("wheel", "remove", wheel, "--reason", "bad").strip() == (
+        f"{wheel} removed from the index"
+    )
+    assert_usage_error(farm.run("wheel", "remove", wheel, "--reason", "x"), "already out of")
+    engine = make_engine(settings.database.url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+            logged = [(e.actor.startswith("cli:"), e.action, e.subject) for e in events]
+    finally:
+        engine.dispose()
+    assert logged == [
+        (True, "cancel", f"job {job_id}"),
+        (True, "requeue", f"job {job_id}"),
+        (True, "remove-wheel", wheel),
+    ]

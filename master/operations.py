@@ -1,0 +1,101 @@
+"""Operator actions on jobs, wheels and the skip list, shared by the HTTP API and the
+command line. Each checks its input, acts, and records itself in the audit log in the
+caller's transaction; a refusal says why with the HTTP status it maps to."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from common.models import BuildJob, OutputFile, SkipRule
+from common.states import ACTIVE_STATES, JobState, SkipReason
+from master import audit, skips
+
+
+class Refused(Exception):
+    """An action that cannot be done, with the HTTP status it answers."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _job(session: Session, job_id: int) -> BuildJob:
+    job = session.get(BuildJob, job_id, with_for_update=True)
+    if job is None:
+        raise Refused(404, f"no job {job_id}")
+    return job
+
+
+def cancel_job(session: Session, job_id: int, actor: str, role: str, reason: str) -> BuildJob:
+    """A waiting or running job stops being built. A builder still running it is refused
+    when it reports, since the job is no longer assigned to it."""
+    job = _job(session, job_id)
+    if job.state not in ACTIVE_STATES:
+        raise Refused(409, f"job {job_id} is {job.state.value}: nothing to cancel")
+    was = job.state.value
+    if job.builder is not None and job.builder.current_job_id == job.id:
+        job.builder.current_job_id = None
+    job.state, job.skip_reason = JobState.SKIPPED, SkipReason.CANCELLED
+    job.summary = f"cancelled by {actor}: {reason}"[:2000]
+    job.builder_id, job.finished_at = None, datetime.now(UTC)
+    audit.record(session, actor, role, "cancel", f"job {job_id}", was=was, reason=reason)
+    return job
+
+
+def requeue_job(session: Session, job_id: int, actor: str, role: str, reason: str) -> BuildJob:
+    """A failed or skipped job waits again with fresh attempts (a built one is rebuilt
+    with a rebuild request instead, which keeps its history)."""
+    job = _job(session, job_id)
+    if job.state not in (JobState.FAILED, JobState.SKIPPED):
+        raise Refused(409, f"job {job_id} is {job.state.value}: only failed or skipped")
+    was = job.state.value
+    job.state, job.attempts = JobState.PENDING, 0
+    job.failure_reason = job.skip_reason = None
+    job.builder_id = job.started_at = job.queued_at = job.finished_at = None
+    job.summary = f"requeued by {actor}: {reason}"[:2000]
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise Refused(409, "another job for that target is waiting or running") from exc
+    audit.record(session, actor, role, "requeue", f"job {job_id}", was=was, reason=reason)
+    return job
+
+
+def remove_wheel(session: Session, filename: str, actor: str, role: str, reason: str) -> None:
+    """Take a wheel out of the index (file and row stay, for the record): the pages and
+    the static copy drop it, and pip no longer sees it."""
+    output = session.scalar(select(OutputFile).where(OutputFile.filename == filename))
+    if output is None:
+        raise Refused(404, f"no wheel {filename}")
+    if not output.published:
+        raise Refused(409, f"{filename} is already out of the index")
+    output.published = False
+    audit.record(session, actor, role, "remove-wheel", filename, reason=reason)
+
+
+def add_skip(
+    session: Session, project: str, version: str | None, reason: str, actor: str, role: str
+) -> tuple[SkipRule, int]:
+    try:
+        rule, settled = skips.add_rule(session, project, version, reason, actor)
+    except skips.SkipRuleError as exc:
+        raise Refused(409 if "already" in str(exc) else 400, str(exc)) from exc
+    subject = f"{rule.project} {rule.version or '(all releases)'}"
+    audit.record(session, actor, role, "skip", subject, reason=rule.reason, jobs_skipped=settled)
+    return rule, settled
+
+
+def remove_skip(session: Session, project: str, version: str | None, actor: str, role: str) -> str:
+    try:
+        skips.remove_rule(session, project, version)
+    except skips.SkipRuleError as exc:
+        raise Refused(404 if "not on the skip list" in str(exc) else 400, str(exc)) from exc
+    subject = f"{project} {version or '(all releases)'}"
+    audit.record(session, actor, role, "unskip", subject)
+    return subject
