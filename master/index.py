@@ -255,13 +255,13 @@ def render_root_html(names: list[str]) -> str:
 
 
 def published_projects(session: Session) -> list[str]:
-    return list(
+    """Names in code-point order (the static copy's order, whatever the collation)."""
+    return sorted(
         session.scalars(
             select(Project.name)
             .join(Release, Release.project_id == Project.id)
             .join(OutputFile, OutputFile.release_id == Release.id)
             .where(*SERVED)
             .distinct()
-            .order_by(Project.name)
         )
     )

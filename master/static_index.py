@@ -17,6 +17,7 @@ half of one.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import logging
@@ -113,8 +114,7 @@ class StaticIndex:
                 elif not files and was_listed:
                     left.add(project.name)
             if joined or left:
-                names = (set(self._listed_names()) | joined) - left
-                self._write_root(sorted(names), report)
+                self._write_root(_updated(self._listed_names(), joined, left), report)
             self._write_serial(report.serial, report)
         log.info(
             "static index updated",
@@ -165,6 +165,7 @@ class StaticIndex:
                     shutil.rmtree(stale, ignore_errors=True)
                     report.files_removed += 2
         os.sync()  # every page on disk before the serial says the tree is complete
+        names.sort()  # code-point order, as updates keep it (not the database's collation)
         self._write_root(names, report)
         self._write_serial(serial, report)
         log.info(
@@ -244,6 +245,20 @@ class StaticIndex:
                 except OSError:
                     shutil.copy2(source, destination)
                 report.files_linked += 1
+
+
+def _updated(names: list[str], joined: set[str], left: set[str]) -> list[str]:
+    """The sorted project list with a few names added and removed, without re-sorting
+    a hundred thousand (the list is in sorted order already)."""
+    for name in sorted(joined):
+        at = bisect.bisect_left(names, name)
+        if at == len(names) or names[at] != name:
+            names.insert(at, name)
+    for name in left:
+        at = bisect.bisect_left(names, name)
+        if at < len(names) and names[at] == name:
+            del names[at]
+    return names
 
 
 def _write_atomic(path: Path, content: str, durable: bool = True) -> None:

@@ -203,3 +203,26 @@ def test_the_master_keeps_the_static_tree_current_on_publish(
     listed = client.get("/simple/", headers=JSON_ACCEPT).json()["projects"]
     assert listed == [{"name": "alpha"}]
     assert (static.simple / "alpha" / "index.json").exists()
+
+
+def test_project_list_order_is_the_same_however_it_was_built(
+    settings: Settings, factory: sessionmaker[Session], static: StaticIndex, tmp_path: Path
+) -> None:
+    """Names a database collation may order differently from code points (digits, dashes):
+    the list written by updates equals the one a full regeneration writes."""
+    with transaction(factory) as session:
+        for name in ("p-10", "p1", "p-2"):
+            publish_wheel(session, settings, name)
+    with factory() as session:
+        static.sync(session)
+    with transaction(factory) as session:
+        for name in ("p-1", "p10", "p-9"):
+            publish_wheel(session, settings, name)
+    with factory() as session:
+        assert static.sync(session).root_rewritten
+        fresh = StaticIndex(tmp_path / "fresh")
+        fresh.regenerate(session)
+    listed = json.loads((static.simple / "index.json").read_text())["projects"]
+    assert [entry["name"] for entry in listed] == sorted(["p-10", "p1", "p-2", "p-1", "p10", "p-9"])
+    assert (static.simple / "index.json").read_bytes() == (fresh.simple / "index.json").read_bytes()
+    assert (static.simple / "index.html").read_bytes() == (fresh.simple / "index.html").read_bytes()
