@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from common.models import IndexChange, Project
 from master import index
 from master.index import IndexFile
+from master.storage import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class StaticIndex:
         _write_atomic(folder / HTML_PAGE, index.render_project_html(name, files, serial), durable)
         _write_atomic(folder / JSON_PAGE, index.render_project_json(name, files, serial), durable)
         if durable:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         report.files_written += 2
 
     def _write_root(self, names: list[str], report: SyncReport) -> None:
@@ -212,7 +213,7 @@ class StaticIndex:
 
     def _write_serial(self, serial: int, report: SyncReport) -> None:
         _write_atomic(self.simple / SERIAL_FILE, f"{serial}\n")
-        _fsync_dir(self.simple)
+        fsync_dir(self.simple)
         report.files_written += 1
 
     def _listed_names(self) -> list[str]:
@@ -276,11 +277,3 @@ def _write_atomic(path: Path, content: str, durable: bool = True) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

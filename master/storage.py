@@ -122,7 +122,7 @@ class Storage:
     def publish(self, spooled: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         spooled.replace(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def write_bytes(self, target: Path, data: bytes) -> None:
         handle, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
@@ -161,7 +161,7 @@ class Storage:
         self.tmp.mkdir(parents=True, exist_ok=True)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

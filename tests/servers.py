@@ -45,9 +45,13 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
 
 
 @contextmanager
-def pypiserver(packages: Path) -> Iterator[str]:
-    """pypiserver on a free loopback port serving `packages`; yields its /simple/ URL."""
-    port = free_port()
+def pypiserver(
+    packages: Path, htpasswd: Path | None = None, port: int | None = None
+) -> Iterator[str]:
+    """pypiserver on a loopback port serving `packages`; yields its /simple/ URL. With
+    `htpasswd`, uploads are allowed to its users (and only to them)."""
+    port = port or free_port()
+    auth = ["-a", "update", "-P", str(htpasswd)] if htpasswd else ["-a", ".", "-P", "."]
     process = subprocess.Popen(
         [
             sys.executable,
@@ -58,10 +62,7 @@ def pypiserver(packages: Path) -> Iterator[str]:
             str(port),
             "-i",
             "127.0.0.1",
-            "-a",
-            ".",
-            "-P",
-            ".",
+            *auth,
             "--hash-algo",
             "sha256",
             "--disable-fallback",

@@ -27,7 +27,7 @@ from master.pushes import PushRound, push_due, simple_url, upload_fields
 from master.storage import Storage
 from master.uploads import accept_wheel
 from tests.seed import add_release
-from tests.servers import clean_pip_env, free_port, stop_process, wait_until
+from tests.servers import clean_pip_env, free_port, pypiserver
 from tests.test_cli import COMMAND, assert_usage_error
 from tests.test_clients import AARCH64, PIP_TARGET, real_wheel
 
@@ -53,46 +53,12 @@ def htpasswd(tmp_path: Path) -> Path:
     return path
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @contextmanager
 def upload_server(packages: Path, htpasswd: Path, port: int | None = None) -> Iterator[str]:
     """pypiserver on loopback where uploads need USER/PASSWORD; yields its upload URL."""
-    port = port or free_port()
     packages.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pypiserver",
-            "run",
-            "-p",
-            str(port),
-            "-i",
-            "127.0.0.1",
-            "-a",
-            "update",
-            "-P",
-            str(htpasswd),
-            "--hash-algo",
-            "sha256",
-            "--disable-fallback",
-            str(packages),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until(lambda: _answers(url + "simple/"), 30, "pypiserver")
-        yield url
-    finally:
-        stop_process(process, 10)
+    with pypiserver(packages, htpasswd, port) as simple:
+        yield simple.removesuffix("simple/")
 
 
 def target(name: str, url: str, password: str = PASSWORD, **more: object) -> PushTarget:
