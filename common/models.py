@@ -161,6 +161,9 @@ class BuildJob(Base):
             postgresql_where=text(ACTIVE_SQL),
         ),
         Index("ix_build_jobs_state_arch", "state", "arch"),
+        # The dashboard's latest builds and failures, and its throughput ranges.
+        Index("ix_build_jobs_finished_at", "finished_at"),
+        Index("ix_build_jobs_state_finished_at", "state", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import Token
@@ -21,6 +21,8 @@ def _session(request: Request) -> Iterator[Session]:
 
 
 DB = Annotated[Session, Depends(_session)]
+# Job ids are 32-bit integers in the database: larger ones are refused as input.
+JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 AuthHeader = Annotated[str | None, Header(alias="Authorization")]
 
 

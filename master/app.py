@@ -1,11 +1,10 @@
-"""The master's HTTP server: builder API, Simple index, files, logs and status page."""
+"""The master's HTTP server: builder API, Simple index, files and logs (dashboard: dashboard.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
-from html import escape
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,21 +19,24 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from common.config import Settings
 from common.models import Builder, BuildJob, OutputFile, Project, Release, utcnow
 from common.names import BadName, normalize_project
 from common.recipes import Recipe, RecipeBook
-from common.states import ARCHES, FailureReason, JobState, TokenRole
+from common.states import FailureReason, JobState, TokenRole
 from common.wheels import BadWheel, parse_name
 from master import audit, index, status
-from master.api_deps import DB, AuthHeader, token_with_role
+from master.api_deps import DB, AuthHeader, JobId, token_with_role
 from master.auth import NotPermitted, builder_for, check_project_scope
+from master.dashboard import STATIC_DIR
+from master.dashboard import router as dashboard_router
 from master.live_logs import (
     MAX_CHUNK_BYTES,
     LiveLogs,
@@ -178,7 +180,10 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     recipes = RecipeBook(settings.master.recipes)
     static = StaticIndex(settings.master.data_dir) if settings.index.static else None
     app.state.factory = factory
+    app.state.settings = settings  # the dashboard's pages read it
     app.include_router(operator_router)
+    app.include_router(dashboard_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -249,7 +254,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         return {"ok": True, "handed_back": [job_id for job_id, _ in stale]}
 
     @app.post("/api/v1/jobs/{job_id}/claim")
-    def claim(job_id: int, me: CurrentBuilder, db: DB) -> JobSpec:
+    def claim(job_id: JobId, me: CurrentBuilder, db: DB) -> JobSpec:
         job = db.get(BuildJob, job_id, with_for_update=True)
         if job is None:
             raise HTTPException(404, "no such job")
@@ -284,7 +289,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         )
 
     @app.post("/api/v1/jobs/{job_id}/release")
-    def release(job_id: int, me: CurrentBuilder, db: DB) -> dict[str, Any]:
+    def release(job_id: JobId, me: CurrentBuilder, db: DB) -> dict[str, Any]:
         """A stopping builder hands its job back: pending again, the attempt not counted."""
         try:
             job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
@@ -298,7 +303,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
 
     @app.post("/api/v1/jobs/{job_id}/log")
     def append_log(
-        job_id: int,
+        job_id: JobId,
         me: CurrentBuilder,
         db: DB,
         chunk: LogChunk,
@@ -334,7 +339,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
 
     @app.post("/api/v1/jobs/{job_id}/result")
     def result(
-        job_id: int,
+        job_id: JobId,
         me: CurrentBuilder,
         db: DB,
         request: Request,
@@ -469,7 +474,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         }
 
     @app.get("/api/v1/jobs/{job_id}")
-    def job_detail(job_id: int, db: DB) -> dict[str, Any]:
+    def job_detail(job_id: JobId, db: DB) -> dict[str, Any]:
         job = db.get(BuildJob, job_id)
         if job is None:
             raise HTTPException(404, "no such job")
@@ -501,7 +506,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         }
 
     @app.get("/api/v1/jobs/{job_id}/log")
-    def job_log(job_id: int, db: DB, offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+    def job_log(job_id: JobId, db: DB, offset: Annotated[int, Query(ge=0)] = 0) -> Response:
         """The log from byte `offset` on, for a dashboard tailing a build: the live log while
         the job is building, the final one after. `X-Log-Total` is the offset to ask for
         next; `X-Log-Id` changes when another attempt or the final log replaces the log
@@ -548,7 +553,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         return status.collect(db)
 
     @app.get("/logs/{job_id}")
-    def build_log(job_id: int, db: DB) -> Response:
+    def build_log(job_id: JobId, db: DB) -> Response:
         """The whole log: live while the job is building, the final one afterwards."""
         job = db.get(BuildJob, job_id)
         view = None if job is None else _current_log(job, db, 0)[0]
@@ -655,45 +660,4 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         body, content_type = render_metrics(factory, settings)
         return Response(body, media_type=content_type)
 
-    @app.get("/", response_class=HTMLResponse)
-    def home(db: DB) -> HTMLResponse:
-        return HTMLResponse(render_status_page(status.collect(db)))
-
     return app
-
-
-def render_status_page(data: dict[str, Any]) -> str:
-    """A minimal server-rendered overview; the full dashboard comes later."""
-    rows = []
-    for arch in ARCHES:
-        counts = data["queues"].get(arch, {})
-        rows.append(
-            f"<tr><td>{arch}</td>"
-            + "".join(f"<td>{counts.get(s.value, 0)}</td>" for s in JobState)
-            + "</tr>"
-        )
-    builders = "".join(
-        f"<tr><td>{escape(b['name'])}</td><td>{b['arch']}</td><td>{b['state']}</td>"
-        f"<td>{b['current_job'] or ''}</td></tr>"
-        for b in data["builders"]
-    )
-    recent = "".join(
-        f"<tr><td><a href='/api/v1/jobs/{r['job']}'>{r['job']}</a></td>"
-        f"<td>{escape(r['project'])} {escape(r['version'])}</td><td>{r['arch']}</td>"
-        f"<td>{r['state']}</td><td>{escape(r['reason'] or '')}</td>"
-        f"<td>{escape((r['summary'] or '')[:120])}</td></tr>"
-        for r in data["recent"]
-    )
-    head = "".join(f"<th>{s.value}</th>" for s in JobState)
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>armwheels</title>"
-        "<meta http-equiv='refresh' content='30'></head><body>"
-        f"<h1>armwheels</h1><p>{now} &middot; <a href='/simple/'>index</a></p>"
-        f"<h2>Queues</h2><table border=1><tr><th>arch</th>{head}</tr>{''.join(rows)}</table>"
-        "<h2>Builders</h2><table border=1><tr><th>name</th><th>arch</th><th>state</th>"
-        f"<th>job</th></tr>{builders}</table>"
-        "<h2>Recent outcomes</h2><table border=1><tr><th>job</th><th>release</th>"
-        f"<th>arch</th><th>state</th><th>reason</th><th>summary</th></tr>{recent}</table>"
-        "</body></html>"
-    )

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.models import BuildJob
 from master import audit, operations, skips
-from master.api_deps import DB, OperatorToken
+from master.api_deps import DB, JobId, OperatorToken
 
 router = APIRouter(prefix="/api/v1", tags=["operators"])
 
@@ -92,14 +92,14 @@ def remove_skip(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: int, body: ReasonBody, db: DB, token: OperatorToken) -> dict[str, Any]:
+def cancel_job(job_id: JobId, body: ReasonBody, db: DB, token: OperatorToken) -> dict[str, Any]:
     with _answer(db):
         job = operations.cancel_job(db, job_id, token.name, token.role.value, body.reason)
     return _job_summary(job)
 
 
 @router.post("/jobs/{job_id}/requeue")
-def requeue_job(job_id: int, body: ReasonBody, db: DB, token: OperatorToken) -> dict[str, Any]:
+def requeue_job(job_id: JobId, body: ReasonBody, db: DB, token: OperatorToken) -> dict[str, Any]:
     with _answer(db):
         job = operations.requeue_job(db, job_id, token.name, token.role.value, body.reason)
     return _job_summary(job)

@@ -9,17 +9,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from common.config import Settings, load_settings
@@ -31,7 +28,7 @@ from master.feed import apply_events
 from master.index import JSON_TYPE
 from master.journal import JournalEvent, parse_entry
 from tests.seed import add_release
-from tests.servers import clean_pip_env, free_port, wait_until
+from tests.servers import clean_pip_env, serve_app
 
 # What pip (and uv) send: JSON first, HTML as a fallback (PEP 691).
 PIP_ACCEPT = (
@@ -83,23 +80,6 @@ def real_wheel(filename: str, requires_python: str) -> bytes:
             archive.writestr(path, data)
         archive.writestr(f"{dist_info}/RECORD", record)
     return buffer.getvalue()
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """The app under uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 15, "uvicorn", step=0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 @dataclass
@@ -187,7 +167,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
     assert len(jobs) == 2 * len(RELEASES)
     wheels: dict[str, bytes] = {}
     recorder = Recorder(create_app(settings, factory))
-    with serve(recorder) as url, httpx.Client(base_url=url) as client:
+    with serve_app(recorder) as url, httpx.Client(base_url=url) as client:
         for arch, token in tokens.items():
             answer = client.post(
                 "/api/v1/builders/register",
