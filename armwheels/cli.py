@@ -348,67 +348,23 @@ def cmd_skip_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    import getpass
+    from master import operations
 
-    from sqlalchemy.exc import IntegrityError
+    def act(session: Session, actor: str) -> str:
+        role = TokenRole(args.role)
+        return operations.create_token(session, args.name, role, args.projects, actor, "operator")
 
-    from common.db import make_sessionmaker, transaction
-    from common.names import BadName, normalize_project
-    from master import audit
-    from master.auth import create_token
-
-    role = TokenRole(args.role)
-    projects: list[str] | None = None
-    if args.projects:
-        if role != TokenRole.MAINTAINER:
-            raise UsageError("--project scopes maintainer tokens only")
-        try:
-            projects = sorted({normalize_project(name) for name in args.projects})
-        except BadName as exc:
-            raise UsageError(str(exc)) from exc
-    elif role == TokenRole.MAINTAINER:
-        raise UsageError("a maintainer token needs at least one --project")
-    settings = _settings(args)
-    engine = _engine(settings)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            secret = create_token(session, args.name, role, projects)
-            audit.record(
-                session,
-                f"cli:{getpass.getuser()}",
-                "operator",
-                "token-create",
-                args.name,
-                token_role=role.value,
-                projects=projects,
-            )
-    except IntegrityError as exc:
-        raise UsageError(f"a token named {args.name!r} exists") from exc
-    finally:
-        engine.dispose()
-    print(secret)
-    return 0
+    return _operate(args, act)
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    import getpass
+    from master import operations
 
-    from common.db import make_sessionmaker, transaction
-    from master import audit
-    from master.auth import revoke_token
+    def act(session: Session, actor: str) -> str:
+        operations.revoke_token(session, args.name, actor, "operator")
+        return f"revoked {args.name}"
 
-    settings = _settings(args)
-    engine = _engine(settings)
-    with transaction(make_sessionmaker(engine)) as session:
-        done = revoke_token(session, args.name)
-        if done:
-            actor = f"cli:{getpass.getuser()}"
-            audit.record(session, actor, "operator", "token-revoke", args.name)
-    engine.dispose()
-    if not done:
-        raise UsageError(f"no active token named {args.name!r}")
-    print(f"revoked {args.name}")
-    return 0
+    return _operate(args, act)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:

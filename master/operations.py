@@ -1,4 +1,4 @@
-"""Operator actions on jobs, wheels and the skip list, shared by the HTTP API and the
+"""Operator actions on jobs, wheels, tokens and the skip list, shared by the HTTP API and the
 command line. Each checks its input, acts, and records itself in the audit log in the
 caller's transaction; a refusal says why with the HTTP status it maps to."""
 
@@ -10,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common.models import BuildJob, OutputFile, SkipRule
-from common.states import ACTIVE_STATES, JobState, SkipReason
-from master import audit, skips
+from common.models import BuildJob, OutputFile, SkipRule, Token
+from common.names import BadName, normalize_project
+from common.states import ACTIVE_STATES, JobState, SkipReason, TokenRole
+from master import audit, auth, skips
 
 
 class Refused(Exception):
@@ -99,3 +100,42 @@ def remove_skip(session: Session, project: str, version: str | None, actor: str,
     subject = f"{project} {version or '(all releases)'}"
     audit.record(session, actor, role, "unskip", subject)
     return subject
+
+
+def token_projects(role: TokenRole, projects: list[str] | None) -> list[str] | None:
+    """A maintainer token names the projects it may act on; other roles name none."""
+    if projects:
+        if role != TokenRole.MAINTAINER:
+            raise Refused(400, "projects scope maintainer tokens only")
+        try:
+            return sorted({normalize_project(name) for name in projects})
+        except BadName as exc:
+            raise Refused(400, str(exc)) from exc
+    if role == TokenRole.MAINTAINER:
+        raise Refused(400, "a maintainer token needs at least one project")
+    return None
+
+
+def create_token(
+    session: Session,
+    name: str,
+    role: TokenRole,
+    projects: list[str] | None,
+    actor: str,
+    actor_role: str,
+) -> str:
+    """A new token; returns its secret, shown once and stored only as a hash."""
+    scope = token_projects(role, projects)
+    if session.scalar(select(Token.id).where(Token.name == name)) is not None:
+        raise Refused(409, f"a token named {name!r} exists")
+    secret = auth.create_token(session, name, role, scope)
+    audit.record(
+        session, actor, actor_role, "token-create", name, token_role=role.value, projects=scope
+    )
+    return secret
+
+
+def revoke_token(session: Session, name: str, actor: str, actor_role: str) -> None:
+    if not auth.revoke_token(session, name):
+        raise Refused(404, f"no active token named {name!r}")
+    audit.record(session, actor, actor_role, "token-revoke", name)

@@ -10,9 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.models import BuildJob
+from common.models import BuildJob, Token
+from common.states import TokenRole
 from master import audit, operations, skips
 from master.api_deps import DB, JobId, OperatorToken
 
@@ -115,6 +117,51 @@ def remove_wheel(
     with _answer(db):
         operations.remove_wheel(db, filename, token.name, token.role.value, reason)
     return {"removed": filename}
+
+
+class TokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    role: TokenRole
+    projects: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=1000
+    )
+
+
+@router.get("/tokens")
+def list_tokens(db: DB, _token: OperatorToken) -> dict[str, Any]:
+    """Names, roles and scopes; never secrets (only their hashes are stored)."""
+    tokens = db.scalars(select(Token).order_by(Token.name)).all()
+    return {
+        "tokens": [
+            {
+                "name": token.name,
+                "role": token.role.value,
+                "projects": token.projects,
+                "created_at": token.created_at.isoformat(),
+                "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+            }
+            for token in tokens
+        ]
+    }
+
+
+@router.post("/tokens", status_code=201)
+def create_token(body: TokenBody, db: DB, token: OperatorToken) -> dict[str, Any]:
+    """The secret is in this answer only."""
+    with _answer(db):
+        secret = operations.create_token(
+            db, body.name, body.role, body.projects, token.name, token.role.value
+        )
+    return {"name": body.name, "role": body.role.value, "secret": secret}
+
+
+@router.delete("/tokens/{name}")
+def revoke_token(name: str, db: DB, token: OperatorToken) -> dict[str, Any]:
+    with _answer(db):
+        operations.revoke_token(db, name, token.name, token.role.value)
+    return {"revoked": name}
 
 
 @router.get("/audit")

@@ -177,12 +177,12 @@ def test_tokens(farm: Farm) -> None:
         farm.run("token", "create", "b1", "--role", "operator"), "a token named 'b1' exists"
     )
     maintainer = ["token", "create", "m.1_x-y", "--role", "maintainer"]
-    assert_usage_error(farm.run(*maintainer), "a maintainer token needs at least one --project")
+    assert_usage_error(farm.run(*maintainer), "a maintainer token needs at least one project")
     assert_usage_error(farm.run(*maintainer, "--project", "!!"), "invalid project name")
     assert farm.ok(*maintainer, "--project", "Demo", "--project", "other").startswith("aw_")
     assert_usage_error(
         farm.run("token", "create", "op", "--role", "operator", "--project", "demo"),
-        "--project scopes maintainer tokens only",
+        "projects scope maintainer tokens only",
     )
     assert_usage_error(farm.run("token", "revoke", "ghost"), "no active token named 'ghost'")
     assert farm.ok("token", "revoke", "b1").strip() == "revoked b1"

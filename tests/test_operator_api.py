@@ -210,3 +210,51 @@ def test_without_a_token_nothing_happens(farm: Farm) -> None:
     assert answer.status_code == 401
     assert answer.json() == {"error": "missing Authorization header"}
     assert farm.client.get("/api/v1/audit").status_code == 401
+
+
+def test_tokens_over_http(farm: Farm) -> None:
+    created = farm.client.post(
+        "/api/v1/tokens",
+        headers=farm.operator,
+        json={"name": "bob", "role": "maintainer", "projects": ["Demo", "slow"]},
+    )
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    assert secret.startswith("aw_") and created.json()["role"] == "maintainer"
+    listed = farm.client.get("/api/v1/tokens", headers=farm.operator).json()["tokens"]
+    bob = next(token for token in listed if token["name"] == "bob")
+    assert bob["projects"] == ["demo", "slow"] and bob["revoked_at"] is None
+    assert all("secret" not in token and "token_hash" not in token for token in listed)
+    # The new token works, for its projects only.
+    rebuild = farm.client.post(
+        "/api/v1/projects/slow/rebuild", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert rebuild.status_code == 202
+    revoked = farm.client.delete("/api/v1/tokens/bob", headers=farm.operator)
+    assert revoked.status_code == 200
+    refused = farm.client.post(
+        "/api/v1/projects/slow/rebuild", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+    actions = [(e["action"], e["subject"]) for e in farm.audit()]
+    assert actions[:2] == [("token-revoke", "bob"), ("rebuild", "slow 2.0")]
+    assert ("token-create", "bob") in actions
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"name": "ops", "role": "operator"}, 409, "a token named 'ops' exists"),
+        ({"name": "m", "role": "maintainer"}, 400, "needs at least one project"),
+        ({"name": "m", "role": "builder", "projects": ["demo"]}, 400, "maintainer tokens only"),
+        ({"name": "m", "role": "maintainer", "projects": ["!!"]}, 400, "invalid project name"),
+        ({"name": "a b", "role": "builder"}, 422, "name"),
+        ({"name": "x", "role": "root"}, 422, "role"),
+    ],
+)
+def test_token_rejections(farm: Farm, body: dict[str, Any], status: int, message: str) -> None:
+    answer = farm.client.post("/api/v1/tokens", headers=farm.operator, json=body)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    assert farm.client.delete("/api/v1/tokens/ghost", headers=farm.operator).status_code == 404
+    assert farm.client.get("/api/v1/tokens", headers=farm.maintainer).status_code == 401
