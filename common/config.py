@@ -139,6 +139,8 @@ class MasterSettings(_Section):
     # Rebuild requests one token may make per window (duplicates of pending jobs count).
     rebuild_limit: int = Field(default=20, ge=1)
     rebuild_window: float = Field(default=3600.0, gt=0)
+    # Seconds the dashboard overview's figures are shared between requests (0: never).
+    overview_cache: float = Field(default=1.0, ge=0, le=60)
 
     @field_validator("recipes")
     @classmethod

@@ -388,15 +388,36 @@ def _overview(session: Session, settings: Settings, now: datetime) -> dict[str, 
     }
 
 
+# Every open overview asks again every 2 s: within `master.overview_cache` seconds all
+# of them get the same figures instead of each running the overview's queries.
+_overview_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+_overview_lock = threading.Lock()
+
+
+def _cached_overview(session: Session, settings: Settings) -> dict[str, Any]:
+    ttl = settings.master.overview_cache
+    key = str(session.get_bind().engine.url)
+    if ttl > 0:
+        with _overview_lock:
+            cached = _overview_cache.get(key)
+            if cached is not None and time.monotonic() - cached[0] < ttl:
+                return cached[1]
+    data = _overview(session, settings, datetime.now(UTC))
+    if ttl > 0:
+        with _overview_lock:
+            _overview_cache[key] = (time.monotonic(), data)
+    return data
+
+
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, db: DB) -> HTMLResponse:
-    data = _overview(db, _settings(request), datetime.now(UTC))
+    data = _cached_overview(db, _settings(request))
     return _page(request, "overview.html", {"title": "armwheels — overview", **data})
 
 
 @router.get("/fragments/overview", response_class=HTMLResponse)
 def overview_fragment(request: Request, db: DB) -> HTMLResponse:
-    data = _overview(db, _settings(request), datetime.now(UTC))
+    data = _cached_overview(db, _settings(request))
     response = _page(request, "_overview.html", data)
     response.headers["Cache-Control"] = "no-store"
     return response

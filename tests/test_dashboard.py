@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -127,6 +128,8 @@ def _job(session: Session, release: Release, arch: str, state: JobState, **field
 
 @pytest.fixture
 def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
+    # Each assertion reads the database as the test left it (the cache has its own test).
+    settings.master.overview_cache = 0
     now = datetime.now(UTC)
     ids: dict[str, int] = {}
     with transaction(factory) as session:
@@ -455,3 +458,18 @@ def test_rebuild_form_posts_to_the_api(farm: Farm) -> None:
     row = next(tr for tr in matrix.find_all("tr") if tr.attrs.get("data-version") == "1.0")
     assert row.find("a").attrs == {"class": "state state-pending", "href": f"/builds/{job['id']}"}
     assert farm.page(f"/builds/{job['id']}").by_id("state").text == "pending"
+
+
+def test_overview_figures_are_shared_for_a_moment(
+    farm: Farm, factory: sessionmaker[Session]
+) -> None:
+    """With master.overview_cache set, requests within it get the same figures without
+    querying again; after it, a newly queued job shows."""
+    farm.settings.master.overview_cache = 0.5
+    before = farm.page("/").by_id("waiting").text
+    with transaction(factory) as session:
+        add_release(session, farm.settings, project="latecomer", version="1.0")
+    assert "latecomer" not in farm.page("/fragments/overview").by_id("waiting").text
+    time.sleep(0.6)
+    assert "latecomer" in farm.page("/fragments/overview").by_id("waiting").text
+    assert "latecomer" not in before
