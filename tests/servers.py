@@ -89,6 +89,33 @@ def _answers(url: str) -> bool:
         return False
 
 
+# pip's options for a CPython 3.11 target other than this host (wheels only).
+PIP_TARGET = [
+    "--only-binary=:all:",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
+]
+
+
+def run_pip(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Real pip in a clean environment; fails the test, with pip's output, if pip fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args],
+        env=clean_pip_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def clean_pip_env() -> dict[str, str]:
     """Environment for a pip that sees only the index we give it (no machine config)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
@@ -115,9 +142,10 @@ def redis_database(number: int) -> Iterator[redis.Redis]:
 
 
 @contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """An ASGI app under uvicorn in a thread on a free loopback port; yields its base URL."""
-    port = free_port()
+def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
+    """An ASGI app under uvicorn in a thread on a loopback port (a free one unless given,
+    e.g. to restart a master where builders expect it); yields its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

@@ -28,7 +28,7 @@ from master.feed import apply_events
 from master.index import JSON_TYPE
 from master.journal import JournalEvent, parse_entry
 from tests.seed import add_release
-from tests.servers import clean_pip_env, serve_app
+from tests.servers import PIP_TARGET, run_pip, serve_app
 
 # What pip (and uv) send: JSON first, HTML as a fallback (PEP 691).
 PIP_ACCEPT = (
@@ -37,15 +37,6 @@ PIP_ACCEPT = (
 )
 AARCH64 = "manylinux_2_17_aarch64.manylinux2014_aarch64"
 ARMV7L = "manylinux_2_17_armv7l.manylinux2014_armv7l"
-PIP_TARGET = [
-    "--only-binary=:all:",
-    "--python-version",
-    "3.11",
-    "--implementation",
-    "cp",
-    "--abi",
-    "cp311",
-]
 
 
 def wheel_name(version: str, platform: str) -> str:
@@ -193,20 +184,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
     engine.dispose()
 
 
-def _pip(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", *args],
-        env=clean_pip_env(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 def _served_json(index: Index, since: int) -> None:
     """The client asked /simple/demo/ for JSON first and was answered in JSON (PEP 691)."""
     asked = [entry for entry in index.seen[since:] if entry[0] == "/simple/demo/"]
@@ -218,7 +195,7 @@ def _served_json(index: Index, since: int) -> None:
 
 def _download(index: Index, tmp_path: Path, platform: str, *spec: str) -> list[Path]:
     target = tmp_path / "downloads"
-    _pip(
+    run_pip(
         "download",
         "--no-deps",
         *PIP_TARGET,
@@ -236,7 +213,7 @@ def _download(index: Index, tmp_path: Path, platform: str, *spec: str) -> list[P
 
 def _report(index: Index, tmp_path: Path, platform: str, spec: str) -> dict[str, Any]:
     report = tmp_path / "report.json"
-    _pip(
+    run_pip(
         "install",
         "--dry-run",
         "--report",
@@ -322,7 +299,7 @@ def test_pip_resolves_our_url_and_skips_yanked_and_too_new(
 
 def test_pip_installs_the_wheel_for_another_platform(index: Index, tmp_path: Path) -> None:
     target = tmp_path / "target"
-    _pip(
+    run_pip(
         "install",
         "--no-deps",
         *PIP_TARGET,
@@ -424,7 +401,7 @@ def test_pip_with_pypi_first_and_our_index_as_extra(index: Index, tmp_path: Path
     only a 2011 egg) and pip takes our aarch64 wheel from the extra index."""
     cert = ["--cert", str(SYSTEM_CA)] if SYSTEM_CA.exists() else []
     target = tmp_path / "downloads"
-    done = _pip(
+    done = run_pip(
         "download",
         "--no-deps",
         *PIP_TARGET,

@@ -18,8 +18,6 @@ from typing import Any, BinaryIO
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +33,7 @@ from master.app import create_app
 from master.auth import create_token
 from master.storage import Storage, omitted_marker
 from tests.seed import add_release
-from tests.servers import free_port, wait_until
+from tests.servers import free_port, serve_app, wait_until
 
 
 @dataclass
@@ -252,21 +250,6 @@ def test_final_log_cap_with_and_without_seeking(tmp_path: Path, size: int) -> No
 # The builder's streamer against a real master (uvicorn on a free loopback port).
 
 
-@contextmanager
-def serve(app: FastAPI, port: int) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 15, "uvicorn", step=0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 def _grow(path: Path, pieces: list[bytes], pause: float) -> threading.Thread:
     """Append to `path` in the background, as a build writes its log."""
 
@@ -291,7 +274,7 @@ def test_streamer_sends_a_growing_log_and_recovers(
     log_path = tmp_path / "build.log"
     log_path.write_bytes(b"")
     pieces = [_pattern(7000 + n) for n in range(60)]
-    with serve(app, port) as url:
+    with serve_app(app, port) as url:
         client = MasterClient(url, farm.token)
         # The master has a head start the streamer does not know of (an earlier answer
         # lost): the resend is acknowledged with the master's total.
@@ -312,7 +295,7 @@ def test_streamer_sends_a_growing_log_and_recovers(
     writer.join()
     time.sleep(0.3)
     assert streamer.is_alive() and not streamer.refused
-    with serve(app, port):
+    with serve_app(app, port):
         writer = _grow(log_path, pieces[45:], 0.01)
         writer.join()
         streamer.stop()  # the build ended: the rest is flushed before the report
@@ -336,7 +319,7 @@ def test_streamer_stops_when_the_job_is_not_its_own(
     app = create_app(farm.settings, farm.factory)
     log_path = tmp_path / "build.log"
     log_path.write_bytes(b"a line\n")
-    with serve(app, free_port()) as url:
+    with serve_app(app, free_port()) as url:
         client = MasterClient(url, farm.other_token)
         with pytest.raises(LogRefused):
             client.append_log(farm.job_id, 0, b"x")
@@ -418,7 +401,7 @@ def test_job_runner_streams_the_log_while_building(
             job.source_file.url = f"{files}/demo-1.0.tar.gz"
             job.source_file.sha256 = hashlib.sha256(sdist).hexdigest()
             job.source_file.size = len(sdist)
-        with serve(create_app(settings, factory), free_port()) as url:
+        with serve_app(create_app(settings, factory), free_port()) as url:
             client = MasterClient(url, farm.token)
             backend = _SlowBackend(url, farm.job_id)
             JobRunner(settings, "aarch64", backend, client).run(farm.job_id)

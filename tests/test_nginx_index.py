@@ -17,7 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.db import transaction
 from tests.seed import publish_wheel
-from tests.servers import ROOT, clean_pip_env, free_port, stop_process, wait_until
+from tests.servers import (
+    PIP_TARGET,
+    ROOT,
+    clean_pip_env,
+    free_port,
+    run_pip,
+    stop_process,
+    wait_until,
+)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SNIPPET = ROOT / "docker" / "nginx-armwheels.conf"
@@ -134,35 +142,11 @@ def test_nginx_serves_the_export_by_accept_header_and_pip_installs_from_it(
 
     # Real pip, as a user of the exported index would run it.
     download = tmp_path / "download"
-    pip = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--platform",
-            "manylinux2014_aarch64",
-            "--python-version",
-            "3.11",
-            "--implementation",
-            "cp",
-            "--abi",
-            "cp311",
-            "--index-url",
-            f"{base}/simple/",
-            "--dest",
-            str(download),
-            "alpha",
-        ],
-        env=clean_pip_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    run_pip(
+        *("download", "--no-deps", *PIP_TARGET, "--platform", "manylinux2014_aarch64"),
+        *("--index-url", f"{base}/simple/", "--dest", str(download), "alpha"),
+        cwd=tmp_path,
     )
-    assert pip.returncode == 0, pip.stdout + pip.stderr
     [fetched] = download.iterdir()
     assert fetched.name == alpha_name
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == alpha_sha

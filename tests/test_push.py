@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,9 +26,9 @@ from master.pushes import PushRound, push_due, simple_url, upload_fields
 from master.storage import Storage
 from master.uploads import accept_wheel
 from tests.seed import add_release
-from tests.servers import clean_pip_env, free_port, pypiserver
+from tests.servers import PIP_TARGET, free_port, pypiserver, run_pip
 from tests.test_cli import COMMAND, assert_usage_error
-from tests.test_clients import AARCH64, PIP_TARGET, real_wheel
+from tests.test_clients import AARCH64, real_wheel
 
 USER = "farm"
 PASSWORD = "right-horse-battery"
@@ -123,20 +122,12 @@ def test_a_new_wheel_is_pushed_and_pip_installs_it_from_there(
         assert _sha256((packages / filename).read_bytes()) == _sha256(body)
         assert f"{filename}#sha256={_sha256(body)}" in httpx.get(f"{url}simple/demo/").text
         download = tmp_path / "downloads"
-        done = subprocess.run(
-            [
-                *(sys.executable, "-m", "pip", "download", "--no-deps", *PIP_TARGET),
-                *("--platform", "manylinux2014_aarch64", "--index-url", f"{url}simple/"),
-                *("-d", str(download), "demo==1.0"),
-            ],
-            env=clean_pip_env(),
+        run_pip(
+            *("download", "--no-deps", *PIP_TARGET),
+            *("--platform", "manylinux2014_aarch64", "--index-url", f"{url}simple/"),
+            *("-d", str(download), "demo==1.0"),
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
         )
-        assert done.returncode == 0, done.stdout + done.stderr
         [got] = download.iterdir()
         assert got.name == filename and _sha256(got.read_bytes()) == _sha256(body)
         # Nothing is due any more: the next round does nothing.
