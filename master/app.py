@@ -47,6 +47,7 @@ from master.live_logs import (
 )
 from master.metrics import render_metrics
 from master.operator_api import router as operator_router
+from master.page_cache import PageCache
 from master.rebuild import RebuildError, UnknownProject, request_rebuild
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
@@ -181,6 +182,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     static = StaticIndex(settings.master.data_dir) if settings.index.static else None
     app.state.factory = factory
     app.state.settings = settings  # the dashboard's pages read it
+    app.state.page_cache = PageCache()
     app.include_router(operator_router)
     app.include_router(dashboard_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -21,9 +21,8 @@ from typing import Any
 import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from common.config import Settings
@@ -32,6 +31,7 @@ from common.names import BadName, normalize_project
 from common.states import FINAL_STATES, JobState
 from master import index
 from master.api_deps import DB
+from master.page_cache import PageCache
 from master.storage import Storage
 
 HERE = Path(__file__).parent
@@ -122,7 +122,7 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-templates = Jinja2Templates(env=_environment())
+environment = _environment()
 
 
 def _settings(request: Request) -> Settings:
@@ -130,15 +130,25 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _page(
-    request: Request, name: str, context: dict[str, Any], status_code: int = 200
-) -> HTMLResponse:
-    now = datetime.now(UTC)
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _render(name: str, context: dict[str, Any]) -> bytes:
+    now = _now()
     context = {"now": now, "ago": lambda value: _ago(value, now), **context}
-    response: HTMLResponse = templates.TemplateResponse(
-        request, name, context, status_code=status_code
-    )
-    return response
+    return environment.get_template(name).render(context).encode()
+
+
+def _page(
+    _request: Request, name: str, context: dict[str, Any], status_code: int = 200
+) -> HTMLResponse:
+    return HTMLResponse(_render(name, context), status_code=status_code)
+
+
+def _page_cache(request: Request) -> PageCache:
+    cache: PageCache = request.app.state.page_cache
+    return cache
 
 
 def _message(request: Request, title: str, message: str, status_code: int) -> HTMLResponse:
@@ -388,37 +398,27 @@ def _overview(session: Session, settings: Settings, now: datetime) -> dict[str, 
     }
 
 
-# Every open overview asks again every 2 s: within `master.overview_cache` seconds all
-# of them get the same figures instead of each running the overview's queries.
-_overview_cache: dict[str, tuple[float, dict[str, Any]]] = {}
-_overview_lock = threading.Lock()
+def _overview_page(request: Request, db: Session, template: str) -> bytes:
+    """The overview (or its live part), rendered once per `master.overview_cache` seconds
+    for all the dashboards open (each asks again every 2 s), both from the same figures."""
+    settings = _settings(request)
+    cache, ttl = _page_cache(request), settings.master.overview_cache
 
+    def render() -> bytes:
+        data = cache.get("overview figures", ttl, lambda: _overview(db, settings, _now()))
+        return _render(template, {"title": "armwheels — overview", **data})
 
-def _cached_overview(session: Session, settings: Settings) -> dict[str, Any]:
-    ttl = settings.master.overview_cache
-    key = str(session.get_bind().engine.url)
-    if ttl > 0:
-        with _overview_lock:
-            cached = _overview_cache.get(key)
-            if cached is not None and time.monotonic() - cached[0] < ttl:
-                return cached[1]
-    data = _overview(session, settings, datetime.now(UTC))
-    if ttl > 0:
-        with _overview_lock:
-            _overview_cache[key] = (time.monotonic(), data)
-    return data
+    return cache.get(("overview", template), ttl, render)
 
 
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, db: DB) -> HTMLResponse:
-    data = _cached_overview(db, _settings(request))
-    return _page(request, "overview.html", {"title": "armwheels — overview", **data})
+    return HTMLResponse(_overview_page(request, db, "overview.html"))
 
 
 @router.get("/fragments/overview", response_class=HTMLResponse)
 def overview_fragment(request: Request, db: DB) -> HTMLResponse:
-    data = _cached_overview(db, _settings(request))
-    response = _page(request, "_overview.html", data)
+    response = HTMLResponse(_overview_page(request, db, "_overview.html"))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -479,30 +479,43 @@ def _version_key(version: str) -> tuple[int, Version | str]:
         return (0, version)
 
 
+# The project page's statements, built once (building them costs more than running them).
+_RELEASES = select(
+    Release.id, Release.version, Release.yanked, Release.removed_at, Release.skip_reason
+).where(Release.project_id == bindparam("project"))
+_newest_jobs = (
+    select(func.max(BuildJob.id).label("id"))
+    .where(BuildJob.release_id.in_(bindparam("releases", expanding=True)))
+    .group_by(BuildJob.release_id, BuildJob.arch, BuildJob.python_tag)
+    .subquery()
+)
+_newest_job = aliased(BuildJob)
+_MATRIX = select(
+    _newest_job.id,
+    _newest_job.release_id,
+    _newest_job.arch,
+    _newest_job.python_tag,
+    _newest_job.state,
+).join(_newest_jobs, _newest_job.id == _newest_jobs.c.id)
+_WHEELS = (
+    select(OutputFile.filename, OutputFile.size, OutputFile.sha256, Release.version)
+    .join(Release, OutputFile.release_id == Release.id)
+    .where(Release.project_id == bindparam("project"), *index.SERVED)
+    .order_by(OutputFile.id.desc())
+    .limit(WHEELS_SHOWN)
+)
+
+
 def _matrix(
     session: Session, project: Project, targets: list[tuple[str, str]]
 ) -> tuple[list[MatrixRow], int]:
-    found = session.execute(
-        select(
-            Release.id, Release.version, Release.yanked, Release.removed_at, Release.skip_reason
-        ).where(Release.project_id == project.id)
-    ).all()
+    found = session.execute(_RELEASES, {"project": project.id}).all()
     releases = sorted(found, key=lambda row: _version_key(row.version), reverse=True)
     shown = releases[:RELEASES_SHOWN]
-    ids = [row.id for row in shown]
     latest: dict[tuple[int, str, str], Cell] = {}
-    if ids:
-        newest = (
-            select(func.max(BuildJob.id).label("id"))
-            .where(BuildJob.release_id.in_(ids))
-            .group_by(BuildJob.release_id, BuildJob.arch, BuildJob.python_tag)
-            .subquery()
-        )
-        job = aliased(BuildJob)
+    if shown:
         for job_id, release_id, arch, tag, state in session.execute(
-            select(job.id, job.release_id, job.arch, job.python_tag, job.state).join(
-                newest, job.id == newest.c.id
-            )
+            _MATRIX, {"releases": [row.id for row in shown]}
         ):
             latest[(release_id, arch, tag)] = Cell(job_id, state.value)
     rows = [
@@ -518,35 +531,22 @@ def _matrix(
     return rows, len(releases)
 
 
-@router.get("/projects/{name}", response_class=HTMLResponse, response_model=None)
-def project_page(request: Request, name: str, db: DB) -> Response:
-    try:
-        normal = normalize_project(name)
-    except BadName:
-        return _message(request, "armwheels — no such project", "no such project", 404)
-    if normal != name:
-        return RedirectResponse(f"/projects/{normal}", status_code=301)
-    project = db.scalar(select(Project).where(Project.name == normal))
+class _NoProject(LookupError):
+    """Nothing to render (and nothing to keep): the page answers 404."""
+
+
+def _project_body(db: Session, settings: Settings, name: str) -> bytes:
+    project = db.scalar(select(Project).where(Project.name == name))
     if project is None:
-        return _message(request, "armwheels — no such project", f"no project named {normal}", 404)
-    settings = _settings(request)
+        raise _NoProject(name)
     targets = [
         (arch, tag)
         for arch, target in sorted(settings.enabled_targets().items())
         for tag in target.python_tags
     ]
     rows, release_count = _matrix(db, project, targets)
-    wheels = list(
-        db.execute(
-            select(OutputFile.filename, OutputFile.size, OutputFile.sha256, Release.version)
-            .join(Release, OutputFile.release_id == Release.id)
-            .where(Release.project_id == project.id, *index.SERVED)
-            .order_by(OutputFile.id.desc())
-            .limit(WHEELS_SHOWN)
-        )
-    )
-    return _page(
-        request,
+    wheels = list(db.execute(_WHEELS, {"project": project.id}))
+    return _render(
         "project.html",
         {
             "title": f"armwheels — {project.name}",
@@ -561,6 +561,28 @@ def project_page(request: Request, name: str, db: DB) -> Response:
             "arches": sorted(settings.enabled_targets()),
         },
     )
+
+
+@router.get("/projects/{name}", response_class=HTMLResponse, response_model=None)
+def project_page(request: Request, name: str, db: DB) -> Response:
+    """A project's matrix and wheels; a popular project's page is rendered once per
+    `master.project_cache` seconds for everyone asking."""
+    try:
+        normal = normalize_project(name)
+    except BadName:
+        return _message(request, "armwheels — no such project", "no such project", 404)
+    if normal != name:
+        return RedirectResponse(f"/projects/{normal}", status_code=301)
+    settings = _settings(request)
+    try:
+        body = _page_cache(request).get(
+            ("project", normal),
+            settings.master.project_cache,
+            lambda: _project_body(db, settings, normal),
+        )
+    except _NoProject:
+        return _message(request, "armwheels — no such project", f"no project named {normal}", 404)
+    return HTMLResponse(body)
 
 
 # --- builds ---------------------------------------------------------------------------

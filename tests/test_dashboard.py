@@ -129,7 +129,7 @@ def _job(session: Session, release: Release, arch: str, state: JobState, **field
 @pytest.fixture
 def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
     # Each assertion reads the database as the test left it (the cache has its own test).
-    settings.master.overview_cache = 0
+    settings.master.overview_cache = settings.master.project_cache = 0
     now = datetime.now(UTC)
     ids: dict[str, int] = {}
     with transaction(factory) as session:
@@ -473,3 +473,24 @@ def test_overview_figures_are_shared_for_a_moment(
     time.sleep(0.6)
     assert "latecomer" in farm.page("/fragments/overview").by_id("waiting").text
     assert "latecomer" not in before
+
+
+def test_a_project_page_is_shared_for_a_moment(farm: Farm, factory: sessionmaker[Session]) -> None:
+    """With master.project_cache set, a project's page is rendered once for everyone
+    asking within it; after it, a new release shows. An unknown project is not kept."""
+    farm.settings.master.project_cache = 0.5
+    cache = farm.client.app.state.page_cache  # type: ignore[attr-defined]
+    renders = cache.renders
+    before = farm.page("/projects/demo").by_id("matrix").text
+    for _ in range(5):
+        assert farm.page("/projects/demo").by_id("matrix").text == before
+    assert cache.renders == renders + 1
+    with transaction(factory) as session:
+        add_release(session, farm.settings, project="demo", version="7.0")
+    assert "7.0" not in farm.page("/projects/demo").by_id("matrix").text
+    time.sleep(0.6)
+    assert "7.0" in farm.page("/projects/demo").by_id("matrix").text
+    farm.page("/projects/no-such-thing", 404)
+    with transaction(factory) as session:
+        add_release(session, farm.settings, project="no-such-thing", version="1.0")
+    assert "1.0" in farm.page("/projects/no-such-thing").by_id("matrix").text
