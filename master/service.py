@@ -1,4 +1,5 @@
-"""Runs the master: poller, reconciler and dispatcher in a thread, the HTTP server in front."""
+"""Runs the master: poller, reconciler and dispatcher in a thread, the HTTP server in front
+(in this process, or in worker processes: master/http_server.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-import uvicorn
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.db import is_up_to_date, make_engine, make_sessionmaker, transaction
 from common.messages import configured_queues, declare_queues, make_celery
-from master.app import create_app
 from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
 from master.feed import follow_changelog
+from master.http_server import http_workers, serve_http
 from master.json_api import JsonApiClient
 from master.leader import PollLeader
 from master.live_logs import LiveLogs, live_caps
@@ -174,16 +174,13 @@ def run_master(settings: Settings) -> None:
     leader = PollLeader(engine)
     loop = FeedLoop(settings, factory, celery, leader)
     loop.start()
-    app = create_app(settings, factory)
-    log.info("master listening", extra={"url": settings.master.public_url})
+    workers = http_workers(settings)
+    log.info(
+        "master listening",
+        extra={"url": settings.master.public_url, "http_workers": workers},
+    )
     try:
-        uvicorn.run(
-            app,
-            host=settings.master.host,
-            port=settings.master.port,
-            log_config=None,
-            access_log=False,
-        )
+        serve_http(settings, workers)
     finally:
         loop.stopping.set()
         loop.join(timeout=30)
