@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +23,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import bindparam, case, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from common.config import Settings
 from common.models import AuditEvent, Builder, BuildJob, OutputFile, Project, Release
@@ -149,6 +150,24 @@ def _page(
 def _page_cache(request: Request) -> PageCache:
     cache: PageCache = request.app.state.page_cache
     return cache
+
+
+async def _cached(
+    request: Request, key: Hashable, ttl: float, render: Callable[[Session], bytes]
+) -> bytes:
+    """A kept page straight from the event loop; otherwise rendered in a worker thread with
+    a database session of its own (a page served from the cache opens none)."""
+    cache = _page_cache(request)
+    kept = cache.peek(key, ttl)
+    if isinstance(kept, bytes):
+        return kept
+
+    def in_thread() -> bytes:
+        factory: sessionmaker[Session] = request.app.state.factory
+        with factory() as db:
+            return cache.get(key, ttl, lambda: render(db))
+
+    return await run_in_threadpool(in_thread)
 
 
 def _message(request: Request, title: str, message: str, status_code: int) -> HTMLResponse:
@@ -398,27 +417,32 @@ def _overview(session: Session, settings: Settings, now: datetime) -> dict[str, 
     }
 
 
-def _overview_page(request: Request, db: Session, template: str) -> bytes:
+def _overview_figures(db: Session, settings: Settings, cache: PageCache) -> dict[str, Any]:
+    return cache.get(
+        "overview figures", settings.master.overview_cache, lambda: _overview(db, settings, _now())
+    )
+
+
+async def _overview_page(request: Request, template: str) -> bytes:
     """The overview (or its live part), rendered once per `master.overview_cache` seconds
     for all the dashboards open (each asks again every 2 s), both from the same figures."""
     settings = _settings(request)
-    cache, ttl = _page_cache(request), settings.master.overview_cache
 
-    def render() -> bytes:
-        data = cache.get("overview figures", ttl, lambda: _overview(db, settings, _now()))
+    def render(db: Session) -> bytes:
+        data = _overview_figures(db, settings, _page_cache(request))
         return _render(template, {"title": "armwheels — overview", **data})
 
-    return cache.get(("overview", template), ttl, render)
+    return await _cached(request, ("overview", template), settings.master.overview_cache, render)
 
 
 @router.get("/", response_class=HTMLResponse)
-def overview(request: Request, db: DB) -> HTMLResponse:
-    return HTMLResponse(_overview_page(request, db, "overview.html"))
+async def overview(request: Request) -> HTMLResponse:
+    return HTMLResponse(await _overview_page(request, "overview.html"))
 
 
 @router.get("/fragments/overview", response_class=HTMLResponse)
-def overview_fragment(request: Request, db: DB) -> HTMLResponse:
-    response = HTMLResponse(_overview_page(request, db, "_overview.html"))
+async def overview_fragment(request: Request) -> HTMLResponse:
+    response = HTMLResponse(await _overview_page(request, "_overview.html"))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -564,7 +588,7 @@ def _project_body(db: Session, settings: Settings, name: str) -> bytes:
 
 
 @router.get("/projects/{name}", response_class=HTMLResponse, response_model=None)
-def project_page(request: Request, name: str, db: DB) -> Response:
+async def project_page(request: Request, name: str) -> Response:
     """A project's matrix and wheels; a popular project's page is rendered once per
     `master.project_cache` seconds for everyone asking."""
     try:
@@ -575,10 +599,11 @@ def project_page(request: Request, name: str, db: DB) -> Response:
         return RedirectResponse(f"/projects/{normal}", status_code=301)
     settings = _settings(request)
     try:
-        body = _page_cache(request).get(
+        body = await _cached(
+            request,
             ("project", normal),
             settings.master.project_cache,
-            lambda: _project_body(db, settings, normal),
+            lambda db: _project_body(db, settings, normal),
         )
     except _NoProject:
         return _message(request, "armwheels — no such project", f"no project named {normal}", 404)

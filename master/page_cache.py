@@ -97,6 +97,22 @@ class PageCache:
             self._finish(key, slot, _Entry.of(body))
         return body
 
+    def peek(self, key: Hashable, ttl: float) -> Any | None:
+        """What get() would answer without rendering or waiting: the fresh value, or the
+        copy of a moment ago while it is being rendered again; None otherwise. Lets an
+        async handler answer from the event loop and go to a thread only to render."""
+        if ttl <= 0:
+            return None
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or slot.entry is None:
+                return None
+            fresh = time.monotonic() - slot.entry.rendered_at < ttl
+            if not fresh and slot.rendering is None:
+                return None
+            self._slots.move_to_end(key)
+            return slot.entry.value
+
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()

@@ -111,3 +111,22 @@ def test_the_number_of_pages_is_bounded_too() -> None:
     for number in range(50):
         cache.get(number, 60, lambda: b"x")
     assert len(cache) == 5
+
+
+def test_peek_answers_what_get_would_without_rendering_or_waiting() -> None:
+    cache, render = PageCache(), Renderer()
+    assert cache.peek("p", 60) is None  # never rendered
+    cache.get("p", 0.05, render)
+    assert cache.peek("p", 0.05) == b"page #1"  # fresh
+    assert cache.peek("p", 0) is None  # no ttl: nothing is kept
+    time.sleep(0.1)
+    assert cache.peek("p", 0.05) is None  # expired, and nobody renders it: the caller must
+    render.gate, render.started = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        again = pool.submit(cache.get, "p", 0.05, render)
+        assert render.started.wait(5)
+        assert cache.peek("p", 0.05) == b"page #1"  # being rendered: the copy of a moment ago
+        render.gate.set()
+        assert again.result(timeout=5) == b"page #2"
+    assert cache.peek("p", 0.05) == b"page #2"
+    assert render.count == 2
