@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, upgrade
+from tests.sdists import pypi_sdist
+from tests.servers import pypiserver
 
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -59,6 +62,16 @@ def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
     upgrade(engine)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def msgpack_upstream(tmp_path: Path) -> Iterator[str]:
+    """A real pypiserver holding msgpack 1.1.0's real sdist (downloaded once, cached)."""
+    packages = tmp_path / "upstream"
+    packages.mkdir()
+    shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
+    with pypiserver(packages) as index_url:
+        yield index_url
 
 
 def make_wheel(

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,7 +27,7 @@ from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
 from common.states import JobState
 from tests.conftest import _postgres_database
-from tests.sdists import make_sdist, pypi_sdist
+from tests.sdists import make_sdist
 from tests.servers import (
     ROOT,
     clean_pip_env,
@@ -95,16 +94,6 @@ def _import_in_arm64_container(wheel: Path) -> str:
         remove=True,
     )
     return bytes(output).decode()
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[str]:
-    """A real pypiserver holding msgpack's real sdist (downloaded once, cached)."""
-    packages = tmp_path / "upstream"
-    packages.mkdir()
-    shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
-    with pypiserver(packages) as index_url:
-        yield index_url
 
 
 def _check_published_wheel(settings: Settings, farm_url: str, tmp_path: Path) -> None:
@@ -182,10 +171,12 @@ def _no_build_containers_left() -> None:
     assert leftovers == []
 
 
-def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(tmp_path: Path, upstream: str) -> None:
+def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(
+    tmp_path: Path, msgpack_upstream: str
+) -> None:
     """`armwheels up`: embedded SQLite database and SQLite broker, one process per node."""
     port = free_port()
-    config = _farm_config(tmp_path, upstream, port)
+    config = _farm_config(tmp_path, msgpack_upstream, port)
     settings = load_settings(config)
     with (tmp_path / "farm.log").open("wb") as log:
         farm = subprocess.Popen(
@@ -201,10 +192,10 @@ def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(tmp_path: Path, ups
 
 @pytest.mark.redis
 @pytest.mark.postgres
-def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, upstream: str) -> None:
+def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, msgpack_upstream: str) -> None:
     """Separate master and builder processes, Redis broker, PostgreSQL database."""
     port = free_port()
-    config = _farm_config(tmp_path, upstream, port)
+    config = _farm_config(tmp_path, msgpack_upstream, port)
     broker_db = 12
     broker = redis.Redis(host="127.0.0.1", port=6379, db=broker_db)
     broker.flushdb()

@@ -15,11 +15,9 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -30,8 +28,7 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from common.config import load_settings
-from tests.sdists import pypi_sdist
-from tests.servers import ROOT, free_port, pypiserver, redis_database, stop_process, wait_until
+from tests.servers import ROOT, free_port, redis_database, stop_process, wait_until
 from tests.test_e2e import _check_published_wheel, _cli, _farm_config, _master_answers, _spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.redis]
@@ -123,16 +120,6 @@ def builder_image() -> str:
         client.close()
 
 
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[str]:
-    """A real pypiserver holding msgpack's real sdist."""
-    packages = tmp_path / "upstream"
-    packages.mkdir()
-    shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
-    with pypiserver(packages) as index_url:
-        yield index_url
-
-
 def _start_builder(
     client: docker.DockerClient, image: str, name: str, port: int, token: str
 ) -> Container:
@@ -194,11 +181,11 @@ def _remove_builder(client: docker.DockerClient, name: str, log: Path) -> None:
 
 @pytest.mark.timeout(3600)
 def test_native_builder_on_arm_publishes_msgpack(
-    tmp_path: Path, upstream: str, builder_image: str
+    tmp_path: Path, msgpack_upstream: str, builder_image: str
 ) -> None:
     port = free_port()
     farm_url = f"http://127.0.0.1:{port}"
-    config = _farm_config(tmp_path, upstream, port)
+    config = _farm_config(tmp_path, msgpack_upstream, port)
     settings = load_settings(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARMWHEELS_")}
     env["ARMWHEELS_BROKER__URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
