@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from common.config import Settings
 from common.models import AuditEvent, Builder, BuildJob, OutputFile, Project, Release
 from common.names import BadName, normalize_project
-from common.states import FINAL_STATES, JobState
+from common.states import FINAL_STATES, JobState, SkipReason
 from master import index
 from master.api_deps import DB
 from master.page_cache import PageCache
@@ -503,10 +503,23 @@ def _version_key(version: str) -> tuple[int, Version | str]:
         return (0, version)
 
 
-# The project page's statements, built once (building them costs more than running them).
-_RELEASES = select(
-    Release.id, Release.version, Release.yanked, Release.removed_at, Release.skip_reason
-).where(Release.project_id == bindparam("project"))
+# The project page's statements, built once (building them costs more than running
+# them), run as Core statements: plain rows, no ORM objects.
+_PROJECT_RELEASES = (
+    select(
+        Project.id.label("project_id"),
+        Project.name,
+        Project.display_name,
+        Project.removed_at.label("project_removed_at"),
+        Release.id,
+        Release.version,
+        Release.yanked,
+        Release.removed_at,
+        Release.skip_reason,
+    )
+    .outerjoin(Release, Release.project_id == Project.id)
+    .where(Project.name == bindparam("name"))
+)
 _newest_jobs = (
     select(func.max(BuildJob.id).label("id"))
     .where(BuildJob.release_id.in_(bindparam("releases", expanding=True)))
@@ -530,29 +543,35 @@ _WHEELS = (
 )
 
 
+@dataclass
+class ProjectView:
+    name: str
+    display_name: str
+    removed_at: datetime | None
+
+
 def _matrix(
-    session: Session, project: Project, targets: list[tuple[str, str]]
-) -> tuple[list[MatrixRow], int]:
-    found = session.execute(_RELEASES, {"project": project.id}).all()
-    releases = sorted(found, key=lambda row: _version_key(row.version), reverse=True)
-    shown = releases[:RELEASES_SHOWN]
+    session: Session, found: Sequence[Any], targets: list[tuple[str, str]]
+) -> list[MatrixRow]:
+    """The newest job of each shown release and target; `found` are the project's
+    release rows, newest version first."""
+    shown = found[:RELEASES_SHOWN]
     latest: dict[tuple[int, str, str], Cell] = {}
     if shown:
-        for job_id, release_id, arch, tag, state in session.execute(
+        for job_id, release_id, arch, tag, state in session.connection().execute(
             _MATRIX, {"releases": [row.id for row in shown]}
         ):
-            latest[(release_id, arch, tag)] = Cell(job_id, state.value)
-    rows = [
+            latest[(release_id, arch, tag)] = Cell(job_id, JobState(state).value)
+    return [
         MatrixRow(
             version=row.version,
             yanked=row.yanked,
             removed=row.removed_at is not None,
-            skip=row.skip_reason.value if row.skip_reason else None,
+            skip=SkipReason(row.skip_reason).value if row.skip_reason else None,
             cells=[latest.get((row.id, arch, tag)) for arch, tag in targets],
         )
         for row in shown
     ]
-    return rows, len(releases)
 
 
 class _NoProject(LookupError):
@@ -560,16 +579,24 @@ class _NoProject(LookupError):
 
 
 def _project_body(db: Session, settings: Settings, name: str) -> bytes:
-    project = db.scalar(select(Project).where(Project.name == name))
-    if project is None:
+    connection = db.connection()
+    found = connection.execute(_PROJECT_RELEASES, {"name": name}).all()
+    if not found:
         raise _NoProject(name)
+    first = found[0]
+    project = ProjectView(first.name, first.display_name, first.project_removed_at)
+    releases = sorted(
+        (row for row in found if row.id is not None),
+        key=lambda row: _version_key(row.version),
+        reverse=True,
+    )
     targets = [
         (arch, tag)
         for arch, target in sorted(settings.enabled_targets().items())
         for tag in target.python_tags
     ]
-    rows, release_count = _matrix(db, project, targets)
-    wheels = list(db.execute(_WHEELS, {"project": project.id}))
+    rows = _matrix(db, releases, targets)
+    wheels = list(connection.execute(_WHEELS, {"project": first.project_id}))
     return _render(
         "project.html",
         {
@@ -577,7 +604,7 @@ def _project_body(db: Session, settings: Settings, name: str) -> bytes:
             "project": project,
             "targets": targets,
             "rows": rows,
-            "release_count": release_count,
+            "release_count": len(releases),
             "releases_shown": RELEASES_SHOWN,
             "wheels": wheels,
             "wheels_shown": WHEELS_SHOWN,
