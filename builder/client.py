@@ -32,7 +32,35 @@ class LogOffsetMismatch(Exception):
 
 
 class LogRefused(Exception):
-    """The master takes no more of this job's live log (not ours, not building)."""
+    """The master takes no more of this job's live log. `taken_back` says why when the
+    reason is that the job is no longer this builder's (cancelled, requeued, elsewhere):
+    its build is to be killed and not reported."""
+
+    def __init__(self, message: str, taken_back: str | None = None) -> None:
+        super().__init__(message)
+        self.taken_back = taken_back
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    """What the master answers a heartbeat: jobs it took back from this builder because
+    the heartbeat did not name them, and the named job if it is no longer ours (`stop`,
+    with `why`). What a master leaves out (one that predates `stop`) reads as empty."""
+
+    handed_back: list[int]
+    stop: list[int]
+    why: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeartbeatAnswer:
+        if not isinstance(data, dict):
+            return cls([], [])
+        why = data.get("why")
+        return cls(
+            [int(job) for job in data.get("handed_back") or []],
+            [int(job) for job in data.get("stop") or []],
+            str(why) if why is not None else None,
+        )
 
 
 # A live-log chunk is best effort: it must not hold up the build for a minute.
@@ -82,6 +110,17 @@ def _error(response: httpx.Response) -> str:
         return response.text[:200]
 
 
+def _taken_back(response: httpx.Response) -> str | None:
+    """Why the master refused because the job is no longer ours (None: another refusal)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("stop") is not True:
+        return None
+    return str(body.get("why") or body.get("state") or body.get("error") or "taken back")
+
+
 def _expected_offset(response: httpx.Response) -> int | None:
     try:
         expected = response.json().get("expected")
@@ -123,9 +162,16 @@ class MasterClient:
         response.raise_for_status()
         return response.json()
 
-    def heartbeat(self, job_id: int | None = None, free_disk: int | None = None) -> None:
+    def heartbeat(self, job_id: int | None = None, free_disk: int | None = None) -> HeartbeatAnswer:
+        """Say the builder lives and which job it runs; the answer may take that job back."""
         body = {"job_id": job_id, "free_disk": free_disk}
-        self.http.post("/api/v1/builders/heartbeat", json=body).raise_for_status()
+        response = self.http.post("/api/v1/builders/heartbeat", json=body)
+        response.raise_for_status()
+        try:
+            return HeartbeatAnswer.from_json(response.json())
+        except (TypeError, ValueError):  # not the answer a master gives: nothing to act on
+            log.warning("heartbeat answer not understood: %s", response.text[:200])
+            return HeartbeatAnswer([], [])
 
     @_retrying
     def claim(self, job_id: int) -> JobSpec:
@@ -157,7 +203,7 @@ class MasterClient:
             if expected is not None:
                 raise LogOffsetMismatch(expected)
         if 400 <= response.status_code < 500:
-            raise LogRefused(_error(response))
+            raise LogRefused(_error(response), _taken_back(response))
         response.raise_for_status()
         return int(response.json()["total"])
 

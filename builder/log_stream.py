@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,8 +29,15 @@ FLUSH_SECONDS = 10.0
 MAX_CORRECTIONS = 3
 
 
+# Told the job's id and why, when the master refuses the log because the job is no
+# longer this builder's (JobRunner.abandon).
+TakenBack = Callable[[int, str], object]
+
+
 class LogStreamer(threading.Thread):
-    """Sends the bytes appended to `path` to the master as job `job_id`'s live log."""
+    """Sends the bytes appended to `path` to the master as job `job_id`'s live log. A
+    refusal saying the job is no longer this builder's is passed to `on_taken_back`: the
+    build learns it within a tick of its next output, not at the next heartbeat."""
 
     def __init__(
         self,
@@ -39,6 +47,7 @@ class LogStreamer(threading.Thread):
         interval: float = INTERVAL_SECONDS,
         chunk_bytes: int = CHUNK_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        on_taken_back: TakenBack | None = None,
     ) -> None:
         super().__init__(name=f"log-stream-{job_id}", daemon=True)
         self.client = client
@@ -47,6 +56,7 @@ class LogStreamer(threading.Thread):
         self.interval = interval
         self.chunk_bytes = chunk_bytes
         self.flush_seconds = flush_seconds
+        self.on_taken_back = on_taken_back
         # What the master has acknowledged: the next chunk starts here.
         self.acked = 0
         self.refused = False
@@ -108,6 +118,8 @@ class LogStreamer(threading.Thread):
         except LogRefused as exc:
             self.refused = True
             log.info("live log refused: %s", exc, extra={"job_id": self.job_id})
+            if exc.taken_back is not None and self.on_taken_back is not None:
+                self.on_taken_back(self.job_id, exc.taken_back)
             return
         except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
             if not self._failing:

@@ -10,12 +10,13 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from celery import signals
 
-from builder.backends import Backend, BuildOutcome, note
+from builder.backends import Backend, BuildOutcome, cancelled_outcome, note
 from builder.client import ClaimRefused, JobSpec, MasterClient, ReportRejected
 from builder.log_stream import LogStreamer
 from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
@@ -26,6 +27,9 @@ from common.states import FailureReason
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 30.0
+# While a job runs the builder beats more often: the answer is how a quiet build (no new
+# log to stream) learns that the master took its job back (cancelled, requeued).
+BUSY_HEARTBEAT_SECONDS = 5.0
 
 
 class NoBackend(RuntimeError):
@@ -87,12 +91,33 @@ class JobRunner:
         self.stopping = threading.Event()
         # The job this builder is running, for its heartbeats.
         self.current_job: int | None = None
+        # Why the master took the running job back (None: it did not); see abandon().
+        self.taken_back: str | None = None
+        # The running job's result is being reported or handed back: too late to abandon.
+        self._settled = False
+        # Orders abandon() (heartbeat and log threads) against the job changing: a cancel()
+        # meant for one job lands before the next job's backend.reset().
+        self._lock = threading.Lock()
 
     def stop(self) -> None:
         """The builder is stopping (SIGTERM): kill the build under way and hand it back,
-        so that no job is left `building` for the reconciler to find later."""
+        so that no job is left `building` for the reconciler to find later. No lock: this
+        may run in a signal handler on the thread that runs the job."""
         self.stopping.set()
         self.backend.cancel()
+
+    def abandon(self, job_id: int, why: str) -> bool:
+        """The master says `job_id` is no longer this builder's (cancelled, requeued, given
+        to another builder): kill its build, and report nothing of it nor hand it back.
+        Acts only on the job running now, once; the builder then takes its next job as
+        usual. True when it acted."""
+        with self._lock:
+            if job_id != self.current_job or self._settled or self.taken_back is not None:
+                return False
+            self.taken_back = why
+            self.backend.cancel()
+        log.warning("job abandoned: the master took it back", extra={"job_id": job_id, "why": why})
+        return True
 
     def run(self, job_id: int) -> None:
         if self.stopping.is_set():
@@ -102,7 +127,11 @@ class JobRunner:
         except ClaimRefused as exc:
             log.info("job not claimed: %s", exc, extra={"job_id": job_id})
             return
-        self.current_job = job_id
+        with self._lock:
+            self.current_job, self.taken_back, self._settled = job_id, None, False
+            self.backend.reset()  # the last job's cancel() must not kill this one
+        if self.stopping.is_set():
+            self.backend.cancel()  # stop() came while the backend was being reset
         work_root = self.settings.builder.work_dir
         work_root.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=work_root))
@@ -126,7 +155,8 @@ class JobRunner:
                     f" on {self.backend.name} backend",
                 )
                 # The log goes to the master as it grows; the report waits for its end.
-                streamer = LogStreamer(self.client, job_id, log_path)
+                # A refusal saying the job is no longer ours abandons it at once.
+                streamer = LogStreamer(self.client, job_id, log_path, on_taken_back=self.abandon)
                 streamer.start()
                 try:
                     outcome = self._build(spec, workdir, sink)
@@ -136,13 +166,19 @@ class JobRunner:
                         f" {outcome.summary}",
                     )
                 finally:
-                    streamer.stop(flush=not self.stopping.is_set())
-            if self.stopping.is_set():
+                    cut_short = self.stopping.is_set() or self.taken_back is not None
+                    streamer.stop(flush=not cut_short)
+            with self._lock:
+                self._settled = True
+            if self.taken_back is not None:
+                pass  # not ours: the master refuses any result or hand-back of it
+            elif self.stopping.is_set():
                 self._hand_back(job_id)
             else:
                 self._report(job_id, outcome, log_path, time.monotonic() - started)
         finally:
-            self.current_job = None
+            with self._lock:
+                self.current_job = None
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _build(self, spec: JobSpec, workdir: Path, sink: BinaryIO) -> BuildOutcome:
@@ -157,6 +193,8 @@ class JobRunner:
             )
         except SdistMismatch as exc:
             return BuildOutcome(False, reason=FailureReason.HASH_MISMATCH, summary=str(exc))
+        if self.stopping.is_set() or self.taken_back is not None:
+            return cancelled_outcome()  # not worth preparing a build that cannot run
         try:
             return self.backend.build(spec, sdist, workdir, sink)
         except Exception as exc:
@@ -212,6 +250,53 @@ def free_disk(settings: Settings) -> int | None:
         return None
 
 
+class Heartbeats(threading.Thread):
+    """Tells the master the builder lives and which job it runs: every `idle` seconds, and
+    every `busy` seconds while a job runs. An answer naming the running job under `stop`
+    abandons it (JobRunner.abandon)."""
+
+    def __init__(
+        self,
+        client: MasterClient,
+        runner: JobRunner,
+        disk: Callable[[], int | None],
+        idle: float = HEARTBEAT_SECONDS,
+        busy: float = BUSY_HEARTBEAT_SECONDS,
+    ) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.client = client
+        self.runner = runner
+        self.disk = disk
+        self.idle = idle
+        self.busy = busy
+        self._done = threading.Event()
+
+    def beat(self) -> None:
+        """One heartbeat, acted upon; raises what the client raises."""
+        job_id = self.runner.current_job
+        answer = self.client.heartbeat(job_id, self.disk())
+        if job_id is not None and job_id in answer.stop:
+            self.runner.abandon(job_id, answer.why or "the master took it back")
+
+    def run(self) -> None:
+        last = time.monotonic()
+        # Waits at most `busy` at a time, so a job that starts while idle is beaten for soon.
+        while not self._done.wait(max(0.0, min(self.busy, self._due(last) - time.monotonic()))):
+            if time.monotonic() < self._due(last):
+                continue
+            last = time.monotonic()
+            try:
+                self.beat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %r", exc)
+
+    def _due(self, last: float) -> float:
+        return last + (self.busy if self.runner.current_job is not None else self.idle)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 def run_builder(settings: Settings, arch: str) -> int:
     token = settings.builder.token.get_secret_value()
     if not token:
@@ -232,17 +317,9 @@ def run_builder(settings: Settings, arch: str) -> int:
             "python_tags": ",".join(tags),
         },
     )
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_SECONDS):
-            try:
-                client.heartbeat(runner.current_job, free_disk(settings))
-            except Exception as exc:
-                log.warning("heartbeat failed: %r", exc)
-
     runner = JobRunner(settings, arch, backend, client)
-    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+    heartbeats = Heartbeats(client, runner, lambda: free_disk(settings))
+    heartbeats.start()
     app = make_celery(settings)
 
     @signals.worker_shutting_down.connect
@@ -275,7 +352,7 @@ def run_builder(settings: Settings, arch: str) -> int:
             ]
         )
     finally:
-        stop.set()
+        heartbeats.stop()
         backend.close()
         client.close()
     return 0

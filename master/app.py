@@ -51,11 +51,19 @@ from master.page_cache import PageCache
 from master.rebuild import RebuildError, UnknownProject, request_rebuild
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
-from master.uploads import Rejected, ResultReport, accept_wheel, check_job_owner, finish_job
+from master.uploads import (
+    Rejected,
+    ResultReport,
+    accept_wheel,
+    check_job_owner,
+    finish_job,
+    not_building_here,
+)
 
 log = logging.getLogger(__name__)
 
-# How often builders beat (builder/worker.py HEARTBEAT_SECONDS).
+# The longest a builder waits between beats (builder/worker.py HEARTBEAT_SECONDS, when
+# idle; it beats more often while it builds).
 HEARTBEAT_SECONDS = 30.0
 # A building job its builder's heartbeat does not name is handed back only when claimed
 # longer ago than this: a heartbeat sent just before a claim must not take the job back.
@@ -156,6 +164,19 @@ def _unreported_jobs(db: Session, builder: Builder, reported: int | None) -> lis
     return list(db.scalars(query.with_for_update(skip_locked=True)).all())
 
 
+def _stop_reason(db: Session, builder: Builder, job_id: int) -> str | None:
+    """Why the job a heartbeat names is no longer its builder's to build (None: it is).
+    One primary-key lookup; a row locked by a result being stored reads as it was."""
+    job = db.get(BuildJob, job_id)
+    # Its own result, stored while this heartbeat was on its way: nothing left to stop.
+    own_result = (
+        job is not None
+        and job.builder_id == builder.id
+        and job.state in (JobState.BUILT, JobState.FAILED)
+    )
+    return None if own_result else not_building_here(job, builder)
+
+
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """RFC 9110 If-None-Match: a list of (possibly weak) tags, or *."""
     if not if_none_match:
@@ -235,9 +256,21 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     @app.post("/api/v1/builders/heartbeat")
     def heartbeat(me: CurrentBuilder, db: DB, beat: Heartbeat | None = None) -> dict[str, Any]:
         """A sign of life; a job the builder holds but no longer runs (it says so) goes
-        back to the queue now rather than after builder_timeout."""
+        back to the queue now rather than after builder_timeout. The job it says it runs,
+        when no longer building there (cancelled, requeued, handed to another builder), is
+        named under `stop`, with `why`: the builder kills that build and reports nothing."""
         me.last_seen_at = utcnow()
         stale: list[tuple[int, str]] = []
+        stop: list[int] = []
+        why: str | None = None
+        if beat is not None and beat.job_id is not None:
+            why = _stop_reason(db, me, beat.job_id)
+            if why is not None:
+                stop.append(beat.job_id)
+                log.info(
+                    "builder told to stop a job no longer its own",
+                    extra={"job_id": beat.job_id, "builder": me.name, "why": why},
+                )
         if beat is not None:  # an empty heartbeat (older builders) says nothing of jobs
             me.reported_job_id, me.free_disk = beat.job_id, beat.free_disk
             for job in _unreported_jobs(db, me, beat.job_id):
@@ -253,7 +286,12 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         db.commit()
         for job_id, claim in stale:
             live.discard(job_id, claim)
-        return {"ok": True, "handed_back": [job_id for job_id, _ in stale]}
+        return {
+            "ok": True,
+            "handed_back": [job_id for job_id, _ in stale],
+            "stop": stop,
+            "why": why,
+        }
 
     @app.post("/api/v1/jobs/{job_id}/claim")
     def claim(job_id: JobId, me: CurrentBuilder, db: DB) -> JobSpec:
@@ -313,18 +351,31 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     ) -> Response:
         """A chunk of the live log of a job building on this builder, at `offset` of its log.
         Idempotent: bytes the master has are acknowledged again; a gap answers 409 with
-        the offset to resend from."""
+        the offset to resend from. A job no longer building on this builder is refused
+        (404, 403 or 409) with `"stop": true`, its `state` and `why`: the builder kills
+        that build and reports nothing."""
 
         def still_mine() -> str:
             # Read again under the live-log lock: a result stored meanwhile ends the log.
             job = db.get(BuildJob, job_id, populate_existing=True)
-            try:
-                return claim_key(check_job_owner(job, me).started_at)
-            except Rejected as exc:
-                raise HTTPException(exc.status, exc.message) from exc
+            return claim_key(check_job_owner(job, me).started_at)
 
         try:
             total = live.append(job_id, offset, chunk, still_mine)
+        except Rejected as exc:
+            log.info(
+                "live log refused: the job is not the builder's",
+                extra={"job_id": job_id, "builder": me.name, "why": exc.taken_back or ""},
+            )
+            return JSONResponse(
+                {
+                    "error": exc.message,
+                    "stop": exc.taken_back is not None,
+                    "state": exc.state,
+                    "why": exc.taken_back,
+                },
+                status_code=exc.status,
+            )
         except OffsetGap as gap:
             log.info(
                 "live log chunk past the end",

@@ -33,8 +33,9 @@ def _job(session: Session, job_id: int) -> BuildJob:
 
 
 def cancel_job(session: Session, job_id: int, actor: str, role: str, reason: str) -> BuildJob:
-    """A waiting or running job stops being built. A builder still running it is refused
-    when it reports, since the job is no longer assigned to it."""
+    """A waiting or running job stops being built. A builder still running it is told at
+    its next heartbeat or live-log chunk, and kills the build (any result it still sends is
+    refused: the job is no longer assigned to it)."""
     job = _job(session, job_id)
     if job.state not in ACTIVE_STATES:
         raise Refused(409, f"job {job_id} is {job.state.value}: nothing to cancel")

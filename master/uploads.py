@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from common.config import PushTarget
 from common.models import Builder, BuildJob, OutputFile
-from common.states import FailureReason, JobState
+from common.states import FailureReason, JobState, SkipReason
 from common.wheels import BadWheel, WheelContents, WheelName, parse_name, read_contents
 from master.pushes import queue_pushes
 from master.storage import Storage, TooLarge
@@ -29,21 +29,52 @@ log = logging.getLogger(__name__)
 
 
 class Rejected(Exception):
-    """An upload refused with an HTTP status and a one-line reason."""
+    """An upload refused with an HTTP status and a one-line reason. A refusal because the
+    job is no longer the builder's says why in `taken_back` (and the job's `state`), so
+    that the builder stops building it."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        taken_back: str | None = None,
+        state: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.taken_back = taken_back
+        self.state = state
+
+
+def not_building_here(job: BuildJob | None, builder: Builder) -> str | None:
+    """Why `job` is not building on `builder` any more (None: it still is), in words for
+    the builder's log: the job is gone, finished, cancelled, back in line or elsewhere."""
+    if job is None:
+        return "no such job"
+    if job.state != JobState.BUILDING:
+        settled: SkipReason | FailureReason | None = None
+        if job.state == JobState.SKIPPED:
+            settled = job.skip_reason
+        elif job.state == JobState.FAILED:
+            settled = job.failure_reason
+        return f"{job.state.value} ({settled.value})" if settled else job.state.value
+    if job.builder_id != builder.id:
+        return "building on another builder"
+    return None
 
 
 def check_job_owner(job: BuildJob | None, builder: Builder) -> BuildJob:
+    why = not_building_here(job, builder)
     if job is None:
-        raise Rejected(404, "no such job")
+        raise Rejected(404, "no such job", taken_back=why)
     if job.builder_id != builder.id:
-        raise Rejected(403, f"job {job.id} is not assigned to builder {builder.name}")
+        message = f"job {job.id} is not assigned to builder {builder.name}"
+        raise Rejected(403, message, taken_back=why, state=job.state.value)
     if job.state != JobState.BUILDING:
-        raise Rejected(409, f"job {job.id} is {job.state.value}, not building")
+        message = f"job {job.id} is {job.state.value}, not building"
+        raise Rejected(409, message, taken_back=why, state=job.state.value)
     return job
 
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from builder.backends import BuildOutcome
-from builder.client import JobSpec, LogOffsetMismatch, LogRefused, MasterClient
+from builder.client import HeartbeatAnswer, JobSpec, LogOffsetMismatch, LogRefused, MasterClient
 from builder.log_stream import LogStreamer
 from builder.worker import JobRunner
 from common.config import Settings
@@ -31,6 +31,7 @@ from common.models import BuildJob
 from common.states import FailureReason, JobState, TokenRole
 from master.app import create_app
 from master.auth import create_token
+from master.operations import cancel_job
 from master.storage import Storage, omitted_marker
 from tests.seed import add_release
 from tests.servers import free_port, serve_app, wait_until
@@ -335,6 +336,46 @@ def test_streamer_stops_when_the_job_is_not_its_own(
     assert farm.tail().headers["X-Log-Total"] == "0"
 
 
+def test_streamer_and_heartbeat_learn_that_the_job_was_cancelled(
+    farm: LiveFarm, tmp_path: Path
+) -> None:
+    """A cancelled job's next chunk is refused saying the job is no longer ours: the
+    streamer passes that on (to JobRunner.abandon) once, and a heartbeat naming the job
+    gets it under `stop`."""
+    app = create_app(farm.settings, farm.factory)
+    log_path = tmp_path / "build.log"
+    log_path.write_bytes(b"compiling\n")
+    told: list[tuple[int, str]] = []
+    with serve_app(app, free_port()) as url:
+        client = MasterClient(url, farm.token)
+        assert client.heartbeat(farm.job_id, 1) == HeartbeatAnswer([], [], None)
+        streamer = LogStreamer(
+            client,
+            farm.job_id,
+            log_path,
+            interval=0.05,
+            on_taken_back=lambda job, why: told.append((job, why)),
+        )
+        streamer.start()
+        wait_until(lambda: streamer.acked == 10, 10, "the first chunk", 0.05)
+        with transaction(farm.factory) as session:
+            cancel_job(session, farm.job_id, "cli:test", "operator", "not wanted")
+        with log_path.open("ab") as sink:
+            sink.write(b"still compiling\n")
+        wait_until(lambda: bool(told), 10, "the refusal", 0.05)
+        streamer.stop()
+        assert told == [(farm.job_id, "skipped (cancelled)")]
+        assert streamer.refused and streamer.acked == 10
+        answer = client.heartbeat(farm.job_id, 1)
+        assert answer == HeartbeatAnswer([], [farm.job_id], "skipped (cancelled)")
+        assert client.heartbeat(None, 1).stop == []
+        # A refusal that says nothing of the job (too big a chunk) is not a stop.
+        with pytest.raises(LogRefused) as too_big:
+            client.append_log(farm.job_id, 0, b"x" * (1024 * 1024 + 1))
+        assert too_big.value.taken_back is None
+        client.close()
+
+
 class _SlowBackend:
     """Builds nothing: writes its log in two parts and, between them, checks the master
     already shows the first part, as a maintainer watching the build would."""
@@ -363,6 +404,9 @@ class _SlowBackend:
         return BuildOutcome(False, reason=FailureReason.COMPILE_ERROR, summary="demo.c:1")
 
     def cancel(self) -> None:
+        pass
+
+    def reset(self) -> None:
         pass
 
     def close(self) -> None:

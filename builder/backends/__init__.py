@@ -48,8 +48,14 @@ class Backend(Protocol):
         ...
 
     def cancel(self) -> None:
-        """Kill the build under way, from another thread or a signal handler: the builder
-        is stopping and hands the job back to the master."""
+        """Kill the build under way, from another thread or a signal handler, and refuse
+        its further steps until reset(): the builder is stopping (it hands the job back),
+        or the master took the job back (its build is not reported)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget an earlier cancel(): the next build runs. The runner calls it when it
+        takes a new job, so that a cancelled job does not kill the next one."""
         ...
 
     def close(self) -> None: ...
@@ -73,7 +79,7 @@ class StepExit:
     """How a sandboxed step ended, beyond its exit code."""
 
     code: int | None  # None: the builder killed it (see killed_for)
-    killed_for: str | None = None  # "timeout", "work-dir" or "stopping"
+    killed_for: str | None = None  # "timeout", "work-dir" or "cancelled"
     oom_killed: bool = False  # the kernel's OOM killer, as Docker reports it
     detail: str = ""
 
@@ -114,11 +120,18 @@ def write_constraints(recipe: Recipe | None, folder: Path) -> Path | None:
     return path
 
 
+def cancelled_outcome() -> BuildOutcome:
+    """A build cancel() stopped: never reported (the runner hands the job back or drops it)."""
+    return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary="build cancelled")
+
+
 def run_recipe(
     out: Path, log: BinaryIO, timeout: int, run_build: RunBuild, run_smoke: RunSmoke
 ) -> BuildOutcome:
     """The sequence every backend follows, with the failure class of each step."""
     step = _exit(run_build())
+    if step.killed_for == "cancelled":
+        return cancelled_outcome()
     if step.killed_for == "work-dir":
         return BuildOutcome(False, reason=FailureReason.WORK_DIR_LIMIT, summary=step.detail)
     code = step.code
@@ -148,6 +161,8 @@ def run_recipe(
         return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
     note(log, f"smoke test: import {' '.join(contents.top_level_modules)}")
     smoke = _exit(run_smoke(wheel, contents.top_level_modules))
+    if smoke.killed_for == "cancelled":
+        return cancelled_outcome()
     if smoke.code != 0:
         return BuildOutcome(
             False,

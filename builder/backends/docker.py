@@ -233,8 +233,10 @@ class DockerBackend:
         )
         try:
             if self._cancelled.is_set():
-                return StepExit(None, killed_for="stopping")
+                return StepExit(None, killed_for="cancelled")
             container.start()
+            if self._cancelled.is_set():
+                self._kill()  # cancel() came between the check and the start
             pump.start()
             with guard or contextlib.nullcontext():
                 try:
@@ -246,8 +248,8 @@ class DockerBackend:
                     return StepExit(None, killed_for="timeout")
             pump.join(timeout=30)
             if self._cancelled.is_set():
-                note(log_sink, "killed: the builder is stopping")
-                return StepExit(None, killed_for="stopping")
+                note(log_sink, "killed: the build was cancelled")
+                return StepExit(None, killed_for="cancelled")
             if guard is not None and guard.exceeded:
                 detail = f"work directory passed its limit of {self.settings.work_dir_limit} bytes"
                 note(log_sink, f"killed: {detail}")
@@ -270,11 +272,13 @@ class DockerBackend:
                 container.kill()
 
     def cancel(self) -> None:
+        """Kill the container under way and refuse the next steps of this build; reset()
+        lets the next job build."""
         self._cancelled.set()
-        container = self._current
-        if container is not None:
-            with contextlib.suppress(docker.errors.APIError):
-                container.kill()
+        self._kill()
+
+    def reset(self) -> None:
+        self._cancelled.clear()
 
     @staticmethod
     def _pump(container: Container, log_sink: BinaryIO) -> None:

@@ -276,7 +276,7 @@ class NativeBackend:
     ) -> StepExit:
         """Run in a new session, so that a timeout kills every process the build started."""
         if self._cancelled.is_set():
-            return StepExit(None, killed_for="stopping")
+            return StepExit(None, killed_for="cancelled")
         account = self.account
         process = subprocess.Popen(
             [*self._limits(), *command],
@@ -292,6 +292,8 @@ class NativeBackend:
             extra_groups=[] if account else None,
         )
         self._current = process
+        if self._cancelled.is_set():
+            self._kill()  # cancel() came while the process started, before it was known
         guard = (
             WorkdirGuard(guard_root, self.settings.work_dir_limit, self._kill, None)
             if guard_root is not None
@@ -312,8 +314,8 @@ class NativeBackend:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
         if self._cancelled.is_set():
-            note(log, "killed: the builder is stopping")
-            return StepExit(None, killed_for="stopping")
+            note(log, "killed: the build was cancelled")
+            return StepExit(None, killed_for="cancelled")
         if guard is not None and guard.exceeded:
             detail = f"work directory passed its limit of {self.settings.work_dir_limit} bytes"
             note(log, f"killed: {detail}")
@@ -353,11 +355,13 @@ class NativeBackend:
             return None
 
     def cancel(self) -> None:
+        """Kill the step under way (its whole session) and refuse the next steps of this
+        build; reset() lets the next job build."""
         self._cancelled.set()
-        process = self._current
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        self._kill()
+
+    def reset(self) -> None:
+        self._cancelled.clear()
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         missing = self._missing_packages(spec.recipe)
