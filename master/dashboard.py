@@ -9,6 +9,7 @@ subjects) goes through Jinja2's autoescaping.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -167,7 +168,27 @@ async def _cached(
         with factory() as db:
             return cache.get(key, ttl, lambda: render(db))
 
-    return await run_in_threadpool(in_thread)
+    async with _render_slots(request):
+        return await run_in_threadpool(in_thread)
+
+
+# Renders are Python work under one interpreter lock: with two at once one computes while
+# the other waits on the database; more threads only take turns and every request ends
+# late (20 clients on random project pages: p99 250 ms unbounded, 63 ms with 2, and 40%
+# more pages per second). The others wait their turn in order, on the event loop.
+RENDERS_AT_ONCE = 2
+
+
+def _render_slots(request: Request) -> asyncio.Semaphore:
+    """This process's render slots, for the event loop serving it."""
+    loop = asyncio.get_running_loop()
+    found: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = getattr(
+        request.app.state, "render_slots", None
+    )
+    if found is None or found[0] is not loop:
+        found = (loop, asyncio.Semaphore(RENDERS_AT_ONCE))
+        request.app.state.render_slots = found
+    return found[1]
 
 
 def _message(request: Request, title: str, message: str, status_code: int) -> HTMLResponse:
