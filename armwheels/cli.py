@@ -291,9 +291,14 @@ def cmd_skip_remove(args: argparse.Namespace) -> int:
 
 def cmd_job_cancel(args: argparse.Namespace) -> int:
     from master import operations
+    from master.live_logs import final_log_keeper
+
+    keep_log = final_log_keeper(_settings(args))
 
     def act(session: Session, actor: str) -> str:
-        job = operations.cancel_job(session, args.job_id, actor, "operator", args.reason)
+        job = operations.cancel_job(
+            session, args.job_id, actor, "operator", args.reason, keep_log=keep_log
+        )
         return f"job {job.id} cancelled"
 
     return _operate(args, act)

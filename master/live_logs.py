@@ -18,6 +18,7 @@ the data directory.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.config import Settings
+from common.models import BuildJob
 from master.storage import Storage, omitted_marker
 
 # Kept of a live log: its first and its last MiB (each at most half of max_log_bytes).
@@ -217,3 +220,22 @@ class LiveLogs:
             for other in job_dir.iterdir():
                 if other.name != claim:
                     shutil.rmtree(other, ignore_errors=True)
+
+
+def keep_as_final_log(job: BuildJob, live: LiveLogs, max_log_bytes: int) -> None:
+    """A job that ended without its builder's report (lost, cancelled) keeps what the
+    builder streamed as its final log; the live copy is dropped."""
+    view = live.read(job.id, claim_key(job.started_at))
+    if view is not None:
+        path, size = live.storage.store_log(
+            job.release.project.name, job.id, job.attempts, io.BytesIO(view.data), max_log_bytes
+        )
+        job.log_path, job.log_size = str(path), size
+    live.discard(job.id)
+
+
+def final_log_keeper(settings: Settings) -> Callable[[BuildJob], None]:
+    """keep_as_final_log for a master's data directory, for code outside the master's
+    loop and app (operator actions from the API or the CLI)."""
+    live = LiveLogs(Storage(settings.master.data_dir), *live_caps(settings.master.max_log_bytes))
+    return lambda job: keep_as_final_log(job, live, settings.master.max_log_bytes)

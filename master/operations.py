@@ -4,6 +4,7 @@ caller's transaction; a refusal says why with the HTTP status it maps to."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -32,14 +33,24 @@ def _job(session: Session, job_id: int) -> BuildJob:
     return job
 
 
-def cancel_job(session: Session, job_id: int, actor: str, role: str, reason: str) -> BuildJob:
+def cancel_job(
+    session: Session,
+    job_id: int,
+    actor: str,
+    role: str,
+    reason: str,
+    keep_log: Callable[[BuildJob], None] | None = None,
+) -> BuildJob:
     """A waiting or running job stops being built. A builder still running it is told at
     its next heartbeat or live-log chunk, and kills the build (any result it still sends is
-    refused: the job is no longer assigned to it)."""
+    refused: the job is no longer assigned to it). A running job's streamed log is kept as
+    its final log by `keep_log` (master.live_logs.final_log_keeper)."""
     job = _job(session, job_id)
     if job.state not in ACTIVE_STATES:
         raise Refused(409, f"job {job_id} is {job.state.value}: nothing to cancel")
     was = job.state.value
+    if job.state == JobState.BUILDING and keep_log is not None:
+        keep_log(job)
     if job.builder is not None and job.builder.current_job_id == job.id:
         job.builder.current_job_id = None
     job.state, job.skip_reason = JobState.SKIPPED, SkipReason.CANCELLED

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from common.models import BuildJob, Token
 from common.states import TokenRole
 from master import audit, operations, skips
 from master.api_deps import DB, JobId, OperatorToken
+from master.live_logs import final_log_keeper
 
 router = APIRouter(prefix="/api/v1", tags=["operators"])
 
@@ -94,9 +95,14 @@ def remove_skip(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: JobId, body: ReasonBody, db: DB, token: OperatorToken) -> dict[str, Any]:
+def cancel_job(
+    request: Request, job_id: JobId, body: ReasonBody, db: DB, token: OperatorToken
+) -> dict[str, Any]:
+    keep_log = final_log_keeper(request.app.state.settings)
     with _answer(db):
-        job = operations.cancel_job(db, job_id, token.name, token.role.value, body.reason)
+        job = operations.cancel_job(
+            db, job_id, token.name, token.role.value, body.reason, keep_log=keep_log
+        )
     return _job_summary(job)
 
 

@@ -11,7 +11,6 @@ of how far the build got.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.models import Builder, BuildJob
 from common.states import FailureReason, JobState
-from master.live_logs import LiveLogs, claim_key
+from master.live_logs import LiveLogs, keep_as_final_log
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +31,6 @@ class ReconcileOutcome:
     handed_back: int = 0
     requeued: int = 0
     lost: int = 0
-
-
-def _keep_live_log(job: BuildJob, live: LiveLogs, max_log_bytes: int) -> None:
-    """Store what the silent builder streamed as the lost job's final log, then drop it."""
-    view = live.read(job.id, claim_key(job.started_at))
-    if view is not None:
-        path, size = live.storage.store_log(
-            job.release.project.name, job.id, job.attempts, io.BytesIO(view.data), max_log_bytes
-        )
-        job.log_path, job.log_size = str(path), size
-    live.discard(job.id)
 
 
 def _hand_back(
@@ -62,7 +50,7 @@ def _hand_back(
         job.summary = f"{why}; gave up after {job.attempts} attempts"
         job.finished_at = datetime.now(UTC)
         if live is not None:
-            _keep_live_log(job, live, settings.master.max_log_bytes)
+            keep_as_final_log(job, live, settings.master.max_log_bytes)
         outcome.lost += 1
         log.warning("job lost", extra={"job_id": job.id, "attempts": job.attempts, "why": why})
         return

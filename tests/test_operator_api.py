@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from common.models import BuildJob, OutputFile, Release
 from common.states import FailureReason, JobState, SkipReason, TokenRole
 from master.app import create_app
 from master.auth import create_token
+from master.live_logs import LiveLogs, claim_key, live_caps
 from master.static_index import StaticIndex
+from master.storage import Storage
 from tests.seed import add_release, publish_wheel
 
 JSON_ACCEPT = {"Accept": "application/vnd.pypi.simple.v1+json"}
@@ -94,6 +97,31 @@ def test_cancel_and_requeue_a_job(farm: Farm) -> None:
         ("requeue", f"job {farm.job_id}", "skipped"),
         ("cancel", f"job {farm.job_id}", "pending"),
     ]
+
+
+def test_a_cancelled_build_keeps_what_its_builder_streamed(farm: Farm) -> None:
+    """The live log is all there is of a build cancelled while it ran: it becomes the
+    job's final log, shown on its build page, and the live copy goes."""
+    started = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    with transaction(farm.factory) as session:
+        job = session.get(BuildJob, farm.job_id)
+        assert job is not None
+        job.state, job.started_at, job.attempts = JobState.BUILDING, started, 1
+    live = LiveLogs(
+        Storage(farm.settings.master.data_dir), *live_caps(farm.settings.master.max_log_bytes)
+    )
+    streamed = b"building extension\nwaiting for a lock that never comes\n"
+    live.append(farm.job_id, 0, streamed, lambda: claim_key(started))
+    cancel = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/cancel", headers=farm.operator, json={"reason": "hangs"}
+    )
+    assert cancel.status_code == 200, cancel.text
+    cancelled = farm.job(farm.job_id)
+    assert (cancelled.state, cancelled.log_size) == (JobState.SKIPPED, len(streamed))
+    assert cancelled.log_path is not None
+    assert live.read(farm.job_id, claim_key(started)) is None
+    final = farm.client.get(f"/api/v1/jobs/{farm.job_id}/log")
+    assert final.status_code == 200 and final.content == streamed
 
 
 def test_requeue_refuses_a_second_active_job_for_the_same_target(farm: Farm) -> None:
