@@ -37,6 +37,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def process_gone(pid: int) -> bool:
+    """No such process, or one that is dead and waits only to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ import pytest
 from common.config import load_settings
 from master.http_server import MAX_AUTO_WORKERS, http_workers
 from tests.conftest import _postgres_database
-from tests.servers import free_port, redis_database, stop_process, wait_until
+from tests.servers import free_port, process_gone, redis_database, stop_process, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -53,14 +53,6 @@ def _children(pid: int) -> set[int]:
         if parent == pid and b"spawn_main" in command:
             found.add(int(entry.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass
@@ -153,7 +145,7 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_all_stop_with_the_mas
         workers = running.workers()
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(60) == 0
-        assert not any(_alive(pid) for pid in workers)
+        assert all(process_gone(pid) for pid in workers)
         assert _port_free(running.port)
     log = running.log.read_text()
     assert log.count('msg="http worker started"') == 3
@@ -167,7 +159,7 @@ def test_workers_do_not_outlive_a_killed_master(tmp_path: Path) -> None:
         workers = running.workers()
         running.process.send_signal(signal.SIGKILL)
         running.process.wait(10)
-        wait_until(lambda: not any(_alive(pid) for pid in workers), 15, "workers to stop")
+        wait_until(lambda: all(process_gone(pid) for pid in workers), 15, "workers to stop")
         wait_until(lambda: _port_free(running.port), 15, "the port to be free")
 
 

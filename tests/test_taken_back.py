@@ -34,9 +34,10 @@ from common.models import Builder, BuildJob, OutputFile
 from common.states import JobState, SkipReason, TokenRole
 from master.app import create_app
 from master.auth import create_token
+from master.storage import Storage
 from tests.sdists import make_sdist
 from tests.seed import add_release
-from tests.servers import free_port, serve_app, wait_until
+from tests.servers import free_port, process_gone, serve_app, wait_until
 from tests.test_log_stream import file_server
 from tests.test_native_backend import (
     ARCH,
@@ -150,15 +151,6 @@ def _pid_in(work_root: Path, job_id: int, name: str) -> int | None:
     return None
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or one that is dead and waits only to be reaped."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
-
-
 def _live_total(url: str, job_id: int) -> int:
     return int(httpx.get(f"{url}/api/v1/jobs/{job_id}/log").headers.get("X-Log-Total", "0"))
 
@@ -229,13 +221,13 @@ def test_a_cancelled_build_is_killed_at_once_and_the_builder_goes_on(
             running.start()
             wait_until(lambda: _pid_in(work_root, job_id, pid_file) is not None, 300, pid_file)
             pid = _pid_in(work_root, job_id, pid_file)
-            assert pid is not None and not _gone(pid)
+            assert pid is not None and not process_gone(pid)
             if project == "sleeper":
                 # Quiet from now on: the streamer has sent all there is and sends no more.
                 wait_until(lambda: _quiet(url, job_id), 60, "a quiet live log", 0)
             cancelled = time.monotonic()
             cancel(project)
-            wait_until(lambda: _gone(pid), 30, f"the {project} build to be killed", 0.1)
+            wait_until(lambda: process_gone(pid), 30, f"the {project} build to be killed", 0.1)
             running.join(60)
             assert not running.is_alive(), "run() still running after the build was killed"
             return time.monotonic() - cancelled
@@ -272,7 +264,11 @@ def test_a_cancelled_build_is_killed_at_once_and_the_builder_goes_on(
             assert job is not None
             assert (job.state, job.skip_reason) == (JobState.SKIPPED, SkipReason.CANCELLED)
             assert job.summary == "cancelled by op: not wanted"
-            assert job.log_path is None and job.build_seconds is None
+            assert job.build_seconds is None
+            # What the builder streamed before the cancel is the job's final log.
+            assert job.log_path is not None
+            kept = Storage(settings.master.data_dir).read_log(Path(job.log_path))
+            assert kept.startswith(f"::armwheels:: job {job.id} attempt 1: {project} 1.0".encode())
         quick = session.get(BuildJob, jobs["quick"])
         assert quick is not None
         assert quick.state == JobState.BUILT, quick.summary
