@@ -22,7 +22,8 @@ def _session(request: Request) -> Iterator[Session]:
 
 DB = Annotated[Session, Depends(_session)]
 # Job ids are 32-bit integers in the database: larger ones are refused as input.
-JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+MAX_JOB_ID = 2**31 - 1
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID)]
 AuthHeader = Annotated[str | None, Header(alias="Authorization")]
 
 

@@ -263,16 +263,16 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         stale: list[tuple[int, str]] = []
         stop: list[int] = []
         why: str | None = None
-        if beat is not None and beat.job_id is not None:
-            why = _stop_reason(db, me, beat.job_id)
-            if why is not None:
-                stop.append(beat.job_id)
-                log.info(
-                    "builder told to stop a job no longer its own",
-                    extra={"job_id": beat.job_id, "builder": me.name, "why": why},
-                )
         if beat is not None:  # an empty heartbeat (older builders) says nothing of jobs
             me.reported_job_id, me.free_disk = beat.job_id, beat.free_disk
+            if beat.job_id is not None:
+                why = _stop_reason(db, me, beat.job_id)
+                if why is not None:
+                    stop.append(beat.job_id)
+                    log.info(
+                        "builder told to stop a job no longer its own",
+                        extra={"job_id": beat.job_id, "builder": me.name, "why": why},
+                    )
             for job in _unreported_jobs(db, me, beat.job_id):
                 stale.append((job.id, hand_back(job, me, count_attempt=False)))
                 log.warning(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +30,7 @@ from common.models import AuditEvent, Builder, BuildJob, OutputFile, Project, Re
 from common.names import BadName, normalize_project
 from common.states import FINAL_STATES, JobState, SkipReason
 from master import index
-from master.api_deps import DB
+from master.api_deps import DB, MAX_JOB_ID
 from master.page_cache import PageCache
 from master.storage import Storage
 
@@ -53,7 +51,6 @@ BUILDERS_SHOWN = 1000
 AUDIT_SHOWN = 100
 # The build page renders at most this much of a finished log (its tail); /logs/ID has all.
 LOG_TAIL_BYTES = 256 * 1024
-MAX_ID = 2**31 - 1
 
 router = APIRouter()
 
@@ -142,9 +139,7 @@ def _render(name: str, context: dict[str, Any]) -> bytes:
     return environment.get_template(name).render(context).encode()
 
 
-def _page(
-    _request: Request, name: str, context: dict[str, Any], status_code: int = 200
-) -> HTMLResponse:
+def _page(name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(_render(name, context), status_code=status_code)
 
 
@@ -191,8 +186,8 @@ def _render_slots(request: Request) -> asyncio.Semaphore:
     return found[1]
 
 
-def _message(request: Request, title: str, message: str, status_code: int) -> HTMLResponse:
-    return _page(request, "message.html", {"title": title, "message": message}, status_code)
+def _message(title: str, message: str, status_code: int) -> HTMLResponse:
+    return _page("message.html", {"title": title, "message": message}, status_code)
 
 
 # --- rows shown by several pages ------------------------------------------------------
@@ -370,19 +365,14 @@ def _throughput(session: Session, now: datetime, per: str) -> Throughput:
 # Hourly and daily figures move slowly while every open overview asks for them every few
 # seconds: each process computes them at most once per THROUGHPUT_TTL.
 THROUGHPUT_TTL = 30.0
-_throughput_cache: dict[str, tuple[float, list[Throughput]]] = {}
-_throughput_lock = threading.Lock()
 
 
-def _recent_throughput(session: Session, now: datetime) -> list[Throughput]:
-    key = str(session.get_bind().engine.url)
-    with _throughput_lock:
-        cached = _throughput_cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < THROUGHPUT_TTL:
-            return cached[1]
-        figures = [_throughput(session, now, "hour"), _throughput(session, now, "day")]
-        _throughput_cache[key] = (time.monotonic(), figures)
-        return figures
+def _recent_throughput(session: Session, now: datetime, cache: PageCache) -> list[Throughput]:
+    return cache.get(
+        "throughput",
+        THROUGHPUT_TTL,
+        lambda: [_throughput(session, now, "hour"), _throughput(session, now, "day")],
+    )
 
 
 def _builder_counts(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
@@ -398,7 +388,9 @@ def _builder_counts(session: Session, settings: Settings, now: datetime) -> dict
     return {"online": row[0], "busy": row[1], "offline": row[2]}
 
 
-def _overview(session: Session, settings: Settings, now: datetime) -> dict[str, Any]:
+def _overview(
+    session: Session, settings: Settings, now: datetime, cache: PageCache
+) -> dict[str, Any]:
     waiting = _job_rows(
         session,
         _jobs_query()
@@ -432,7 +424,7 @@ def _overview(session: Session, settings: Settings, now: datetime) -> dict[str, 
         "waiting": waiting,
         "running": running,
         "builders": _builder_counts(session, settings, now),
-        "throughput": _recent_throughput(session, now),
+        "throughput": _recent_throughput(session, now, cache),
         "latest": latest,
         "failures": failures,
     }
@@ -440,7 +432,9 @@ def _overview(session: Session, settings: Settings, now: datetime) -> dict[str, 
 
 def _overview_figures(db: Session, settings: Settings, cache: PageCache) -> dict[str, Any]:
     return cache.get(
-        "overview figures", settings.master.overview_cache, lambda: _overview(db, settings, _now())
+        "overview figures",
+        settings.master.overview_cache,
+        lambda: _overview(db, settings, _now(), cache),
     )
 
 
@@ -477,13 +471,13 @@ def _search_text(q: str) -> str:
 
 
 @router.get("/projects", response_class=HTMLResponse)
-def projects(request: Request, db: DB, q: str = "") -> HTMLResponse:
+def projects(db: DB, q: str = "") -> HTMLResponse:
     title = "armwheels — project search"
     if len(q) > SEARCH_MAX_LENGTH:
-        return _message(request, title, f"a search is at most {SEARCH_MAX_LENGTH} characters", 400)
+        return _message(title, f"a search is at most {SEARCH_MAX_LENGTH} characters", 400)
     text = _search_text(q)
     if not text:
-        return _message(request, title, "type part of a project name to search for", 400)
+        return _message(title, "type part of a project name to search for", 400)
     rank = case(
         (Project.name == text, 0), (Project.name.startswith(text, autoescape=True), 1), else_=2
     )
@@ -496,7 +490,6 @@ def projects(request: Request, db: DB, q: str = "") -> HTMLResponse:
         )
     )
     return _page(
-        request,
         "projects.html",
         {"title": f"armwheels — projects matching {q}", "q": q, "names": names},
     )
@@ -642,7 +635,7 @@ async def project_page(request: Request, name: str) -> Response:
     try:
         normal = normalize_project(name)
     except BadName:
-        return _message(request, "armwheels — no such project", "no such project", 404)
+        return _message("armwheels — no such project", "no such project", 404)
     if normal != name:
         return RedirectResponse(f"/projects/{normal}", status_code=301)
     settings = _settings(request)
@@ -654,7 +647,7 @@ async def project_page(request: Request, name: str) -> Response:
             lambda db: _project_body(db, settings, normal),
         )
     except _NoProject:
-        return _message(request, "armwheels — no such project", f"no project named {normal}", 404)
+        return _message("armwheels — no such project", f"no project named {normal}", 404)
     return HTMLResponse(body)
 
 
@@ -677,9 +670,9 @@ def _log_tail(settings: Settings, job: BuildJob) -> tuple[str, bool]:
 def build_page(request: Request, job_id: str, db: DB) -> HTMLResponse:
     # Ids are 32-bit integers: a larger number is no build (PostgreSQL would refuse it).
     wanted = int(job_id) if job_id.isdigit() and len(job_id) <= 10 else 0
-    found = db.get(BuildJob, wanted) if 0 < wanted <= MAX_ID else None
+    found = db.get(BuildJob, wanted) if 0 < wanted <= MAX_JOB_ID else None
     if found is None:
-        return _message(request, "armwheels — no such build", f"no build {job_id}", 404)
+        return _message("armwheels — no such build", f"no build {job_id}", 404)
     [row] = _job_rows(db, _jobs_query().where(BuildJob.id == found.id))
     history = _job_rows(
         db,
@@ -704,7 +697,6 @@ def build_page(request: Request, job_id: str, db: DB) -> HTMLResponse:
     log_text, log_cut = ("", False) if building else _log_tail(_settings(request), found)
     skip = found.skip_reason.value if found.skip_reason else None
     return _page(
-        request,
         "build.html",
         {
             "title": f"armwheels — build {found.id}: {row.label}",
@@ -762,14 +754,13 @@ def builders_page(request: Request, db: DB) -> HTMLResponse:
                 version=builder.version,
             )
         )
-    return _page(request, "builders.html", {"title": "armwheels — builders", "builders": rows})
+    return _page("builders.html", {"title": "armwheels — builders", "builders": rows})
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, db: DB) -> HTMLResponse:
+def audit_page(db: DB) -> HTMLResponse:
     events = list(db.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(AUDIT_SHOWN)))
     return _page(
-        request,
         "audit.html",
         {"title": "armwheels — audit log", "events": events, "aware": _aware},
     )
