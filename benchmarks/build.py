@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from builder.backends.docker import DockerBackend
-from builder.client import JobSpec
 from common.config import load_settings
+from common.job_spec import JobSpec
 from tests.sdists import pypi_sdist
 from tests.servers import clean_pip_env
 

@@ -10,13 +10,18 @@ from typing import Any
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from common.recipes import Recipe
+from common.job_spec import JobSpec
 
 log = logging.getLogger(__name__)
 
 
 class ClaimRefused(Exception):
     """The master no longer wants this job built (already taken, cancelled, unknown)."""
+
+
+class ClaimNotUnderstood(ClaimRefused):
+    """The master claimed the job for us but its answer is no job spec this builder reads
+    (a master of another version): the job is handed back rather than built blind."""
 
 
 class ReportRejected(Exception):
@@ -65,28 +70,6 @@ class HeartbeatAnswer:
 
 # A live-log chunk is best effort: it must not hold up the build for a minute.
 LOG_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    job_id: int
-    project: str
-    version: str
-    arch: str
-    python_tag: str
-    policy: str
-    sdist_filename: str
-    sdist_url: str
-    sdist_sha256: str
-    sdist_size: int | None
-    attempt: int
-    # The operator's recipe for this project (common/recipes.py), if any.
-    recipe: Recipe | None = None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobSpec:
-        recipe = data.pop("recipe", None)
-        return cls(**data, recipe=Recipe.model_validate(recipe) if recipe else None)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -179,7 +162,10 @@ class MasterClient:
         if response.status_code in (404, 409):
             raise ClaimRefused(_error(response))
         response.raise_for_status()
-        return JobSpec.from_json(response.json())
+        try:
+            return JobSpec.from_json(response.json())
+        except ValueError as exc:  # not JSON, or pydantic's ValidationError
+            raise ClaimNotUnderstood(f"claim answer is not a job spec: {exc}") from exc
 
     @_retrying
     def release(self, job_id: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from builder.client import JobSpec
+from common.job_spec import JobSpec
 
 
 class SdistUnavailable(Exception):

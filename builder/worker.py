@@ -17,10 +17,11 @@ from typing import BinaryIO
 from celery import signals
 
 from builder.backends import Backend, BuildOutcome, cancelled_outcome, note
-from builder.client import ClaimRefused, JobSpec, MasterClient, ReportRejected
+from builder.client import ClaimNotUnderstood, ClaimRefused, MasterClient, ReportRejected
 from builder.log_stream import LogStreamer
 from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
 from common.config import Settings
+from common.job_spec import JobSpec
 from common.messages import BUILD_TASK, declare_queues, make_celery, queue_name
 from common.states import FailureReason
 
@@ -124,6 +125,10 @@ class JobRunner:
             return  # not claimed: the message goes back to the broker with the worker
         try:
             spec = self.client.claim(job_id)
+        except ClaimNotUnderstood as exc:
+            log.error("job handed back: %s", exc, extra={"job_id": job_id})
+            self._hand_back(job_id)
+            return
         except ClaimRefused as exc:
             log.info("job not claimed: %s", exc, extra={"job_id": job_id})
             return

@@ -27,9 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from common.config import Settings
+from common.job_spec import JobSpec
 from common.models import Builder, BuildJob, OutputFile, Project, Release, utcnow
 from common.names import BadName, normalize_project
-from common.recipes import Recipe, RecipeBook
+from common.recipes import RecipeBook
 from common.states import FailureReason, JobState, TokenRole
 from common.wheels import BadWheel, parse_name
 from master import audit, index, status
@@ -92,23 +93,6 @@ class Heartbeat(BaseModel):
 
     job_id: int | None = Field(default=None, ge=1)
     free_disk: int | None = Field(default=None, ge=0)
-
-
-class JobSpec(BaseModel):
-    job_id: int
-    project: str
-    version: str
-    arch: str
-    python_tag: str
-    policy: str
-    sdist_filename: str
-    sdist_url: str
-    sdist_sha256: str
-    sdist_size: int | None
-    attempt: int
-    # The operator's recipe for the project (master.recipes), sent so that every builder
-    # builds it the same way.
-    recipe: Recipe | None = None
 
 
 def _current_builder(db: DB, authorization: AuthHeader = None) -> Builder:

@@ -17,8 +17,8 @@ import pytest
 from packaging.utils import parse_wheel_filename
 
 from builder.backends.docker import LABEL, DockerBackend
-from builder.client import JobSpec
 from common.config import TargetSettings, load_settings
+from common.job_spec import JobSpec
 from tests.sdists import pypi_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]

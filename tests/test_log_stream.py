@@ -22,11 +22,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from builder.backends import BuildOutcome
-from builder.client import HeartbeatAnswer, JobSpec, LogOffsetMismatch, LogRefused, MasterClient
+from builder.client import HeartbeatAnswer, LogOffsetMismatch, LogRefused, MasterClient
 from builder.log_stream import LogStreamer
 from builder.worker import JobRunner
 from common.config import Settings
 from common.db import transaction
+from common.job_spec import JobSpec
 from common.models import BuildJob
 from common.states import FailureReason, JobState, TokenRole
 from master.app import create_app

@@ -27,9 +27,9 @@ from pydantic import SecretStr
 
 from builder.backends import BuildOutcome
 from builder.backends.native import TOOLS_BIN, NativeBackend, NativeUnavailable
-from builder.client import JobSpec
 from builder.image import TOOLS
 from common.config import BuilderSettings, TargetSettings
+from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import FailureReason
 from tests.sdists import make_sdist, pypi_sdist

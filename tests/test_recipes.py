@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from armwheels.cli import main
-from builder.client import JobSpec
 from common.config import ConfigError, Settings, load_settings
 from common.db import transaction
+from common.job_spec import JobSpec
 from common.recipes import RecipeBook, RecipeError, parse_recipes
 from common.states import TokenRole
 from master.app import create_app

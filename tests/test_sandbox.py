@@ -12,8 +12,8 @@ import pytest
 
 from builder.backends import BuildOutcome
 from builder.backends.docker import LABEL, DockerBackend
-from builder.client import JobSpec
 from common.config import BuilderSettings, load_settings
+from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import FailureReason
 from tests.sdists import make_sdist

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from builder.classify import diagnose
-from builder.client import JobSpec
 from common.config import BuilderSettings
+from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import FailureReason
 from common.wheels import BadWheel, read_contents

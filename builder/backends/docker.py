@@ -35,9 +35,9 @@ from builder.backends import (
 )
 from builder.backends.guard import WorkdirGuard
 from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
-from builder.client import JobSpec
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
+from common.job_spec import JobSpec
 from common.states import FailureReason
 
 log = logging.getLogger(__name__)

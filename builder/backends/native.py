@@ -48,10 +48,10 @@ from builder.backends import (
     write_constraints,
 )
 from builder.backends.guard import WorkdirGuard
-from builder.client import JobSpec
 from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
+from common.job_spec import JobSpec
 from common.names import python_version_of_tag
 from common.recipes import Recipe
 from common.states import FailureReason

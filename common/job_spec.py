@@ -1,0 +1,43 @@
+"""What the master tells a builder about the job it claimed: the one wire definition.
+
+The master answers a claim with it and the builder reads it back, so both sides use this
+single model rather than each keeping a copy that can drift. Fields a newer master adds
+are ignored by an older builder (a rolling upgrade must not stop the farm); a missing or
+mistyped field is a validation error, never a half-filled job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter
+from pydantic.dataclasses import dataclass
+
+from common.recipes import Recipe
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="ignore"))
+class JobSpec:
+    job_id: int
+    project: str
+    version: str
+    arch: str
+    python_tag: str
+    policy: str
+    sdist_filename: str
+    sdist_url: str
+    sdist_sha256: str
+    sdist_size: int | None
+    attempt: int
+    # The operator's recipe for the project (master.recipes), sent so that every builder
+    # builds it the same way.
+    recipe: Recipe | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobSpec:
+        """The spec in a claim's answer; pydantic.ValidationError (a ValueError) when the
+        answer is not one."""
+        return _ADAPTER.validate_python(data)
+
+
+_ADAPTER: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
