@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -621,7 +622,17 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         except index.NotAcceptable as exc:
             raise HTTPException(406, str(exc)) from exc
 
-    @app.api_route("/simple/", methods=["GET", "HEAD"])
+    def get_and_head(path: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        """GET in the OpenAPI document and HEAD beside it (kept out of the document: one
+        route for both methods would give two operations the same operationId)."""
+
+        def register(endpoint: Callable[..., Response]) -> Callable[..., Response]:
+            app.head(path, include_in_schema=False)(endpoint)
+            return app.get(path)(endpoint)
+
+        return register
+
+    @get_and_head("/simple/")
     def simple_root(request: Request, db: DB) -> Response:
         media = _negotiate(request)
         serial = index.last_serial(db)
@@ -636,7 +647,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             return _simple(request, index.render_root_json(names), media, serial)
         return _simple(request, index.render_root_html(names), media, serial)
 
-    @app.api_route("/simple/{name}/", methods=["GET", "HEAD"])
+    @get_and_head("/simple/{name}/")
     def simple_project(name: str, request: Request, db: DB) -> Response:
         try:
             normal = normalize_project(name)
@@ -655,11 +666,11 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             return _simple(request, index.render_project_json(normal, files, serial), media, serial)
         return _simple(request, index.render_project_html(normal, files, serial), media, serial)
 
-    @app.api_route("/simple/{name}", methods=["GET", "HEAD"])
+    @get_and_head("/simple/{name}")
     def simple_project_slash(name: str) -> RedirectResponse:
         return RedirectResponse(f"/simple/{name}/", status_code=301)
 
-    @app.api_route("/files/{name}/{filename}", methods=["GET", "HEAD"])
+    @get_and_head("/files/{name}/{filename}")
     def files(name: str, filename: str, request: Request, db: DB) -> Response:
         metadata = filename.endswith(".metadata")
         wheel_name = filename.removesuffix(".metadata")

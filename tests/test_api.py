@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -384,3 +385,28 @@ def test_heartbeats_report_the_running_job_and_free_disk(farm: Farm) -> None:
     status = farm.client.get("/api/v1/status").json()
     [b1] = [b for b in status["builders"] if b["name"] == "b1"]
     assert (b1["reported_job"], b1["free_disk"]) == (None, 5)
+
+
+def test_the_openapi_document_describes_the_api(farm: Farm) -> None:
+    with warnings.catch_warnings():
+        # FastAPI warns of two operations with one operationId (GET and HEAD on one route).
+        warnings.simplefilter("error", UserWarning)
+        answer = farm.client.get("/openapi.json")
+    assert answer.status_code == 200
+    document = answer.json()
+    paths = document["paths"]
+    for path, method in [
+        ("/api/v1/builders/register", "post"),
+        ("/api/v1/jobs/{job_id}/claim", "post"),
+        ("/api/v1/jobs/{job_id}/result", "post"),
+        ("/api/v1/projects/{name}/rebuild", "post"),
+        ("/api/v1/tokens", "post"),
+        ("/api/v1/skips", "get"),
+        ("/simple/{name}/", "get"),
+    ]:
+        assert method in paths[path], (path, method)
+    operation_ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    # The claim's answer is the job spec builders read (common/job_spec.py).
+    spec = document["components"]["schemas"]["JobSpec"]
+    assert {"job_id", "sdist_url", "sdist_sha256", "attempt"} <= set(spec["required"])
