@@ -12,6 +12,7 @@ the master's loop and restarts a worker that dies; a worker whose parent dies st
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -72,6 +73,7 @@ def _serve(
     engine = make_engine(settings.database.url, settings.database.echo)
     try:
         app = create_app(settings, make_sessionmaker(engine))
+        _freeze_startup_objects()
         config = uvicorn.Config(
             app,
             host=settings.master.host,
@@ -85,6 +87,15 @@ def _serve(
         server.run(sockets=sockets)
     finally:
         engine.dispose()
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything made while starting (modules, the app, SQLAlchemy's mappers: ~140k
+    objects) out of the cyclic garbage collector's sight. They live as long as the
+    process, yet a full collection walked them all, stopping every request in the
+    process for ~90 ms a few times a minute under load: the dashboard's p99."""
+    gc.collect()
+    gc.freeze()
 
 
 def _die_with_parent(parent: int) -> None:
