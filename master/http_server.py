@@ -1,9 +1,9 @@
-"""The master's HTTP server: one process, or several sharing one listening socket.
+"""The master's HTTP server: one process, or several serving one port (SO_REUSEPORT).
 
 Rendering pages and checking uploads is Python work, and a Python process runs one
 request's Python code at a time, so one process caps the master's pages at one core.
-With several workers the parent binds the port once and keeps that many spawned
-processes serving it, each with its own database pool and app: everything they share
+With several workers the parent opens one listening socket per worker on the port and
+keeps a spawned process serving each, with its own database pool and app: what they share
 lives in the database (rate limits, tokens, jobs) or under `flock` in the data directory
 (live logs, the static index), as it already must for several masters. The parent runs
 the master's loop and restarts a worker that dies; a worker whose parent dies stops too.
@@ -55,14 +55,49 @@ def serve_http(settings: Settings, workers: int) -> None:
     if workers <= 1:
         _serve(settings, sockets=None)
         return
-    config = uvicorn.Config(
-        "master.app:create_app", host=settings.master.host, port=settings.master.port
-    )
-    listener = config.bind_socket()
+    listeners = listen_sockets(settings.master.host, settings.master.port, workers)
     try:
-        WorkerPool(settings, listener, workers).run()
+        WorkerPool(settings, listeners).run()
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
+
+
+# uvicorn's default: connections the kernel queues for a worker busy with others.
+BACKLOG = 2048
+
+
+def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per worker on the same port (SO_REUSEPORT), so the kernel
+    spreads new connections evenly between workers. Workers accepting from one shared
+    socket did not: whichever woke first took a whole burst, and 20 keep-alive clients
+    could all end up on one worker while the other idled. The parent keeps the sockets,
+    so a restarted worker serves the connections queued for the one it replaces.
+    A port already in use is refused first, without SO_REUSEPORT: a second master must
+    not quietly share the first one's port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            listener = socket.socket(family)
+            sockets.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind((host, port))
+            listener.listen(BACKLOG)
+            listener.set_inheritable(True)
+    except OSError as exc:
+        for listener in sockets:
+            listener.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    log.info("listening", extra={"host": host, "port": port, "sockets": count})
+    return sockets
 
 
 def _serve(
@@ -135,12 +170,12 @@ def _worker_main(
 
 
 class WorkerPool:
-    """Keeps `count` worker processes serving `listener` until SIGINT or SIGTERM."""
+    """Keeps one worker process serving each listening socket until SIGINT or SIGTERM."""
 
-    def __init__(self, settings: Settings, listener: socket.socket, count: int) -> None:
+    def __init__(self, settings: Settings, listeners: list[socket.socket]) -> None:
         self.settings = settings
-        self.listener = listener
-        self.count = count
+        self.listeners = listeners
+        self.count = len(listeners)
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, SpawnProcess] = {}
         self.started_at: dict[int, float] = {}
@@ -168,7 +203,13 @@ class WorkerPool:
     def _start(self, slot: int) -> None:
         process = self.context.Process(
             target=_worker_main,
-            args=(self.settings, self.listener, logging.getLogger().level, slot, os.getpid()),
+            args=(
+                self.settings,
+                self.listeners[slot],
+                logging.getLogger().level,
+                slot,
+                os.getpid(),
+            ),
             name=f"armwheels-http-{slot}",
         )
         process.start()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from common.config import load_settings
-from master.http_server import MAX_AUTO_WORKERS, http_workers
+from master.http_server import MAX_AUTO_WORKERS, http_workers, listen_sockets
 from tests.conftest import _postgres_database
 from tests.servers import free_port, process_gone, redis_database, stop_process, wait_until
 
@@ -151,6 +151,77 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_all_stop_with_the_mas
     assert log.count('msg="http worker started"') == 3
     assert 'msg="http worker exited: starting another" worker=' in log
     assert f"pid={victim} exitcode=-9" in log
+
+
+def _connections_by_worker(port: int, workers: set[int]) -> dict[int, int]:
+    """How many established connections on `port` each worker holds (/proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            inodes.add(f"socket:[{fields[9]}]")
+    held = {}
+    for pid in workers:
+        fds = Path(f"/proc/{pid}/fd")
+        held[pid] = sum(1 for fd in fds.iterdir() if str(fd.readlink()) in inodes)
+    return held
+
+
+@pytest.mark.slow
+def test_a_burst_of_keep_alive_clients_is_spread_over_the_workers(tmp_path: Path) -> None:
+    # One socket shared by the workers let the first to wake take a whole burst: 20
+    # keep-alive clients on one worker, the other idle. Each worker has its own socket.
+    with master(tmp_path, workers=2) as running:
+        workers = running.workers()
+        # The burst arrives while both workers are busy (stopped here): the kernel queues
+        # the connections, and the workers find them when they next look.
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            clients = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(20)]
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        try:
+            request = b"GET /simple/ HTTP/1.1\r\nHost: farm\r\n\r\n"
+            for client in clients:
+                client.sendall(request)
+            for client in clients:
+                assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            held = _connections_by_worker(running.port, workers)
+        finally:
+            for client in clients:
+                client.close()
+    assert sum(held.values()) == 20
+    # The kernel hashes each connection to a socket: both get some (a 1 in 26,000 chance
+    # of fewer than 2 on one of them by luck alone).
+    assert min(held.values()) >= 2, held
+
+
+def test_a_port_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=rf"^cannot listen on 127.0.0.1:{port}: "):
+            listen_sockets("127.0.0.1", port, 2)
+
+
+def test_each_worker_gets_a_socket_of_its_own_on_the_port() -> None:
+    port = free_port()
+    sockets = listen_sockets("127.0.0.1", port, 3)
+    try:
+        assert len({s.fileno() for s in sockets}) == 3
+        assert {s.getsockname() for s in sockets} == {("127.0.0.1", port)}
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+        # Connections queue even before a worker starts serving.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        for listener in sockets:
+            listener.close()
+    assert _port_free(port)
 
 
 @pytest.mark.slow
