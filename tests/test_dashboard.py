@@ -401,9 +401,11 @@ def test_build_page_building_and_built(farm: Farm) -> None:
     assert page.by_id("state").text == "building"
     assert page.by_id("log").attrs["data-live"] == "true"
     assert page.by_id("builder").text == "b-busy"
+    assert page.by_id("elapsed").text == "building for 5 min"
     assert page.root.find_all(id="failure") == []
     page = farm.page(f"/builds/{farm.ids['built']}")
     assert page.by_id("state").text == "built"
+    assert page.root.find_all(id="elapsed") == []
     files = page.by_id("files")
     assert files.find("a").text.startswith("demo-1.0-cp311-cp311-")
     assert len(files.find("code", class_="sha256").text) == 64
