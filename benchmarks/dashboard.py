@@ -140,16 +140,12 @@ def fresh_renders(
     factory = make_sessionmaker(engine)
 
     def overview() -> None:
-        with factory() as db:
-            dashboard._read_only(db)
-            figures = dashboard._overview(db, settings, dashboard._now(), PageCache())
-            dashboard._render("overview.html", {"title": "overview", **figures})
+        with dashboard.read_session(factory) as db:
+            dashboard.overview_body(db, settings, PageCache())
 
     def project() -> None:
-        with factory() as db:
-            dashboard._read_only(db)
-            name = f"project-{random.randint(1, projects)}"
-            dashboard._project_body(db, settings, name)
+        with dashboard.read_session(factory) as db:
+            dashboard.project_body(db, settings, f"project-{random.randint(1, projects)}")
 
     timings: dict[str, list[float]] = {}
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,22 +163,23 @@ async def _cached(
         return kept
 
     def in_thread() -> bytes:
-        factory: sessionmaker[Session] = request.app.state.factory
-        with factory() as db:
-            _read_only(db)
+        with read_session(request.app.state.factory) as db:
             return cache.get(key, ttl, lambda: render(db))
 
     async with _render_slots(request):
         return await run_in_threadpool(in_thread)
 
 
-def _read_only(db: Session) -> None:
-    """A page's reads run outside a transaction (autocommit): BEGIN and the ROLLBACK that
-    ends a read-only transaction were two of a project page's five round trips to
-    PostgreSQL, 40% of its render time. Each statement still sees a consistent snapshot;
-    a page's statements may see moments apart, which a page refreshed every second
-    (and kept for one) can afford."""
-    db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+@contextmanager
+def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for rendering a page, its reads outside a transaction (autocommit): BEGIN
+    and the ROLLBACK that ends a read-only transaction were two of a project page's five
+    round trips to PostgreSQL, 40% of its render time. Each statement still sees a
+    consistent snapshot; a page's statements may see moments apart, which a page
+    refreshed every second (and kept for one) can afford."""
+    with factory() as db:
+        db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield db
 
 
 # Renders are Python work under one interpreter lock: with two at once one computes while
@@ -451,16 +453,25 @@ def _overview_figures(db: Session, settings: Settings, cache: PageCache) -> dict
     )
 
 
+def overview_body(
+    db: Session, settings: Settings, cache: PageCache, template: str = "overview.html"
+) -> bytes:
+    """The overview (or, with _overview.html, its live part) from the figures `cache`
+    keeps; a fresh cache renders it from the database."""
+    data = _overview_figures(db, settings, cache)
+    return _render(template, {"title": "armwheels — overview", **data})
+
+
 async def _overview_page(request: Request, template: str) -> bytes:
     """The overview (or its live part), rendered once per `master.overview_cache` seconds
     for all the dashboards open (each asks again every 2 s), both from the same figures."""
     settings = _settings(request)
-
-    def render(db: Session) -> bytes:
-        data = _overview_figures(db, settings, _page_cache(request))
-        return _render(template, {"title": "armwheels — overview", **data})
-
-    return await _cached(request, ("overview", template), settings.master.overview_cache, render)
+    return await _cached(
+        request,
+        ("overview", template),
+        settings.master.overview_cache,
+        lambda db: overview_body(db, settings, _page_cache(request), template),
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -605,7 +616,7 @@ class _NoProject(LookupError):
     """Nothing to render (and nothing to keep): the page answers 404."""
 
 
-def _project_body(db: Session, settings: Settings, name: str) -> bytes:
+def project_body(db: Session, settings: Settings, name: str) -> bytes:
     connection = db.connection()
     found = connection.execute(_PROJECT_RELEASES, {"name": name}).all()
     if not found:
@@ -657,7 +668,7 @@ async def project_page(request: Request, name: str) -> Response:
             request,
             ("project", normal),
             settings.master.project_cache,
-            lambda db: _project_body(db, settings, normal),
+            lambda db: project_body(db, settings, normal),
         )
     except _NoProject:
         return _message("armwheels — no such project", f"no project named {normal}", 404)
