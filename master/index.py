@@ -184,8 +184,9 @@ def render_project_json(name: str, files: list[IndexFile], serial: int = 0) -> s
                 "url": f.url,
                 "hashes": {"sha256": f.sha256},
                 "requires-python": f.requires_python,
+                # PEP 714: only the new key in JSON. pip 22.3 to 23.1 raise on the old
+                # one ("unhashable type: 'dict'"), and Debian 12 ships pip 23.0.1.
                 "core-metadata": {"sha256": f.metadata_sha256},
-                "dist-info-metadata": {"sha256": f.metadata_sha256},
                 "yanked": f.yanked,
                 "size": f.size,
                 "upload-time": _upload_time(f.upload_time),
@@ -211,8 +212,10 @@ def render_project_html(name: str, files: list[IndexFile], serial: int = 0) -> s
         attrs = [f'href="{escape(f.url)}#sha256={f.sha256}"']
         if f.requires_python:
             attrs.append(f'data-requires-python="{escape(f.requires_python)}"')
-        attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
+        # PEP 714: data-core-metadata, and the legacy name with the same value, which
+        # the HTML clients written before PEP 714 read (pip 22.3 to 23.1 among them).
         attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
+        attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
         if f.yanked is not False:
             reason = f.yanked if isinstance(f.yanked, str) else ""
             attrs.append(f'data-yanked="{escape(reason)}"')

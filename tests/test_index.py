@@ -63,7 +63,9 @@ def test_project_json_follows_pep_691_and_700() -> None:
     [entry] = body["files"]
     assert entry["hashes"] == {"sha256": "a" * 64}
     assert entry["requires-python"] == ">=3.8,<4"
-    assert entry["core-metadata"] == entry["dist-info-metadata"] == {"sha256": "b" * 64}
+    assert entry["core-metadata"] == {"sha256": "b" * 64}
+    # PEP 714: the old key never in JSON (pip 22.3 to 23.1 crash on it).
+    assert "dist-info-metadata" not in entry
     assert entry["yanked"] is False
     assert entry["size"] == 1234
     assert entry["upload-time"] == "2026-01-02T03:04:05.000000Z"
@@ -88,7 +90,8 @@ def test_project_html_follows_pep_503_and_658() -> None:
     assert first["href"] == f"{FILE.url}#sha256={'a' * 64}"
     assert first["data-requires-python"] == ">=3.8,<4"  # escaped in HTML, parsed back
     assert first["data-core-metadata"] == f"sha256={'b' * 64}"
-    assert first["data-dist-info-metadata"] == f"sha256={'b' * 64}"
+    # PEP 714 lets HTML carry the legacy name too, and then it must match.
+    assert first["data-dist-info-metadata"] == first["data-core-metadata"]
     assert "data-yanked" not in first
     assert second["data-yanked"] == "broken"
     assert "&gt;=3.8" in render_project_html("demo", [FILE])
