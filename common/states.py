@@ -50,6 +50,9 @@ class SkipReason(StrEnum):
     SKIP_LIST = "skip-list"
     NO_SDIST = "no-sdist"
     COVERED_UPSTREAM = "covered-upstream"
+    # The farm already serves a wheel this target installs (a stable-ABI `cp36-abi3`
+    # wheel built for an older CPython serves every later one).
+    COVERED_BY_FARM = "covered-by-farm"
     PURE_PYTHON_UPSTREAM = "pure-python-upstream"
     REMOVED_UPSTREAM = "removed-upstream"
     YANKED_UPSTREAM = "yanked-upstream"

@@ -54,10 +54,12 @@ from master.rebuild import RebuildError, UnknownProject, request_rebuild
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
 from master.uploads import (
+    AlreadyServed,
     Rejected,
     ResultReport,
     accept_wheel,
     check_job_owner,
+    finish_covered,
     finish_job,
     not_building_here,
 )
@@ -407,6 +409,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         report = ResultReport(outcome, reason, summary, build_seconds, transient)
         rejection: Rejected | None = None
         published: OutputFile | None = None
+        covered: AlreadyServed | None = None
         if outcome == "built" and wheel is not None and wheel_sha256:
             try:
                 published = accept_wheel(
@@ -419,12 +422,17 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                     limits.max_upload_bytes,
                     push_targets=settings.push,
                 )
+            except AlreadyServed as exc:
+                covered = exc
             except Rejected as exc:
                 rejection = exc
                 report = ResultReport(
                     "failed", FailureReason.UPLOAD_REJECTED, exc.message, build_seconds
                 )
-        finish_job(job, report, settings.master.max_attempts)
+        if covered is not None:
+            finish_covered(job, covered)
+        else:
+            finish_job(job, report, settings.master.max_attempts)
         db.commit()
         live.discard(job.id, claim)  # the final log replaces the live one
         if published is not None and static is not None:
@@ -444,6 +452,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             "job": job.id,
             "state": job.state.value,
             "file": published.filename if published else None,
+            **({"served": covered.existing.filename} if covered else {}),
         }
 
     @app.post("/api/v1/projects/{name}/rebuild", status_code=202)

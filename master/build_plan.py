@@ -10,78 +10,29 @@ configured to build covered targets anyway. Every decision leaves a reason behin
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
-from functools import cache
 
-from packaging.tags import Tag, compatible_tags, cpython_tags
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from common.config import Settings, TargetSettings
-from common.models import BuildJob, Release, SkipRule, SourceFile
-from common.names import python_version_of_tag
+from common.models import BuildJob, OutputFile, Release, SkipRule, SourceFile
 from common.states import JobState, SkipReason
+from common.tags import covering_wheel, wheel_tags
 from master.scheduler import PRIORITY_NEW, create_jobs, target_allowed
 
 log = logging.getLogger(__name__)
 
 # Jobs ended for these reasons do not settle a target: if the release comes back, build.
 REOPENING_REASONS = (SkipReason.YANKED_UPSTREAM, SkipReason.REMOVED_UPSTREAM)
-_MANYLINUX = re.compile(r"^manylinux(?:_(\d+)_(\d+)|(2014|2010|1))_(\w+)$")
-_LEGACY = {"2014": (2, 17), "2010": (2, 12), "1": (2, 5)}
-_LEGACY_BY_GLIBC = {glibc: f"manylinux{alias}" for alias, glibc in _LEGACY.items()}
-
-
-@cache
-def supported_tags(python_tag: str, policy: str) -> frozenset[Tag]:
-    """The tags pip on a target (interpreter x manylinux policy) accepts from an index."""
-    major, minor = (int(part) for part in python_version_of_tag(python_tag).split("."))
-    match = _MANYLINUX.match(policy)
-    platforms: list[str] = []
-    if match is None:
-        platforms.append(policy)
-    else:
-        if match.group(3):
-            glibc_major, glibc_minor = _LEGACY[match.group(3)]
-        else:
-            glibc_major, glibc_minor = int(match.group(1)), int(match.group(2))
-        arch = match.group(4)
-        # A manylinux_2_X system also accepts every older manylinux_2_Y wheel (PEP 600).
-        for older in range(glibc_minor, -1, -1):
-            platforms.append(f"manylinux_{glibc_major}_{older}_{arch}")
-            alias = _LEGACY_BY_GLIBC.get((glibc_major, older))
-            if alias:
-                platforms.append(f"{alias}_{arch}")
-    version = (major, minor)
-    tags = list(cpython_tags(version, platforms=platforms))
-    tags += list(compatible_tags(version, f"cp{major}{minor}", platforms=platforms))
-    return frozenset(tags)
-
-
-def _wheel_tags(filename: str) -> frozenset[Tag]:
-    try:
-        return parse_wheel_filename(filename)[3]
-    except InvalidWheelFilename:
-        return frozenset()
 
 
 def pure_python_wheel(filenames: Iterable[str]) -> str | None:
     """An upstream wheel that runs everywhere (`py3-none-any` and the like), if any."""
     for filename in sorted(filenames):
         if filename.endswith(".whl") and any(
-            tag.platform == "any" and tag.abi == "none" for tag in _wheel_tags(filename)
+            tag.platform == "any" and tag.abi == "none" for tag in wheel_tags(filename)
         ):
-            return filename
-    return None
-
-
-def covering_wheel(filenames: Iterable[str], python_tag: str, policy: str) -> str | None:
-    """An upstream wheel pip on this target would install instead of ours, if any."""
-    wanted = supported_tags(python_tag, policy)
-    for filename in sorted(filenames):
-        if filename.endswith(".whl") and not _wheel_tags(filename).isdisjoint(wanted):
             return filename
     return None
 
@@ -112,6 +63,43 @@ def settle_active_jobs(session: Session, release_ids: list[int], reason: SkipRea
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def served_wheels(session: Session, release_id: int) -> list[str]:
+    """The wheels of ours the index serves for a release."""
+    return list(
+        session.scalars(
+            select(OutputFile.filename).where(
+                OutputFile.release_id == release_id, OutputFile.published.is_(True)
+            )
+        )
+    )
+
+
+def settle_covered_jobs(session: Session, job: BuildJob, filename: str) -> list[BuildJob]:
+    """A newly published wheel ends the release's waiting jobs that it already serves:
+    an abi3 wheel built for cp311 makes the cp312 job of the same arch and policy moot.
+    A build under way is left to finish; its upload then finds the wheel published."""
+    siblings = session.scalars(
+        select(BuildJob).where(
+            BuildJob.release_id == job.release_id,
+            BuildJob.id != job.id,
+            BuildJob.state.in_((JobState.PENDING, JobState.QUEUED)),
+        )
+    ).all()
+    settled = []
+    for sibling in siblings:
+        if covering_wheel([filename], sibling.python_tag, sibling.policy) is None:
+            continue
+        sibling.state = JobState.SKIPPED
+        sibling.skip_reason = SkipReason.COVERED_BY_FARM
+        sibling.summary = f"armwheels serves {filename}"
+        settled.append(sibling)
+        log.info(
+            "job covered by a published wheel",
+            extra={"job_id": sibling.id, "file": filename, "built_by": job.id},
+        )
+    return settled
 
 
 def _settled_targets(session: Session, release_id: int) -> set[tuple[str, str]]:
@@ -159,6 +147,7 @@ def plan_builds(
         return []
     assert source is not None
     settled = _settled_targets(session, release.id)
+    ours = served_wheels(session, release.id)
     to_build: dict[str, TargetSettings] = {}
     skipped: list[BuildJob] = []
     for arch, target in sorted(settings.enabled_targets().items()):
@@ -166,8 +155,14 @@ def plan_builds(
         for tag in target.python_tags:
             if (arch, tag) in settled or not target_allowed(release.requires_python, tag, project):
                 continue
-            covering = covering_wheel(release.upstream_files, tag, target.policy)
-            if covering is not None and not settings.upstream.build_covered:
+            covered: tuple[SkipReason, str] | None = None
+            upstream = covering_wheel(release.upstream_files, tag, target.policy)
+            own = covering_wheel(ours, tag, target.policy)
+            if upstream is not None and not settings.upstream.build_covered:
+                covered = (SkipReason.COVERED_UPSTREAM, f"PyPI serves {upstream}")
+            elif own is not None:
+                covered = (SkipReason.COVERED_BY_FARM, f"armwheels serves {own}")
+            if covered is not None:
                 skipped.append(
                     BuildJob(
                         release=release,
@@ -177,8 +172,8 @@ def plan_builds(
                         policy=target.policy,
                         state=JobState.SKIPPED,
                         priority=priority,
-                        skip_reason=SkipReason.COVERED_UPSTREAM,
-                        summary=f"PyPI serves {covering}",
+                        skip_reason=covered[0],
+                        summary=covered[1],
                         requested_by=requested_by,
                     )
                 )

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 from common.config import PushTarget
 from common.models import Builder, BuildJob, OutputFile
 from common.states import FailureReason, JobState, SkipReason
+from common.tags import installs_on
 from common.wheels import BadWheel, WheelContents, WheelName, parse_name, read_contents
+from master.build_plan import settle_covered_jobs
 from master.pushes import queue_pushes
 from master.storage import Storage, TooLarge
 
@@ -90,11 +92,31 @@ def check_wheel_name(job: BuildJob, filename: str) -> WheelName:
         raise Rejected(400, f"wheel is version {wheel.version}, job is for {release.version}")
     if any(not platform.endswith("_" + job.arch) for platform in wheel.platforms):
         raise Rejected(400, f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}")
-    if wheel.interpreters != {job.python_tag}:
-        raise Rejected(400, f"wheel is for {sorted(wheel.interpreters)}, job is {job.python_tag}")
+    if not installs_on(wheel.tags, job.python_tag):
+        # A cp36-abi3 wheel passes for a cp311 job: CPython 3.11 installs it.
+        tags = sorted(f"{tag.interpreter}-{tag.abi}" for tag in wheel.tags)
+        raise Rejected(400, f"wheel is for {tags}, which {job.python_tag} does not install")
     if filename in release.upstream_files:
         raise Rejected(409, f"{filename} exists upstream; publishing it would shadow PyPI")
     return wheel
+
+
+class AlreadyServed(Exception):
+    """The job's wheel is one the index already serves for the release, built by the job
+    of another CPython that installs it too (a stable-ABI wheel): the job is covered."""
+
+    def __init__(self, existing: OutputFile) -> None:
+        super().__init__(f"armwheels serves {existing.filename} (built by job {existing.job_id})")
+        self.existing = existing
+
+
+def check_not_published(session: Session, job: BuildJob, filename: str) -> None:
+    existing = session.scalar(select(OutputFile).where(OutputFile.filename == filename))
+    if existing is None:
+        return
+    if existing.release_id == job.release_id and existing.job.python_tag != job.python_tag:
+        raise AlreadyServed(existing)
+    raise Rejected(409, f"{filename} is already published")
 
 
 def check_hash(declared: str, actual: str) -> None:
@@ -131,8 +153,7 @@ def accept_wheel(
 ) -> OutputFile:
     """Validate an uploaded wheel and move it into the file tree; raises Rejected."""
     wheel = check_wheel_name(job, filename)
-    if session.scalar(select(OutputFile.id).where(OutputFile.filename == filename)) is not None:
-        raise Rejected(409, f"{filename} is already published")
+    check_not_published(session, job, filename)
     try:
         spooled, sha256, size = storage.spool(source, limit)
     except TooLarge as exc:
@@ -163,6 +184,7 @@ def accept_wheel(
     )
     session.add(output)
     queue_pushes(session, output, push_targets)
+    settle_covered_jobs(session, job, filename)
     log.info(
         "wheel published",
         extra={
@@ -194,6 +216,18 @@ def finish_job(job: BuildJob, report: ResultReport, max_attempts: int) -> None:
     job.state = JobState.BUILT if report.outcome == "built" else JobState.FAILED
     job.failure_reason = None if report.outcome == "built" else report.reason
     job.summary = report.summary[:2000]
+    job.finished_at = datetime.now(UTC)
+
+
+def finish_covered(job: BuildJob, covered: AlreadyServed) -> None:
+    """End a job whose wheel the index already serves (see AlreadyServed): skipped, not
+    failed, and the wheel it uploaded is dropped."""
+    if job.builder is not None and job.builder.current_job_id == job.id:
+        job.builder.current_job_id = None
+    job.state = JobState.SKIPPED
+    job.skip_reason = SkipReason.COVERED_BY_FARM
+    job.failure_reason = None
+    job.summary = str(covered)
     job.finished_at = datetime.now(UTC)
 
 

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.db import transaction
-from common.models import BuildJob, OutputFile
-from common.states import FailureReason, JobState, TokenRole
+from common.models import BuildJob, OutputFile, Release
+from common.states import FailureReason, JobState, SkipReason, TokenRole
 from master.app import create_app
 from master.auth import create_token
+from master.build_plan import plan_builds
 from master.feed import apply_events
 from master.journal import JournalEvent, parse_entry
 from tests.conftest import make_wheel
@@ -158,7 +159,9 @@ def test_wrong_job(farm: Farm) -> None:
         ("demo-2.0-cp311-cp311-manylinux2014_aarch64.whl", 400, "version 2.0"),
         ("demo-1.0-cp311-cp311-manylinux2014_armv7l.whl", 400, "not for aarch64"),
         ("demo-1.0-py3-none-any.whl", 400, "not for aarch64"),
-        ("demo-1.0-cp310-cp310-manylinux2014_aarch64.whl", 400, "job is cp311"),
+        ("demo-1.0-cp310-cp310-manylinux2014_aarch64.whl", 400, "cp311 does not install"),
+        ("demo-1.0-cp312-abi3-manylinux2014_aarch64.whl", 400, "cp311 does not install"),
+        ("demo-1.0-cp311-cp310-manylinux2014_aarch64.whl", 400, "cp311 does not install"),
         ("demo-1.0-cp311-cp311-manylinux2014_aarch64.whl", 409, "exists upstream"),
         ("not-a-wheel.zip", 400, "not a valid wheel filename"),
     ],
@@ -410,3 +413,79 @@ def test_the_openapi_document_describes_the_api(farm: Farm) -> None:
     # The claim's answer is the job spec builders read (common/job_spec.py).
     spec = document["components"]["schemas"]["JobSpec"]
     assert {"job_id", "sdist_url", "sdist_sha256", "attempt"} <= set(spec["required"])
+
+
+ABI3 = "demo-1.0-cp36-abi3-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+
+
+@pytest.fixture
+def abi3_farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
+    """demo 1.0 with a job for each of cp311, cp312 and cp313 on aarch64, the cp311 one
+    claimed by builder b1 and the cp312 one by b2."""
+    settings.targets["aarch64"].python_tags = ["cp311", "cp312", "cp313"]
+    with transaction(factory) as session:
+        _, _, jobs = add_release(session, settings)
+        token = create_token(session, "b1", TokenRole.BUILDER)
+        other = create_token(session, "b2", TokenRole.BUILDER)
+        by_tag = {job.python_tag: job.id for job in jobs}
+    with TestClient(create_app(settings, factory)) as client:
+        farm = Farm(client, factory, settings, by_tag["cp311"], token, other)
+        for secret, tag in ((token, "cp311"), (other, "cp312")):
+            answer = client.post(
+                "/api/v1/builders/register",
+                headers=farm.auth(secret),
+                json={"arch": "aarch64", "backend": "docker", "python_tags": [tag]},
+            )
+            assert answer.status_code == 200, answer.text
+            claimed = client.post(f"/api/v1/jobs/{by_tag[tag]}/claim", headers=farm.auth(secret))
+            assert claimed.status_code == 200, claimed.text
+        yield farm
+
+
+def _jobs_by_tag(farm: Farm) -> dict[str, BuildJob]:
+    with farm.factory() as session:
+        return {job.python_tag: job for job in session.scalars(select(BuildJob))}
+
+
+def test_a_stable_abi_wheel_is_published_once_for_every_cpython_it_serves(
+    abi3_farm: Farm,
+) -> None:
+    farm = abi3_farm
+    answer = farm.upload(ABI3)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "built"
+    jobs = _jobs_by_tag(farm)
+    assert jobs["cp311"].state == JobState.BUILT
+    # The waiting cp313 job is moot: CPython 3.13 installs the cp36-abi3 wheel.
+    assert jobs["cp313"].state == JobState.SKIPPED
+    assert jobs["cp313"].skip_reason == SkipReason.COVERED_BY_FARM
+    assert ABI3 in (jobs["cp313"].summary or "")
+    # The cp312 build was already running: its identical wheel is not published again
+    # and the job is not a failure.
+    other = farm.upload(ABI3, token=farm.other_token, job_id=jobs["cp312"].id)
+    assert other.status_code == 200, other.text
+    expected = {"job": jobs["cp312"].id, "state": "skipped", "file": None, "served": ABI3}
+    assert other.json() == expected
+    jobs = _jobs_by_tag(farm)
+    assert jobs["cp312"].state == JobState.SKIPPED
+    assert jobs["cp312"].skip_reason == SkipReason.COVERED_BY_FARM
+    with farm.factory() as session:
+        assert [o.filename for o in session.scalars(select(OutputFile))] == [ABI3]
+    page = farm.client.get("/simple/demo/?format=json").json()
+    assert [f["filename"] for f in page["files"]] == [ABI3]
+
+
+def test_a_later_cpython_target_is_not_planned_where_an_abi3_wheel_serves_it(
+    abi3_farm: Farm,
+) -> None:
+    farm = abi3_farm
+    assert farm.upload(ABI3).status_code == 200
+    farm.settings.targets["aarch64"].python_tags = ["cp311", "cp312", "cp313", "cp314"]
+    with transaction(farm.factory) as session:
+        release = session.scalars(select(Release)).one()
+        created = plan_builds(session, release, release.source_files[0], farm.settings)
+        assert created == []
+    jobs = _jobs_by_tag(farm)
+    assert jobs["cp314"].state == JobState.SKIPPED
+    assert jobs["cp314"].skip_reason == SkipReason.COVERED_BY_FARM
+    assert jobs["cp314"].summary == f"armwheels serves {ABI3}"

@@ -10,7 +10,8 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, Release, SkipRule, SourceFile
 from common.states import JobState, SkipReason
-from master.build_plan import covering_wheel, plan_builds, pure_python_wheel, supported_tags
+from common.tags import covering_wheel, supported_tags
+from master.build_plan import plan_builds, pure_python_wheel
 from master.releases import get_or_create_project
 
 

@@ -19,7 +19,8 @@ from tenacity import wait_none
 from common.config import Settings
 from common.models import BuildJob, FeedActionCount, Project, Release
 from common.states import JobState
-from master.build_plan import covering_wheel, pure_python_wheel
+from common.tags import covering_wheel
+from master.build_plan import pure_python_wheel
 from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
 from master.feed import CHANGELOG_FEED, follow_changelog, read_cursor
 from master.json_api import JsonApiClient

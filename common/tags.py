@@ -1,0 +1,82 @@
+"""Which wheels a CPython on a target installs: packaging's tag rules, in one place.
+
+The master needs them twice: to accept a builder's wheel for a job (a `cp36-abi3`
+wheel is what CPython 3.11 installs) and to decide which targets a wheel already
+covers (PyPI's or our own), so the same release is not built again for a later
+CPython that the same stable-ABI wheel serves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import cache
+
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from common.names import python_version_of_tag
+
+_MANYLINUX = re.compile(r"^manylinux(?:_(\d+)_(\d+)|(2014|2010|1))_(\w+)$")
+_LEGACY = {"2014": (2, 17), "2010": (2, 12), "1": (2, 5)}
+_LEGACY_BY_GLIBC = {glibc: f"manylinux{alias}" for alias, glibc in _LEGACY.items()}
+
+
+def policy_platforms(policy: str) -> tuple[str, ...]:
+    """The platform tags a system meeting `policy` accepts, newest first: a manylinux_2_X
+    system also accepts every older manylinux_2_Y wheel and its legacy alias (PEP 600)."""
+    match = _MANYLINUX.match(policy)
+    if match is None:
+        return (policy,)
+    if match.group(3):
+        glibc_major, glibc_minor = _LEGACY[match.group(3)]
+    else:
+        glibc_major, glibc_minor = int(match.group(1)), int(match.group(2))
+    arch = match.group(4)
+    platforms: list[str] = []
+    for older in range(glibc_minor, -1, -1):
+        platforms.append(f"manylinux_{glibc_major}_{older}_{arch}")
+        alias = _LEGACY_BY_GLIBC.get((glibc_major, older))
+        if alias:
+            platforms.append(f"{alias}_{arch}")
+    return tuple(platforms)
+
+
+@cache
+def interpreter_tags(python_tag: str, platforms: tuple[str, ...]) -> frozenset[Tag]:
+    """Every tag CPython `python_tag` installs on those platforms: its own ABI, the
+    stable ABI (abi3) of itself and of every older 3.x, `none`, and `py3` tags."""
+    major, minor = (int(part) for part in python_version_of_tag(python_tag).split("."))
+    version = (major, minor)
+    tags = set(cpython_tags(version, abis=[f"cp{major}{minor}"], platforms=platforms))
+    tags.update(compatible_tags(version, f"cp{major}{minor}", platforms=platforms))
+    return frozenset(tags)
+
+
+def supported_tags(python_tag: str, policy: str) -> frozenset[Tag]:
+    """The tags pip on a target (interpreter x manylinux policy) accepts from an index."""
+    return interpreter_tags(python_tag, policy_platforms(policy))
+
+
+def wheel_tags(filename: str) -> frozenset[Tag]:
+    """The tags of a wheel's file name; none for a name that is not a wheel's."""
+    try:
+        return parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return frozenset()
+
+
+def installs_on(tags: Iterable[Tag], python_tag: str) -> bool:
+    """Would CPython `python_tag` install a wheel with these tags, on its own platforms?"""
+    tags = frozenset(tags)
+    platforms = tuple(sorted({tag.platform for tag in tags}))
+    return not tags.isdisjoint(interpreter_tags(python_tag, platforms))
+
+
+def covering_wheel(filenames: Iterable[str], python_tag: str, policy: str) -> str | None:
+    """A wheel among `filenames` that pip on this target would install, if any."""
+    wanted = supported_tags(python_tag, policy)
+    for filename in sorted(filenames):
+        if filename.endswith(".whl") and not wheel_tags(filename).isdisjoint(wanted):
+            return filename
+    return None
