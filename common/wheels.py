@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
 from email.parser import HeaderParser
@@ -55,7 +56,8 @@ def parse_name(filename: str) -> WheelName:
 class WheelContents:
     metadata: bytes
     requires_python: str | None
-    top_level_modules: list[str]
+    # What the smoke test imports (importable_modules).
+    modules: list[str]
     grafted_libraries: list[str]
 
 
@@ -86,7 +88,7 @@ def read_contents(path: Path) -> WheelContents:
             if info.file_size > MAX_METADATA_BYTES:
                 raise BadWheel("METADATA is too large")
             metadata = archive.read(info)
-            top_level = _top_level(archive, names, dist_info)
+            modules = importable_modules(installed_paths(names, dist_info))
     except zipfile.BadZipFile as exc:
         raise BadWheel(f"corrupt zip: {exc}") from exc
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
@@ -95,23 +97,56 @@ def read_contents(path: Path) -> WheelContents:
         for n in names
         if len(PurePosixPath(n).parts) == 2 and PurePosixPath(n).parts[0].endswith(".libs")
     )
-    return WheelContents(metadata, headers.get("Requires-Python"), top_level, grafted)
+    return WheelContents(metadata, headers.get("Requires-Python"), modules, grafted)
 
 
-def _top_level(archive: zipfile.ZipFile, names: list[str], dist_info: str) -> list[str]:
-    declared = f"{dist_info}/top_level.txt"
-    if declared in names:
-        text = archive.read(declared).decode("utf-8", "replace")
-        modules = [line.strip() for line in text.splitlines() if line.strip()]
-        return sorted({m.replace("/", ".") for m in modules if m.isascii()})
-    found: set[str] = set()
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An extension module's file: `_ext.cpython-311-aarch64-linux-gnu.so`, `_ext.abi3.so`,
+# `_ext.so`; the module is named by what comes before the first dot.
+_EXTENSION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z0-9_.-]+)?\.so$")
+_INSTALLED_AT_ROOT = ("purelib", "platlib")  # <dist>.data/<scheme>/ goes into site-packages
+MAX_SMOKE_MODULES = 1000
+
+
+def installed_paths(names: list[str], dist_info: str) -> list[PurePosixPath]:
+    """Where each file of the wheel lands, relative to site-packages (PEP 427): the
+    .dist-info directory and .data schemes other than purelib/platlib are left out."""
+    data_dir = dist_info.removesuffix(".dist-info") + ".data"
+    paths = []
     for name in names:
-        parts = PurePosixPath(name).parts
-        first = parts[0]
-        if first.endswith((".dist-info", ".data", ".libs")):
+        path = PurePosixPath(name)
+        if not path.parts or path.parts[0] == dist_info or name.endswith("/"):
             continue
-        if len(parts) > 1 and f"{first}/__init__.py" in names:
-            found.add(first)
-        elif len(parts) == 1 and first.endswith((".py", ".so")):
-            found.add(first.split(".")[0])
-    return sorted(found)
+        if path.parts[0] == data_dir:
+            if len(path.parts) < 3 or path.parts[1] not in _INSTALLED_AT_ROOT:
+                continue
+            path = PurePosixPath(*path.parts[2:])
+        paths.append(path)
+    return paths
+
+
+def importable_modules(paths: list[PurePosixPath]) -> list[str]:
+    """What the smoke test imports, from what the wheel really installs (top_level.txt is
+    often stale): each top-level package and module, then every extension module by its
+    dotted name, so that an extension that does not load fails the test."""
+    top: set[str] = set()
+    extensions: set[str] = set()
+    for path in paths:
+        *folders, filename = path.parts
+        if any(not _IDENTIFIER.match(folder) or folder == "__pycache__" for folder in folders):
+            continue
+        extension = _EXTENSION.match(filename)
+        if extension is not None:
+            module = extension.group(1)
+        elif filename.endswith(".py") and _IDENTIFIER.match(filename[:-3]):
+            module = filename[:-3]
+        else:
+            continue
+        if folders:
+            top.add(folders[0])
+        elif module != "__init__":
+            top.add(module)
+        if extension is not None and module != "__init__":
+            extensions.add(".".join([*folders, module]))
+    ordered = sorted(top) + sorted(extensions - top)
+    return ordered[:MAX_SMOKE_MODULES]

@@ -85,3 +85,65 @@ def pypi_sdist(project: str, version: str) -> Path:
     target.write_bytes(data)
     target.with_name(target.name + ".sha256").write_text(digest)
     return target
+
+
+# Three small C-extension projects whose wheels the farm must judge by their contents.
+_MODULE_C = """#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+{body}
+static PyMethodDef methods[] = {{{{"{function}", {function}, METH_VARARGS, ""}},
+                                 {{NULL, NULL, 0, NULL}}}};
+static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "{module}", NULL, -1, methods}};
+PyMODINIT_FUNC PyInit_{module}(void) {{ return PyModule_Create(&module); }}
+"""
+_ADD = """static PyObject *add(PyObject *self, PyObject *args) {
+    long a, b;
+    if (!PyArg_ParseTuple(args, "ll", &a, &b)) return NULL;
+    return PyLong_FromLong(a + b);
+}"""
+
+
+def abi3_sdist(workdir: Path, dest: Path) -> Path:
+    """`abidemo`: an extension on the stable ABI, so its wheel is `cp36-abi3`, which every
+    CPython from 3.6 on installs. It is named without its `ext_package`, as many setup
+    scripts do, so setuptools writes a stale `_speedups` into top_level.txt although the
+    module installs as `abidemo._speedups`."""
+    files = {
+        "abidemo/__init__.py": "from abidemo._speedups import add\n",
+        "src/speedups.c": _MODULE_C.format(body=_ADD, function="add", module="_speedups"),
+        "setup.py": (
+            "from setuptools import Extension, setup\n"
+            "setup(\n"
+            "    packages=['abidemo'],\n"
+            "    ext_package='abidemo',\n"
+            "    ext_modules=[Extension('_speedups', ['src/speedups.c'], py_limited_api=True,\n"
+            "                           define_macros=[('Py_LIMITED_API', '0x03060000')])],\n"
+            "    options={'bdist_wheel': {'py_limited_api': 'cp36'}},\n"
+            ")\n"
+        ),
+    }
+    return make_sdist(workdir, dest, "abidemo", "1.0", files)
+
+
+UNRESOLVED_SYMBOL = "armwheels_defined_nowhere"
+
+
+def unloadable_extension_sdist(workdir: Path, dest: Path) -> Path:
+    """`unloadable`: builds and links (a shared object may leave symbols undefined), but
+    its extension cannot be imported: the symbol it calls exists in no library."""
+    body = (
+        f"extern long {UNRESOLVED_SYMBOL}(void);\n"
+        "static PyObject *call(PyObject *self, PyObject *args) {\n"
+        f"    return PyLong_FromLong({UNRESOLVED_SYMBOL}());\n"
+        "}"
+    )
+    files = {
+        "unloadable/__init__.py": "",
+        "src/broken.c": _MODULE_C.format(body=body, function="call", module="_broken"),
+        "setup.py": (
+            "from setuptools import Extension, setup\n"
+            "setup(packages=['unloadable'],\n"
+            "      ext_modules=[Extension('unloadable._broken', ['src/broken.c'])])\n"
+        ),
+    }
+    return make_sdist(workdir, dest, "unloadable", "1.0", files)

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,13 @@ from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import FailureReason
-from tests.sdists import make_sdist, pypi_sdist
+from tests.sdists import (
+    UNRESOLVED_SYMBOL,
+    abi3_sdist,
+    make_sdist,
+    pypi_sdist,
+    unloadable_extension_sdist,
+)
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ARCH = platform.machine()
@@ -153,6 +160,35 @@ def test_msgpack_builds_repairs_and_imports(
     assert "auditwheel repair" in log and "smoke test passed" in log
     if IS_ROOT:
         assert wheel.stat().st_uid == 0, "the builder takes the output back before reading it"
+
+
+def test_a_stable_abi_wheel_passes_a_smoke_test_of_what_it_holds(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    """abidemo's top_level.txt names `_speedups`; the module is abidemo._speedups."""
+    backend = _backend(work_root, tools_bin)
+    sdist = abi3_sdist(tmp_path / "src", tmp_path / "dist")
+    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    assert outcome.built, (outcome.reason, outcome.summary, log[-3000:])
+    assert outcome.wheel is not None and "-cp36-abi3-manylinux" in outcome.wheel.name
+    with zipfile.ZipFile(outcome.wheel) as wheel:
+        assert wheel.read("abidemo-1.0.dist-info/top_level.txt").split() == [
+            b"_speedups",
+            b"abidemo",
+        ]
+    assert "::armwheels:: import abidemo._speedups" in log and "smoke test passed" in log
+    assert "::armwheels:: import _speedups" not in log
+
+
+def test_an_extension_that_does_not_load_fails_the_smoke_test(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    backend = _backend(work_root, tools_bin)
+    sdist = unloadable_extension_sdist(tmp_path / "src", tmp_path / "dist")
+    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    assert outcome.reason is FailureReason.SMOKE_TEST_FAILED, log[-3000:]
+    assert "::armwheels:: import unloadable._broken" in log
+    assert UNRESOLVED_SYMBOL in log
 
 
 def _c_sdist(tmp_path: Path, name: str, source: str, init: str = "", setup_head: str = "") -> Path:

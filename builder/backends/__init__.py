@@ -159,8 +159,11 @@ def run_recipe(
         contents = read_contents(wheel)
     except BadWheel as exc:
         return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
-    note(log, f"smoke test: import {' '.join(contents.top_level_modules)}")
-    smoke = _exit(run_smoke(wheel, contents.top_level_modules))
+    if contents.modules:
+        note(log, f"smoke test: import {' '.join(contents.modules)}")
+    else:
+        note(log, "smoke test: the wheel installs no importable module; install only")
+    smoke = _exit(run_smoke(wheel, contents.modules))
     if smoke.killed_for == "cancelled":
         return cancelled_outcome()
     if smoke.code != 0:
