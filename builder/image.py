@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import docker
@@ -49,40 +50,49 @@ class ImageBuildError(RuntimeError):
     """The local build image could not be made; the message says which step failed."""
 
 
-def image_is_current(client: docker.DockerClient, image: str) -> bool:
+def image_is_current(client: docker.DockerClient, image: str, recipe: str = RECIPE) -> bool:
     try:
         found = client.images.get(image)
     except docker.errors.ImageNotFound:
         return False
-    return bool(found.labels.get("armwheels.recipe") == RECIPE)
+    return bool(found.labels.get("armwheels.recipe") == recipe)
 
 
-def _debootstrap(arch: str, rootfs: Path) -> None:
+def debootstrap_rootfs(
+    arch: str, rootfs: Path, suite: str = SUITE, packages: Sequence[str] = PACKAGES
+) -> None:
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
     command = [
         "debootstrap",
         f"--arch={DEBIAN_ARCH[arch]}",
         "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
-        SUITE,
+        f"--include={','.join(packages)}",
+        suite,
         str(rootfs),
         MIRROR,
     ]
-    log.info("debootstrap started", extra={"arch": arch, "rootfs": str(rootfs)})
+    log.info("debootstrap started", extra={"arch": arch, "suite": suite, "rootfs": str(rootfs)})
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
         raise ImageBuildError(f"debootstrap failed: {' | '.join(tail)}")
 
 
-def _import(
-    client: docker.DockerClient, rootfs: Path, repository: str, tag: str, scratch: Path
+def import_rootfs(
+    client: docker.DockerClient,
+    rootfs: Path,
+    repository: str,
+    tag: str,
+    scratch: Path,
+    changes: Sequence[str] = (),
 ) -> None:
     tarball = scratch / "rootfs.tar"
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
     log.info("importing rootfs", extra={"bytes": tarball.stat().st_size})
-    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+    client.api.import_image_from_file(
+        str(tarball), repository=repository, tag=tag, changes=list(changes) or None
+    )
 
 
 def build_local_image(
@@ -99,8 +109,8 @@ def build_local_image(
     ca_bundle = ca_bundle or _system_ca_bundle()
     with tempfile.TemporaryDirectory(prefix="armwheels-image-", dir="/var/tmp") as scratch:
         rootfs = Path(scratch) / "rootfs"
-        _debootstrap(arch, rootfs)
-        _import(client, rootfs, repository, base_tag, Path(scratch))
+        debootstrap_rootfs(arch, rootfs)
+        import_rootfs(client, rootfs, repository, base_tag, Path(scratch))
     # The CA bundle is bind-mounted (Mount, not `volumes`) and the pip variables are set
     # inside the shell: neither may end up in the committed image's configuration.
     exports = "export PIP_DISABLE_PIP_VERSION_CHECK=1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from master.auth import create_token
 from master.feed import apply_events
 from master.index import JSON_TYPE
 from master.journal import JournalEvent, parse_entry
+from tests.clients import PIP_VERSIONS, pip_crashes_on_dict_dist_info_metadata, pip_download
 from tests.seed import add_release
 from tests.servers import PIP_TARGET, run_pip, serve_app
 
@@ -184,56 +184,6 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
     engine.dispose()
 
 
-def _served_json(index: Index, since: int) -> None:
-    """The client asked /simple/demo/ for JSON first and was answered in JSON (PEP 691)."""
-    asked = [entry for entry in index.seen[since:] if entry[0] == "/simple/demo/"]
-    assert asked, "the client never fetched /simple/demo/"
-    for _, accept, content_type in asked:
-        assert accept.split(",")[0].strip() == JSON_TYPE, accept
-        assert content_type.split(";")[0] == JSON_TYPE, content_type
-
-
-def _download(index: Index, tmp_path: Path, platform: str, *spec: str) -> list[Path]:
-    target = tmp_path / "downloads"
-    run_pip(
-        "download",
-        "--no-deps",
-        *PIP_TARGET,
-        "--platform",
-        platform,
-        "--index-url",
-        index.simple,
-        "-d",
-        str(target),
-        *spec,
-        cwd=tmp_path,
-    )
-    return sorted(target.iterdir())
-
-
-def _report(index: Index, tmp_path: Path, platform: str, spec: str) -> dict[str, Any]:
-    report = tmp_path / "report.json"
-    run_pip(
-        "install",
-        "--dry-run",
-        "--report",
-        str(report),
-        "--ignore-installed",
-        "--no-deps",
-        *PIP_TARGET,
-        "--platform",
-        platform,
-        "--target",
-        str(tmp_path / "target"),
-        "--index-url",
-        index.simple,
-        spec,
-        cwd=tmp_path,
-    )
-    [item] = json.loads(report.read_text())["install"]
-    return dict(item)
-
-
 def test_index_answers_pip_accept_header_with_json(index: Index) -> None:
     answer = httpx.get(f"{index.simple}demo/", headers={"Accept": PIP_ACCEPT})
     assert answer.status_code == 200
@@ -262,59 +212,6 @@ def test_index_answers_pip_accept_header_with_json(index: Index) -> None:
     root = httpx.get(index.simple, headers={"Accept": PIP_ACCEPT})
     assert root.headers["content-type"].split(";")[0] == JSON_TYPE
     assert root.json()["projects"] == [{"name": "demo"}]
-
-
-@pytest.mark.parametrize(
-    ("platform", "tag"), [("manylinux2014_aarch64", AARCH64), ("manylinux2014_armv7l", ARMV7L)]
-)
-def test_pip_downloads_our_wheel(index: Index, tmp_path: Path, platform: str, tag: str) -> None:
-    since = len(index.seen)
-    [got] = _download(index, tmp_path, platform, "demo==1.0")
-    _served_json(index, since)
-    assert got.name == wheel_name("1.0", tag)
-    assert _sha256(got.read_bytes()) == _sha256(index.wheels[got.name])
-
-
-@pytest.mark.parametrize(
-    ("platform", "tag"), [("manylinux2014_aarch64", AARCH64), ("manylinux2014_armv7l", ARMV7L)]
-)
-def test_pip_resolves_our_url_and_skips_yanked_and_too_new(
-    index: Index, tmp_path: Path, platform: str, tag: str
-) -> None:
-    # Unpinned: 1.1 is yanked and 2.0 needs Python 3.12, so 1.0 is the pick.
-    item = _report(index, tmp_path, platform, "demo")
-    filename = wheel_name("1.0", tag)
-    assert item["download_info"]["url"] == f"{index.url}/files/demo/{filename}"
-    assert item["download_info"]["archive_info"]["hashes"]["sha256"] == _sha256(
-        index.wheels[filename]
-    )
-    assert item["metadata"]["version"] == "1.0"
-    assert item["metadata"]["requires_python"] == ">=3.8"
-    assert item["is_yanked"] is False
-    # Pinned exactly, a yanked release is still installable (PEP 592).
-    pinned = _report(index, tmp_path, platform, "demo==1.1")
-    assert pinned["is_yanked"] is True
-    assert pinned["download_info"]["url"].endswith(wheel_name("1.1", tag))
-
-
-def test_pip_installs_the_wheel_for_another_platform(index: Index, tmp_path: Path) -> None:
-    target = tmp_path / "target"
-    run_pip(
-        "install",
-        "--no-deps",
-        *PIP_TARGET,
-        "--platform",
-        "manylinux2014_aarch64",
-        "--target",
-        str(target),
-        "--index-url",
-        index.simple,
-        "demo",
-        cwd=tmp_path,
-    )
-    assert (target / "demo" / "__init__.py").read_text() == '__version__ = "1.0"\n'
-    record = (target / "demo-1.0.dist-info" / "RECORD").read_text()
-    assert "demo/__init__.py,sha256=" in record
 
 
 def _uv(tmp_path: Path, *args: str) -> str:
@@ -370,18 +267,32 @@ def _uv_compile(tmp_path: Path, spec: str, python: str, *indexes: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("spec", "python", "version"),
-    [("demo==1.0", "3.11", "1.0"), ("demo", "3.11", "1.0"), ("demo==1.1", "3.11", "1.1")],
+    "version", [v for v in PIP_VERSIONS if pip_crashes_on_dict_dist_info_metadata(v)]
 )
-def test_uv_resolves_from_our_index(
-    index: Index, tmp_path: Path, spec: str, python: str, version: str
+def test_pips_that_crash_on_dist_info_metadata_in_json_install_from_us(
+    index: Index, tmp_path: Path, version: str
 ) -> None:
+    """pip 22.3 to 23.1 (Debian 12 and Raspberry Pi OS bookworm ship 23.0.1) fail with
+    `TypeError: unhashable type: 'dict'` on a JSON page whose files carry the old
+    `dist-info-metadata` key; PEP 714 keeps it out of JSON."""
     since = len(index.seen)
-    out = _uv_compile(tmp_path, spec, python, "--index-url", index.simple)
+    result = pip_download(
+        version, index.simple, "demo", "manylinux2014_aarch64", "3.11", tmp_path / "d"
+    )
+    assert result.ok, f"pip {version}: {result.error}\n{result.output[-3000:]}"
     _served_json(index, since)
-    filename = wheel_name(version, AARCH64)
-    assert f"demo=={version}" in out
-    assert f"--hash=sha256:{_sha256(index.wheels[filename])}" in out
+    [got] = result.downloaded
+    assert got.name == wheel_name("1.0", AARCH64)
+    assert _sha256(got.read_bytes()) == _sha256(index.wheels[got.name])
+
+
+def _served_json(index: Index, since: int) -> None:
+    """The client asked /simple/demo/ for JSON first and was answered in JSON (PEP 691)."""
+    asked = [entry for entry in index.seen[since:] if entry[0] == "/simple/demo/"]
+    assert asked, "the client never fetched /simple/demo/"
+    for _, accept, content_type in asked:
+        assert accept.split(",")[0].strip() == JSON_TYPE, accept
+        assert content_type.split(";")[0] == JSON_TYPE, content_type
 
 
 def test_a_non_normalised_name_redirects_keeping_the_format_query(index: Index) -> None:
