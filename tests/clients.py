@@ -537,6 +537,23 @@ def _uv_indexes(index_url: str, extra_index_urls: Sequence[str]) -> list[str]:
     return args
 
 
+def _uv_target(
+    python_platform: str, python_version: str, index_url: str, extra_index_urls: Sequence[str]
+) -> list[str]:
+    """uv's options for resolving wheels only, for a CPython on another platform."""
+    return [
+        "--python",
+        sys.executable,
+        "--python-platform",
+        python_platform,
+        "--python-version",
+        python_version,
+        *_uv_indexes(index_url, extra_index_urls),
+        "--only-binary",
+        ":all:",
+    ]
+
+
 def uv_compile(
     workdir: Path,
     requirement: str,
@@ -556,15 +573,7 @@ def uv_compile(
         "compile",
         "-v",
         "requirements.in",
-        "--python",
-        sys.executable,
-        "--python-platform",
-        python_platform,
-        "--python-version",
-        python_version,
-        *_uv_indexes(index_url, extra_index_urls),
-        "--only-binary",
-        ":all:",
+        *_uv_target(python_platform, python_version, index_url, extra_index_urls),
         "--generate-hashes",
         "--no-header",
         "--no-annotate",
@@ -589,17 +598,9 @@ def uv_install_target(
         "pip",
         "install",
         "-v",
-        "--python",
-        sys.executable,
         "--target",
         str(target),
-        "--python-platform",
-        python_platform,
-        "--python-version",
-        python_version,
-        *_uv_indexes(index_url, extra_index_urls),
-        "--only-binary",
-        ":all:",
+        *_uv_target(python_platform, python_version, index_url, extra_index_urls),
         "--no-deps",
         *requirements,
         cert=cert,

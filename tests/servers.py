@@ -166,3 +166,30 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def nginx_config(prefix: Path, servers: str) -> Path:
+    """nginx's main configuration for a test: in the foreground, with its pid, error log
+    and temporary files under `prefix`, serving `servers` (server blocks or includes)."""
+    temp = prefix / "nginx-temp"
+    temp.mkdir()
+    config = prefix / "nginx.conf"
+    config.write_text(
+        f"""user root;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{}}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+{servers}
+}}
+"""
+    )
+    return config

@@ -63,8 +63,8 @@ from tests.clients import (
 from tests.devices import DEVICES, Device, ensure_device_images, run_on_device
 from tests.sdists import abi3_sdist
 from tests.seed import add_release
-from tests.servers import free_port, serve_app, stop_process, wait_until
-from tests.test_clients import AARCH64, ARMV7L, Recorder, real_wheel
+from tests.servers import free_port, nginx_config, serve_app, stop_process, wait_until
+from tests.test_clients import AARCH64, ARMV7L, post_built, real_wheel
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -97,8 +97,6 @@ class Farm:
     master: str
     simple: dict[str, str]  # variant -> its /simple/ URL
     wheels: dict[str, bytes]  # every published file's bytes, by file name
-    seen: list[tuple[str, str, str]]  # the master's (path, Accept, Content-Type)
-    access_log: Path  # nginx: port, path, Accept sent, Content-Type answered
 
     def wheel(self, project: str, version: str, arch: str) -> str:
         [name] = [
@@ -186,7 +184,6 @@ def _nginx_config(tmp: Path, root: Path, master: str, ports: dict[str, int]) -> 
         location / {{
             proxy_pass {upstream};
             proxy_set_header Accept "text/html";
-            access_log {tmp}/access.log matrix;
         }}
     }}"""
         for variant, upstream in (
@@ -194,30 +191,7 @@ def _nginx_config(tmp: Path, root: Path, master: str, ports: dict[str, int]) -> 
             ("static-html", f"http://127.0.0.1:{ports['static-json']}"),
         )
     )
-    temp = tmp / "nginx-temp"
-    temp.mkdir()
-    config = tmp / "nginx.conf"
-    config.write_text(
-        f"""user root;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{}}
-http {{
-    log_format matrix '$server_port\\t$uri\\t$http_accept\\t$sent_http_content_type';
-    access_log {tmp}/access.log matrix;
-    default_type application/octet-stream;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {tmp}/armwheels.conf;
-{fronts}
-}}
-"""
-    )
-    return config
+    return nginx_config(tmp, f"    include {tmp}/armwheels.conf;\n{fronts}")
 
 
 @contextmanager
@@ -249,18 +223,6 @@ def _nginx(tmp: Path, root: Path, master: str) -> Iterator[dict[str, str]]:
         stop_process(process, 10)
 
 
-def _publish(client: httpx.Client, token: str, job_id: int, filename: str, body: bytes) -> None:
-    auth = {"Authorization": f"Bearer {token}"}
-    answer = client.post(
-        f"/api/v1/jobs/{job_id}/result",
-        headers=auth,
-        data={"outcome": "built", "summary": "ok", "wheel_sha256": _sha256(body)},
-        files={"log": ("build.log", b"built\n"), "wheel": (filename, body)},
-    )
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["file"] == filename
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -285,10 +247,12 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         }
         operator = create_token(session, "operator", TokenRole.OPERATOR)
     wheels: dict[str, bytes] = {}
-    recorder = Recorder(create_app(settings, factory))
     # Device images build (debootstrap, QEMU) while the farm builds abidemo.
     images = ThreadPoolExecutor(max_workers=1).submit(ensure_device_images, DEVICES, 1)
-    with serve_app(recorder) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with (
+        serve_app(create_app(settings, factory)) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
         specs: dict[str, JobSpec] = {}
         for arch, token in tokens.items():
             auth = {"Authorization": f"Bearer {token}"}
@@ -315,12 +279,12 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
             )
         for arch, wheel in built.items():
             wheels[wheel.name] = wheel.read_bytes()
-            _publish(client, tokens[arch], specs[arch].job_id, wheel.name, wheels[wheel.name])
+            post_built(client, tokens[arch], specs[arch].job_id, wheel.name, wheels[wheel.name])
         for project, version, requires_python, _ in SYNTHETIC:
             for arch, platform in PLATFORMS.items():
                 filename = f"{project}-{version}-cp311-cp311-{platform}.whl"
                 wheels[filename] = real_wheel(filename, requires_python or "")
-                _publish(
+                post_built(
                     client, tokens[arch], jobs[project, version, arch], filename, wheels[filename]
                 )
         feed = settings.model_copy(deep=True)
@@ -348,7 +312,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         with _nginx(tmp, settings.master.data_dir, url) as bases:
             simple = {"master-json": f"{url}/simple/"}
             simple.update({variant: f"{base}/simple/" for variant, base in bases.items()})
-            yield Farm(url, simple, wheels, recorder.seen, tmp / "access.log")
+            yield Farm(url, simple, wheels)
     engine.dispose()
 
 

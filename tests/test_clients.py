@@ -122,9 +122,16 @@ def _settings(tmp: Path) -> Settings:
 
 
 def _publish(client: httpx.Client, token: str, job_id: int, filename: str, body: bytes) -> None:
-    auth = {"Authorization": f"Bearer {token}"}
-    claimed = client.post(f"/api/v1/jobs/{job_id}/claim", headers=auth)
+    claimed = client.post(
+        f"/api/v1/jobs/{job_id}/claim", headers={"Authorization": f"Bearer {token}"}
+    )
     assert claimed.status_code == 200, claimed.text
+    post_built(client, token, job_id, filename, body)
+
+
+def post_built(client: httpx.Client, token: str, job_id: int, filename: str, body: bytes) -> None:
+    """A builder's result for a job it holds: built, with the wheel; it is published."""
+    auth = {"Authorization": f"Bearer {token}"}
     answer = client.post(
         f"/api/v1/jobs/{job_id}/result",
         headers=auth,

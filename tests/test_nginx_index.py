@@ -22,6 +22,7 @@ from tests.servers import (
     ROOT,
     clean_pip_env,
     free_port,
+    nginx_config,
     run_pip,
     stop_process,
     wait_until,
@@ -62,28 +63,9 @@ def nginx(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         .replace("root /srv/armwheels;", f"root {export};")
     )
     (tmp_path / "armwheels.conf").write_text(server)
-    temp = tmp_path / "nginx-temp"
-    temp.mkdir()
-    (tmp_path / "nginx.conf").write_text(
-        f"""user root;
-daemon off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log;
-events {{}}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {tmp_path}/armwheels.conf;
-}}
-"""
-    )
+    config = nginx_config(tmp_path, f"    include {tmp_path}/armwheels.conf;")
     process = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        [NGINX, "-p", str(tmp_path), "-c", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
