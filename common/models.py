@@ -180,6 +180,9 @@ class BuildJob(Base):
     )
     skip_reason: Mapped[SkipReason | None] = mapped_column(_enum(SkipReason, "skip_reason"))
     summary: Mapped[str | None] = mapped_column(Text)
+    # The check that refused the job's wheel (common.wheels.Check) when it failed as
+    # upload-rejected: the dashboard shows it, the metrics count by it.
+    rejected_by: Mapped[str | None] = mapped_column(String(32))
     builder_id: Mapped[int | None] = mapped_column(ForeignKey("builders.id"))
     requested_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from common.config import Settings
 from common.models import AuditEvent, Builder, BuildJob, OutputFile, Project, Release
 from common.names import BadName, normalize_project
-from common.states import FINAL_STATES, JobState, SkipReason
+from common.states import FINAL_STATES, FailureReason, JobState, SkipReason
 from master import index
 from master.api_deps import DB, MAX_JOB_ID
 from master.page_cache import PageCache
@@ -720,12 +720,15 @@ def build_page(request: Request, job_id: str, db: DB) -> HTMLResponse:
     building = found.state == JobState.BUILDING
     log_text, log_cut = ("", False) if building else _log_tail(_settings(request), found)
     skip = found.skip_reason.value if found.skip_reason else None
+    # Which check refused the builder's wheel (common.wheels.Check).
+    rejected = found.rejected_by if found.failure_reason == FailureReason.UPLOAD_REJECTED else None
     return _page(
         "build.html",
         {
             "title": f"armwheels — build {found.id}: {row.label}",
             "job": row,
             "skip": skip,
+            "rejected_by": rejected,
             "policy": found.policy,
             "priority": found.priority,
             "requested_by": found.requested_by,

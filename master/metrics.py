@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.models import Builder, BuildJob, FeedCursor, IndexChange, OutputFile, WheelPush
 from common.states import ACTIVE_STATES, FINAL_STATES, FailureReason, JobState
+from common.wheels import Check
 from master.pushes import FAILED as PUSH_FAILED
 from master.pushes import PENDING as PUSH_PENDING
 from master.pushes import PUSHED as PUSH_PUSHED
@@ -76,6 +77,7 @@ class FarmCollector(Collector):
         with self.factory() as session:
             yield from self._jobs(session, now)
             yield from self._outcomes(session)
+            yield self._rejections(session)
             yield self._durations(session)
             yield self._builders(session, now)
             yield from self._feeds(session, now)
@@ -157,6 +159,31 @@ class FarmCollector(Collector):
             failures.add_metric([reason_value], count)
         yield builds
         yield failures
+
+    def _rejections(self, session: Session) -> Metric:
+        """Uploads refused (jobs failed upload-rejected) by the check that refused them:
+        one grouped query; every check has a sample (0 when none)."""
+        counts = {check.value: 0 for check in Check}
+        rows = session.execute(
+            select(BuildJob.rejected_by, func.count())
+            .where(
+                BuildJob.state == JobState.FAILED,
+                BuildJob.failure_reason == FailureReason.UPLOAD_REJECTED,
+            )
+            .group_by(BuildJob.rejected_by)
+        )
+        for check, count in rows:
+            key = check or UNKNOWN_REASON
+            counts[key] = counts.get(key, 0) + count
+        rejections = CounterMetricFamily(
+            "armwheels_upload_rejections",
+            "Wheels refused before publication (jobs failed upload-rejected), by the check "
+            "that refused them.",
+            labels=["check"],
+        )
+        for check_value, count in sorted(counts.items()):
+            rejections.add_metric([check_value], count)
+        return rejections
 
     def _durations(self, session: Session) -> Metric:
         """The build time histogram in one query: a conditional count per bucket."""

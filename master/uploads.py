@@ -1,7 +1,9 @@
 """Checks a builder's result against its job before anything is published.
 
 The master trusts nothing a builder says about a wheel: it parses the name with
-`packaging`, hashes the bytes itself and opens the zip.
+`packaging`, hashes the bytes itself and verifies the zip against the job and the wheel
+spec (common/wheels.py) before anything is written where the index serves from. A
+refusal names the check that failed, recorded on the job for the dashboard and metrics.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +25,15 @@ from common.config import PushTarget
 from common.models import Builder, BuildJob, OutputFile
 from common.states import FailureReason, JobState, SkipReason
 from common.tags import installs_on
-from common.wheels import BadWheel, WheelContents, WheelName, parse_name, read_contents
+from common.wheels import (
+    BadWheel,
+    Check,
+    Expected,
+    WheelContents,
+    WheelName,
+    parse_name,
+    read_contents,
+)
 from master.build_plan import settle_covered_jobs
 from master.pushes import queue_pushes
 from master.storage import Storage, TooLarge
@@ -33,7 +44,7 @@ log = logging.getLogger(__name__)
 class Rejected(Exception):
     """An upload refused with an HTTP status and a one-line reason. A refusal because the
     job is no longer the builder's says why in `taken_back` (and the job's `state`), so
-    that the builder stops building it."""
+    that the builder stops building it. A refused wheel says which `check` refused it."""
 
     def __init__(
         self,
@@ -42,12 +53,14 @@ class Rejected(Exception):
         *,
         taken_back: str | None = None,
         state: str | None = None,
+        check: Check | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.taken_back = taken_back
         self.state = state
+        self.check = check
 
 
 def not_building_here(job: BuildJob | None, builder: Builder) -> str | None:
@@ -84,20 +97,25 @@ def check_wheel_name(job: BuildJob, filename: str) -> WheelName:
     try:
         wheel = parse_name(filename)
     except BadWheel as exc:
-        raise Rejected(400, str(exc)) from exc
+        raise Rejected(400, str(exc), check=exc.check) from exc
     release = job.release
     if wheel.name != release.project.name:
-        raise Rejected(400, f"wheel is for project {wheel.name}, job is for {release.project.name}")
+        message = f"wheel is for project {wheel.name}, job is for {release.project.name}"
+        raise Rejected(400, message, check=Check.FILENAME)
     if wheel.version != Version(release.version):
-        raise Rejected(400, f"wheel is version {wheel.version}, job is for {release.version}")
+        message = f"wheel is version {wheel.version}, job is for {release.version}"
+        raise Rejected(400, message, check=Check.FILENAME)
     if any(not platform.endswith("_" + job.arch) for platform in wheel.platforms):
-        raise Rejected(400, f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}")
+        message = f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}"
+        raise Rejected(400, message, check=Check.FILENAME)
     if not installs_on(wheel.tags, job.python_tag):
         # A cp36-abi3 wheel passes for a cp311 job: CPython 3.11 installs it.
         tags = sorted(f"{tag.interpreter}-{tag.abi}" for tag in wheel.tags)
-        raise Rejected(400, f"wheel is for {tags}, which {job.python_tag} does not install")
+        message = f"wheel is for {tags}, which {job.python_tag} does not install"
+        raise Rejected(400, message, check=Check.FILENAME)
     if filename in release.upstream_files:
-        raise Rejected(409, f"{filename} exists upstream; publishing it would shadow PyPI")
+        message = f"{filename} exists upstream; publishing it would shadow PyPI"
+        raise Rejected(409, message, check=Check.UPSTREAM)
     return wheel
 
 
@@ -116,19 +134,23 @@ def check_not_published(session: Session, job: BuildJob, filename: str) -> None:
         return
     if existing.release_id == job.release_id and existing.job.python_tag != job.python_tag:
         raise AlreadyServed(existing)
-    raise Rejected(409, f"{filename} is already published")
+    raise Rejected(409, f"{filename} is already published", check=Check.PUBLISHED)
 
 
 def check_hash(declared: str, actual: str) -> None:
     if declared.lower() != actual:
-        raise Rejected(400, f"sha256 mismatch: declared {declared[:16]}, received {actual[:16]}")
+        message = f"sha256 mismatch: declared {declared[:16]}, received {actual[:16]}"
+        raise Rejected(400, message, check=Check.SHA256)
 
 
-def check_contents(path: Path) -> WheelContents:
+def check_contents(path: Path, filename: str, job: BuildJob) -> WheelContents:
+    """Verify the spooled wheel against its job: project, version and target arch."""
+    release = job.release
+    expected = Expected(canonicalize_name(release.project.name), Version(release.version), job.arch)
     try:
-        return read_contents(path)
+        return read_contents(path, filename, expected=expected)
     except BadWheel as exc:
-        raise Rejected(400, f"not a valid wheel: {exc}") from exc
+        raise Rejected(400, f"not a valid wheel: {exc}", check=exc.check) from exc
 
 
 @dataclass
@@ -151,16 +173,36 @@ def accept_wheel(
     *,
     push_targets: Sequence[PushTarget] = (),
 ) -> OutputFile:
-    """Validate an uploaded wheel and move it into the file tree; raises Rejected."""
+    """Verify an uploaded wheel and move it into the file tree; raises Rejected (and
+    notes on the job which check refused it), leaving nothing published."""
+    try:
+        return _accept_wheel(
+            session, storage, job, filename, declared_sha256, source, limit, push_targets
+        )
+    except Rejected as exc:
+        job.rejected_by = exc.check.value if exc.check else None
+        raise
+
+
+def _accept_wheel(
+    session: Session,
+    storage: Storage,
+    job: BuildJob,
+    filename: str,
+    declared_sha256: str,
+    source: BinaryIO,
+    limit: int,
+    push_targets: Sequence[PushTarget],
+) -> OutputFile:
     wheel = check_wheel_name(job, filename)
     check_not_published(session, job, filename)
     try:
         spooled, sha256, size = storage.spool(source, limit)
     except TooLarge as exc:
-        raise Rejected(413, f"wheel is {exc}") from exc
+        raise Rejected(413, f"wheel is {exc}", check=Check.UPLOAD_SIZE) from exc
     try:
         check_hash(declared_sha256, sha256)
-        contents = check_contents(spooled)
+        contents = check_contents(spooled, filename, job)
         project = job.release.project.name
         metadata_sha256 = _sha256(contents.metadata)
         storage.write_bytes(storage.metadata_path(project, filename), contents.metadata)
@@ -215,6 +257,8 @@ def finish_job(job: BuildJob, report: ResultReport, max_attempts: int) -> None:
         return
     job.state = JobState.BUILT if report.outcome == "built" else JobState.FAILED
     job.failure_reason = None if report.outcome == "built" else report.reason
+    if job.failure_reason != FailureReason.UPLOAD_REJECTED:
+        job.rejected_by = None
     job.summary = report.summary[:2000]
     job.finished_at = datetime.now(UTC)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, upgrade
 from tests.sdists import pypi_sdist
 from tests.servers import pypiserver
+from tests.wheels import make_wheel as make_wheel  # upload tests import it from here
 
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -72,28 +71,3 @@ def msgpack_upstream(tmp_path: Path) -> Iterator[str]:
     shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
     with pypiserver(packages) as index_url:
         yield index_url
-
-
-def make_wheel(
-    filename: str,
-    *,
-    requires_python: str | None = ">=3.8",
-    modules: tuple[str, ...] = ("demo",),
-    extra: dict[str, bytes] | None = None,
-) -> bytes:
-    """A structurally valid wheel (the files a real one has), for upload tests."""
-    name, version = filename.split("-")[:2]
-    dist_info = f"{name}-{version}.dist-info"
-    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    if requires_python:
-        metadata += f"Requires-Python: {requires_python}\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for module in modules:
-            archive.writestr(f"{module}/__init__.py", "")
-        archive.writestr(f"{dist_info}/METADATA", metadata)
-        archive.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
-        archive.writestr(f"{dist_info}/RECORD", "")
-        for path, data in (extra or {}).items():
-            archive.writestr(path, data)
-    return buffer.getvalue()

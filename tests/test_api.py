@@ -24,6 +24,7 @@ from master.feed import apply_events
 from master.journal import JournalEvent, parse_entry
 from tests.conftest import make_wheel
 from tests.seed import add_release
+from tests.wheels import elf_header
 
 GOOD = "demo-1.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
 
@@ -101,7 +102,7 @@ def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
 
 
 def test_good_upload_is_published(farm: Farm) -> None:
-    body = make_wheel(GOOD, extra={"demo.libs/libffi-abc.so.8": b"\x7fELF"})
+    body = make_wheel(GOOD, extra={"demo.libs/libffi-abc.so.8": elf_header("aarch64")})
     answer = farm.upload(body=body)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"job": farm.job_id, "state": "built", "file": GOOD}

@@ -156,9 +156,16 @@ def run_recipe(
         )
     wheel = wheels[0]
     try:
+        # The master's own verification (common.wheels), against what the wheel's name
+        # says: a wheel it would refuse fails here, with the reason it would give.
         contents = read_contents(wheel)
     except BadWheel as exc:
-        return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary=str(exc))
+        note(log, f"the repaired wheel fails verification ({exc.check}): {exc}")
+        return BuildOutcome(
+            False,
+            reason=FailureReason.UPLOAD_REJECTED,
+            summary=f"the repaired wheel would be refused ({exc.check}): {exc}",
+        )
     if contents.modules:
         note(log, f"smoke test: import {' '.join(contents.modules)}")
     else:
