@@ -10,6 +10,8 @@ import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from builder.backends import run_recipe
+from common.states import FailureReason
 from common.wheels import BadWheel, Check, Expected, WheelLimits, read_contents
 from tests.conftest import make_wheel
 from tests.hostile_wheels import AARCH64, ARMV7L, CASES, EXT, GOOD_WHEEL, Case, build
@@ -151,3 +153,28 @@ def test_purelib_and_platlib_data_install_at_the_root(tmp_path: Path) -> None:
 
 def test_packages_without_extensions_are_imported_once(tmp_path: Path) -> None:
     assert _modules(tmp_path, {}, modules=("demo", "extra")) == ["demo", "extra"]
+
+
+def test_the_builder_fails_a_repaired_wheel_the_master_would_refuse(tmp_path: Path) -> None:
+    """The builder verifies its own wheel before uploading it: a clear failure, no smoke
+    test, nothing uploaded."""
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    case = next(case for case in CASES if case.id == "elf-x86_64")
+    (wheelhouse / case.filename).write_bytes(case.build())
+    smoked: list[Path] = []
+
+    def smoke(wheel: Path, modules: list[str]) -> int:
+        smoked.append(wheel)
+        return 0
+
+    with (tmp_path / "build.log").open("w+b") as log:
+        outcome = run_recipe(tmp_path, log, 60, lambda: 0, smoke)
+        log.seek(0)
+        said = log.read().decode()
+    assert not outcome.built and outcome.wheel is None
+    assert outcome.reason == FailureReason.UPLOAD_REJECTED
+    assert outcome.summary.startswith("the repaired wheel would be refused (elf): ")
+    assert f"{EXT} is not 64-bit little-endian AArch64 code" in outcome.summary
+    assert "fails verification" in said
+    assert smoked == []

@@ -41,8 +41,13 @@ def elf_header(
 
 
 def record_hash(data: bytes, algorithm: str = "sha256") -> str:
-    digest = base64.urlsafe_b64encode(hashlib.new(algorithm, data).digest()).rstrip(b"=")
-    return f"{algorithm}={digest.decode()}"
+    return record_digest(hashlib.new(algorithm, data))
+
+
+def record_digest(digest: hashlib._Hash) -> str:
+    """A RECORD hash field: algorithm=urlsafe-base64 without padding."""
+    encoded = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    return f"{digest.name}={encoded}"
 
 
 def dist_info_of(filename: str) -> str:

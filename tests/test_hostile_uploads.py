@@ -1,0 +1,131 @@
+"""Hostile wheels posted as a builder's result to a real master (SQLite and PostgreSQL):
+each is refused with 400 and its reason, the job fails upload-rejected with the builder's
+log kept, nothing is served, and the build page and /metrics show the refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from common.models import OutputFile
+from common.states import FailureReason, JobState
+from tests.hostile_wheels import build, listed
+from tests.test_api import GOOD, Farm, farm  # noqa: F401  (farm: the fixture)
+from tests.wheels import (
+    dist_info_of,
+    elf_header,
+    record_digest,
+    record_of,
+    wheel_files,
+    zip_entries,
+)
+
+MIB = 1024 * 1024
+BOMB_BYTES = 1024 * MIB
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel valid in every other way (its RECORD hashes the 1 GiB it holds) that
+    inflates ~1 MiB to 1 GiB: written streaming, never held in memory."""
+    path = tmp_path_factory.mktemp("bomb") / GOOD
+    dist_info = dist_info_of(GOOD)
+    files = wheel_files(GOOD)
+    chunk = bytes(MIB)
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("demo/zeros.bin", "w") as stream:
+            for _ in range(BOMB_BYTES // MIB):
+                stream.write(chunk)
+                digest.update(chunk)
+        for name, data in files.items():
+            archive.writestr(name, data)
+        line = f"demo/zeros.bin,{record_digest(digest)},{BOMB_BYTES}\n"
+        archive.writestr(f"{dist_info}/RECORD", record_of(files, dist_info) + line.encode())
+    assert path.stat().st_size < 2 * MIB
+    return path
+
+
+def _other_project() -> bytes:
+    """A wheel named for the job whose METADATA (and so its served .metadata) says it
+    is requests."""
+    files = wheel_files(GOOD)
+    dist_info = dist_info_of(GOOD)
+    files[f"{dist_info}/METADATA"] = b"Metadata-Version: 2.1\nName: requests\nVersion: 1.0\n"
+    return zip_entries([*files.items(), (f"{dist_info}/RECORD", record_of(files, dist_info))])
+
+
+def _symlink() -> bytes:
+    return listed("demo/passwd", b"/etc/passwd", stat.S_IFLNK | 0o777)
+
+
+UPLOADS: dict[str, tuple[str, str]] = {
+    # name: (check, words of the reason)
+    "other-project": ("metadata", "METADATA Name is 'requests', the job is for demo"),
+    "symlink": ("file-mode", "entry 'demo/passwd' is a symbolic link"),
+    "bomb": ("limits", "demo/zeros.bin inflates"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UPLOADS))
+def test_a_hostile_wheel_is_refused_and_nothing_is_served(
+    farm: Farm,  # noqa: F811
+    request: pytest.FixtureRequest,
+    kind: str,
+) -> None:
+    makers: dict[str, Callable[[], bytes]] = {
+        "other-project": _other_project,
+        "symlink": _symlink,
+        "bomb": lambda: request.getfixturevalue("bomb").read_bytes(),
+    }
+    check, words = UPLOADS[kind]
+    answer = farm.upload(body=makers[kind]())
+    assert answer.status_code == 400, answer.text
+    assert words in answer.json()["error"]
+
+    job = farm.job()
+    assert job.state == JobState.FAILED
+    assert job.failure_reason == FailureReason.UPLOAD_REJECTED
+    assert words in (job.summary or "")
+    assert job.rejected_by == check
+    assert "compiling" in farm.client.get(f"/logs/{farm.job_id}").text  # the log is kept
+    with farm.factory() as session:
+        assert session.scalar(select(OutputFile)) is None
+    data_dir = farm.settings.master.data_dir
+    assert [p for p in (data_dir / "files").rglob("*") if p.is_file()] == []
+    assert list((data_dir / "tmp").glob("*.part")) == []
+    assert farm.client.get(f"/files/demo/{GOOD}").status_code == 404
+    assert farm.client.get(f"/files/demo/{GOOD}.metadata").status_code == 404
+    simple = farm.client.get("/simple/demo/")
+    assert GOOD not in simple.text
+
+    page = farm.client.get(f"/builds/{farm.job_id}")
+    assert page.status_code == 200
+    assert f"refused by the {check} check" in page.text
+    assert "upload-rejected" in page.text
+    metrics = farm.client.get("/metrics").text
+    rejections = {
+        sample.labels["check"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "armwheels_upload_rejections"
+        for sample in family.samples
+    }
+    assert rejections[check] == 1
+    assert sum(rejections.values()) == 1
+
+
+def test_a_wheel_named_for_the_job_but_built_for_another_arch_is_refused(
+    farm: Farm,  # noqa: F811
+) -> None:
+    body = build(filename=GOOD, extra={"demo/_x.so": elf_header("aarch64", machine=62)})
+    answer = farm.upload(body=body)
+    assert answer.status_code == 400, answer.text
+    assert "demo/_x.so is not 64-bit little-endian AArch64 code" in answer.json()["error"]
+    assert farm.job().rejected_by == "elf"
