@@ -315,7 +315,7 @@ def _verify(
         raise BadWheel(f"{len(infos)} entries, more than {limits.max_entries}", Check.LIMITS)
     seen: dict[str, str] = {}
     for info in infos:
-        _check_entry(info, seen, limits)
+        _check_entry(info, seen)
     _check_declared_sizes(infos, archive_size, limits)
     names = [info.filename for info in infos]
     dist_info = _dist_info_dir(names, expected)
@@ -344,7 +344,7 @@ def _verify(
     return WheelContents(metadata, headers.get("Requires-Python"), modules, grafted)
 
 
-def _check_entry(info: zipfile.ZipInfo, seen: dict[str, str], limits: WheelLimits) -> None:
+def _check_entry(info: zipfile.ZipInfo, seen: dict[str, str]) -> None:
     """An entry's name stays inside the archive root whatever the separator, encoding or
     file system, collides with no other, and its mode is a plain file's or directory's."""
     raw = info.orig_filename  # zipfile cuts `filename` at a NUL
