@@ -20,11 +20,12 @@ the rest of an unread body is not received at all.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -58,14 +59,23 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            413, f"request body larger than {limit} bytes", headers={"Connection": "close"}
+            413, f"the request body is at most {limit} bytes", headers={"Connection": "close"}
         )
 
 
-def rules_of(route: BaseRoute) -> RouteRules:
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route in the order the app matches them, those of included routers too
+    (recent FastAPI keeps an included router whole: its routes keep their full paths)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)
+        if isinstance(included, APIRouter):
+            yield from api_routes(included.routes)
+
+
+def rules_of(route: APIRoute) -> RouteRules:
     """The roles and body limit a route declares through its dependencies."""
-    if not isinstance(route, APIRoute):
-        return RouteRules(getattr(route, "path", ""), (), MAX_JSON_BYTES)
     roles: tuple[TokenRole, ...] = ()
     limit = MAX_JSON_BYTES
     pending: list[Dependant] = [route.dependant]
@@ -89,16 +99,17 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, throttle: AuthThrottle) -> None:
         self.app = app
         self.throttle = throttle
-        self._rules: dict[int, RouteRules] = {}
+        self._routes: list[tuple[APIRoute, RouteRules]] | None = None
 
     def _route_rules(self, scope: Scope) -> RouteRules:
-        for route in scope["app"].router.routes:
+        if self._routes is None:  # the app's routes are all there by its first request
+            self._routes = [
+                (route, rules_of(route)) for route in api_routes(scope["app"].router.routes)
+            ]
+        for route, rules in self._routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                found = self._rules.get(id(route))
-                if found is None:
-                    found = self._rules[id(route)] = rules_of(route)
-                return found
+                return rules
         return UNROUTED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

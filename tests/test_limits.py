@@ -220,8 +220,13 @@ def test_integers_past_their_column_are_refused_as_json(farm: Farm) -> None:
 
 
 def test_bodies_without_a_valid_token_are_refused_unread(farm: Farm) -> None:
-    for path in (f"/api/v1/jobs/{farm.job_id}/result", "/api/v1/builders/heartbeat"):
-        for token in (None, "aw_" + "x" * 40, farm.operator):
+    for path, wrong_role in (
+        (f"/api/v1/jobs/{farm.job_id}/result", farm.operator),
+        ("/api/v1/builders/heartbeat", farm.operator),
+        ("/api/v1/tokens", farm.token),  # an included router's route
+        ("/api/v1/projects/demo/rebuild", farm.token),
+    ):
+        for token in (None, "aw_" + "x" * 40, wrong_role):
             auth = f"Authorization: Bearer {token}\n" if token else ""
             answer = raw_request(
                 farm.url,
@@ -229,12 +234,21 @@ def test_bodies_without_a_valid_token_are_refused_unread(farm: Farm) -> None:
                 f"Content-Length: {200 * MiB}\n",
                 zeros(200 * MiB),
             )
-            assert answer.status == 401, answer
+            assert answer.status == 401, (path, answer)
             assert answer.headers["www-authenticate"] == "Bearer"
             assert answer.headers["connection"] == "close"
             assert _error(answer)
             # The master answered on the headers: the kernel's buffers took the rest.
             assert answer.sent < 64 * MiB
+    # With a good token, the same body is refused for its size, unread too.
+    answer = raw_request(
+        farm.url,
+        f"POST /api/v1/tokens HTTP/1.1\nHost: x\nAuthorization: Bearer {farm.operator}\n"
+        f"Content-Type: application/json\nContent-Length: {200 * MiB}\n",
+        zeros(200 * MiB),
+    )
+    assert answer.status == 413, answer
+    assert answer.sent < 64 * MiB
 
 
 def test_bodies_past_the_route_limit_are_refused_as_they_arrive(farm: Farm) -> None:
