@@ -543,13 +543,13 @@ def test_a_real_master_removes_stale_part_files_and_reads_no_body_before_a_token
             assert fresh.exists()
             before = _memory(process.pid)
             sent = {}
-            for name, path, size, kind in (
+            for name, route, size, kind in (
                 ("json", "/api/v1/builders/heartbeat", 300 * MiB, "application/json"),
                 ("result", "/api/v1/jobs/1/result", 1536 * MiB, "multipart/form-data; b=x"),
             ):
                 answer = raw_request(
                     url,
-                    f"POST {path} HTTP/1.1\nHost: x\nContent-Type: {kind}\n"
+                    f"POST {route} HTTP/1.1\nHost: x\nContent-Type: {kind}\n"
                     f"Content-Length: {size}\n",
                     zeros(size),
                 )
