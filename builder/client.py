@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from common.job_spec import JobSpec
 
@@ -78,11 +84,55 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
 
 
+# The longest wait a master's Retry-After may ask for between two attempts.
+MAX_RETRY_AFTER = 300.0
+_backoff = wait_exponential_jitter(initial=1, max=30)
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The seconds a 503 or 429 answer asks the client to wait, if it says."""
+    if not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code not in (429, 503):
+        return None
+    value = exc.response.headers.get("retry-after", "").strip()
+    return min(float(value), MAX_RETRY_AFTER) if value.isdigit() else None
+
+
+def _wait(state: RetryCallState) -> float:
+    """What the master's Retry-After says, else an exponential backoff."""
+    hinted = _retry_after(state.outcome.exception() if state.outcome else None)
+    return hinted if hinted is not None else _backoff(state)
+
+
 _retrying = retry(
     retry=retry_if_exception(_transient),
-    wait=wait_exponential_jitter(initial=1, max=30),
+    wait=_wait,
     stop=stop_after_attempt(8),
     reraise=True,
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """503: the master stored nothing (its disk is full) and asks for the same again."""
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503
+
+
+def _log_resend(state: RetryCallState) -> None:
+    job_id = state.kwargs.get("job_id", state.args[1] if len(state.args) > 1 else None)
+    log.warning(
+        "master could not store the result: sending it again",
+        extra={"job_id": job_id, "attempt": state.attempt_number},
+    )
+
+
+# A result is sent again only when the master says it kept none of it; after these
+# attempts the job is left to the master, which hands it back when no heartbeat names it.
+REPORT_ATTEMPTS = 10
+_retrying_report = retry(
+    retry=retry_if_exception(_unavailable),
+    wait=_wait,
+    stop=stop_after_attempt(REPORT_ATTEMPTS),
+    reraise=True,
+    before_sleep=_log_resend,
 )
 
 
@@ -193,6 +243,7 @@ class MasterClient:
         response.raise_for_status()
         return int(response.json()["total"])
 
+    @_retrying_report
     def report(
         self,
         job_id: int,

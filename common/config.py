@@ -146,6 +146,13 @@ class MasterSettings(_Section):
     http_workers: int = Field(default=0, ge=0, le=64)
     # Seconds a project's dashboard page is shared between requests (0: never).
     project_cache: float = Field(default=1.0, ge=0, le=60)
+    # Failed authentications one client address may make per window (per HTTP worker
+    # process); past them its requests needing a token are answered 429 until the window
+    # has moved on.
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window: float = Field(default=60.0, gt=0)
+    # Seconds a builder is told to wait (Retry-After) when the master's disk is full.
+    disk_full_retry_after: int = Field(default=30, ge=1, le=3600)
 
     @field_validator("recipes")
     @classmethod

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -32,13 +33,23 @@ from common.job_spec import JobSpec
 from common.models import Builder, BuildJob, OutputFile, Project, Release, utcnow
 from common.names import BadName, normalize_project
 from common.recipes import RecipeBook
-from common.states import FailureReason, JobState, TokenRole
+from common.states import FailureReason, JobState
 from common.wheels import BadWheel, parse_name
 from master import audit, index, status
-from master.api_deps import DB, AuthHeader, JobId, token_with_role
+from master.api_deps import (
+    DB,
+    MAX_JOB_ID,
+    BodyLimit,
+    BuilderToken,
+    JobId,
+    MaintainerToken,
+    RawBody,
+)
 from master.auth import NotPermitted, builder_for, check_project_scope
+from master.auth_throttle import AuthThrottle
 from master.dashboard import STATIC_DIR
 from master.dashboard import router as dashboard_router
+from master.disk_full import disk_full_answer, is_disk_full
 from master.live_logs import (
     MAX_CHUNK_BYTES,
     LiveLogs,
@@ -51,6 +62,7 @@ from master.metrics import render_metrics
 from master.operator_api import router as operator_router
 from master.page_cache import PageCache
 from master.rebuild import RebuildError, UnknownProject, request_rebuild
+from master.request_guard import RequestGuard
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
 from master.uploads import (
@@ -72,6 +84,11 @@ HEARTBEAT_SECONDS = 30.0
 # A building job its builder's heartbeat does not name is handed back only when claimed
 # longer ago than this: a heartbeat sent just before a claim must not take the job back.
 HAND_BACK_GRACE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+# A result's body beyond its wheel and log: the other form fields and the multipart
+# framing (the summary, the largest field, is at most 10,000 characters).
+FORM_OVERHEAD_BYTES = 1024 * 1024
+# The largest free-disk figure a builder may report: the column is a signed 64-bit integer.
+MAX_DISK_BYTES = 2**63 - 1
 
 
 class RebuildRequest(BaseModel):
@@ -88,18 +105,18 @@ class Registration(BaseModel):
         default_factory=list, max_length=50
     )
     version: str = Field(default="", max_length=40)
-    free_disk: int | None = Field(default=None, ge=0)
+    free_disk: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES, strict=True)
 
 
 class Heartbeat(BaseModel):
     """What a builder says every 30 s: the job it runs (if any) and its free disk."""
 
-    job_id: int | None = Field(default=None, ge=1)
-    free_disk: int | None = Field(default=None, ge=0)
+    job_id: int | None = Field(default=None, ge=1, le=MAX_JOB_ID, strict=True)
+    free_disk: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES, strict=True)
 
 
-def _current_builder(db: DB, authorization: AuthHeader = None) -> Builder:
-    found = builder_for(db, token_with_role(db, authorization, TokenRole.BUILDER))
+def _current_builder(db: DB, token: BuilderToken) -> Builder:
+    found = builder_for(db, token)
     if found is None:
         raise HTTPException(409, "builder is not registered")
     return found
@@ -108,20 +125,8 @@ def _current_builder(db: DB, authorization: AuthHeader = None) -> Builder:
 CurrentBuilder = Annotated[Builder, Depends(_current_builder)]
 
 
-async def _log_chunk(request: Request) -> bytes:
-    """The raw body of a live-log chunk, refused past MAX_CHUNK_BYTES without reading on."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_CHUNK_BYTES:
-        raise HTTPException(413, f"a log chunk is at most {MAX_CHUNK_BYTES} bytes")
-    data = bytearray()
-    async for part in request.stream():
-        data += part
-        if len(data) > MAX_CHUNK_BYTES:
-            raise HTTPException(413, f"a log chunk is at most {MAX_CHUNK_BYTES} bytes")
-    return bytes(data)
-
-
-LogChunk = Annotated[bytes, Depends(_log_chunk)]
+# The raw body of a live-log chunk, cut off past MAX_CHUNK_BYTES by the request guard.
+LogChunk = Annotated[bytes, Depends(RawBody(MAX_CHUNK_BYTES))]
 
 
 def hand_back(job: BuildJob, builder: Builder, *, count_attempt: bool) -> str:
@@ -193,6 +198,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app.state.page_cache = PageCache()
     app.include_router(operator_router)
     app.include_router(dashboard_router)
+    app.add_middleware(
+        RequestGuard, throttle=AuthThrottle(limits.auth_failure_limit, limits.auth_failure_window)
+    )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(StarletteHTTPException)
@@ -209,9 +217,22 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=422)
 
+    async def disk_full(request: Request, exc: Exception) -> JSONResponse:
+        """503 for a write refused by a full disk (or database); any other error is the
+        server's own (500)."""
+        if not is_disk_full(exc):
+            raise exc
+        log.error(
+            "request refused: the disk is full",
+            extra={"route": request.url.path, "error": str(exc)[:200]},
+        )
+        return disk_full_answer(limits.disk_full_retry_after)
+
+    app.add_exception_handler(OSError, disk_full)
+    app.add_exception_handler(DBAPIError, disk_full)
+
     @app.post("/api/v1/builders/register")
-    def register(reg: Registration, db: DB, authorization: AuthHeader = None) -> dict[str, Any]:
-        token = token_with_role(db, authorization, TokenRole.BUILDER)
+    def register(reg: Registration, db: DB, token: BuilderToken) -> dict[str, Any]:
         found = builder_for(db, token)
         if found is None:
             found = Builder(name=token.name, token_id=token.id, arch=reg.arch, backend=reg.backend)
@@ -377,7 +398,12 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             )
         return JSONResponse({"job": job_id, "total": total})
 
-    @app.post("/api/v1/jobs/{job_id}/result")
+    @app.post(
+        "/api/v1/jobs/{job_id}/result",
+        dependencies=[
+            Depends(BodyLimit(limits.max_upload_bytes + limits.max_log_bytes + FORM_OVERHEAD_BYTES))
+        ],
+    )
     def result(
         job_id: JobId,
         me: CurrentBuilder,
@@ -387,7 +413,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         log_file: Annotated[UploadFile, File(alias="log")],
         reason: Annotated[FailureReason | None, Form()] = None,
         summary: Annotated[str, Form(max_length=10000)] = "",
-        build_seconds: Annotated[float | None, Form(ge=0)] = None,
+        build_seconds: Annotated[float | None, Form(ge=0, allow_inf_nan=False)] = None,
         wheel: Annotated[UploadFile | None, File()] = None,
         wheel_sha256: Annotated[str | None, Form(max_length=64)] = None,
         transient: Annotated[bool, Form()] = False,
@@ -402,38 +428,57 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             raise HTTPException(exc.status, exc.message) from exc
         project = job.release.project.name
         claim = claim_key(job.started_at)
-        log_path, log_size = storage.store_log(
-            project, job.id, job.attempts, log_file.file, limits.max_log_bytes
-        )
-        job.log_path, job.log_size = str(log_path), log_size
-        report = ResultReport(outcome, reason, summary, build_seconds, transient)
-        rejection: Rejected | None = None
-        published: OutputFile | None = None
-        covered: AlreadyServed | None = None
-        if outcome == "built" and wheel is not None and wheel_sha256:
-            try:
-                published = accept_wheel(
-                    db,
-                    storage,
-                    job,
-                    wheel.filename or "",
-                    wheel_sha256,
-                    wheel.file,
-                    limits.max_upload_bytes,
-                    push_targets=settings.push,
+        written: list[Path] = []  # files of this result, removed if it cannot be kept
+        try:
+            log_path, log_size = storage.store_log(
+                project, job.id, job.attempts, log_file.file, limits.max_log_bytes
+            )
+            written.append(log_path)
+            job.log_path, job.log_size = str(log_path), log_size
+            report = ResultReport(outcome, reason, summary, build_seconds, transient)
+            rejection: Rejected | None = None
+            published: OutputFile | None = None
+            covered: AlreadyServed | None = None
+            if outcome == "built" and wheel is not None and wheel_sha256:
+                try:
+                    published = accept_wheel(
+                        db,
+                        storage,
+                        job,
+                        wheel.filename or "",
+                        wheel_sha256,
+                        wheel.file,
+                        limits.max_upload_bytes,
+                        push_targets=settings.push,
+                    )
+                    written += [
+                        storage.wheel_path(project, published.filename),
+                        storage.metadata_path(project, published.filename),
+                    ]
+                except AlreadyServed as exc:
+                    covered = exc
+                except Rejected as exc:
+                    rejection = exc
+                    report = ResultReport(
+                        "failed", FailureReason.UPLOAD_REJECTED, exc.message, build_seconds
+                    )
+            if covered is not None:
+                finish_covered(job, covered)
+            else:
+                finish_job(job, report, settings.master.max_attempts)
+            db.commit()
+        except Exception as exc:
+            if is_disk_full(exc):
+                # Nothing of the result is kept: the job stays building for its builder
+                # to send the result again (503).
+                db.rollback()
+                for path in written:
+                    path.unlink(missing_ok=True)
+                log.warning(
+                    "result not stored: the disk is full",
+                    extra={"job_id": job_id, "builder": me.name},
                 )
-            except AlreadyServed as exc:
-                covered = exc
-            except Rejected as exc:
-                rejection = exc
-                report = ResultReport(
-                    "failed", FailureReason.UPLOAD_REJECTED, exc.message, build_seconds
-                )
-        if covered is not None:
-            finish_covered(job, covered)
-        else:
-            finish_job(job, report, settings.master.max_attempts)
-        db.commit()
+            raise
         live.discard(job.id, claim)  # the final log replaces the live one
         if published is not None and static is not None:
             _sync_static(static, db, job.id)
@@ -457,11 +502,10 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
 
     @app.post("/api/v1/projects/{name}/rebuild", status_code=202)
     def rebuild(
-        name: str, db: DB, authorization: AuthHeader = None, body: RebuildRequest | None = None
+        name: str, db: DB, token: MaintainerToken, body: RebuildRequest | None = None
     ) -> dict[str, Any]:
         """A maintainer (for a project its token names) or an operator asks for a release
         to be built again. A request duplicating waiting jobs is answered with them."""
-        token = token_with_role(db, authorization, TokenRole.MAINTAINER, TokenRole.OPERATOR)
         try:
             normal = normalize_project(name)
             check_project_scope(token, normal)

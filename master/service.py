@@ -130,6 +130,7 @@ class FeedLoop(threading.Thread):
                 )
         except Exception:
             log.exception("push round failed")
+        remove_stale_parts(self.storage)
         if self.static is not None:
             # Yanks and removals from the feed reach the static tree here.
             try:
@@ -164,10 +165,25 @@ class FeedLoop(threading.Thread):
             log.exception("reconcile failed")
 
 
+def remove_stale_parts(storage: Storage) -> None:
+    """Temporary files of uploads a crash interrupted take no disk for ever."""
+    try:
+        removed = storage.remove_stale_parts()
+    except OSError:
+        log.exception("temporary files not removed")
+        return
+    if removed:
+        log.info(
+            "temporary files of interrupted writes removed",
+            extra={"count": len(removed), "folder": str(storage.tmp)},
+        )
+
+
 def run_master(settings: Settings) -> None:
     engine = make_engine(settings.database.url, settings.database.echo)
     if not is_up_to_date(engine):
         raise SchemaOutdated("database schema is not current: run `armwheels db upgrade`")
+    remove_stale_parts(Storage(settings.master.data_dir))
     factory = make_sessionmaker(engine)
     celery = make_celery(settings)
     declare_queues(celery, configured_queues(settings))

@@ -9,13 +9,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 COPY_BYTES = 1024 * 1024
+# A temporary file not written to for this long was left by a crash (remove_stale_parts).
+STALE_PART_SECONDS = 600.0
 
 
 class TooLarge(ValueError):
@@ -126,11 +128,15 @@ class Storage:
 
     def write_bytes(self, target: Path, data: bytes) -> None:
         handle, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        self.publish(Path(name), target)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            self.publish(Path(name), target)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
     def store_log(
         self, project: str, job_id: int, attempt: int, source: BinaryIO, limit: int
@@ -146,19 +152,31 @@ class Storage:
                     size = copy_capped(source, out, *head_tail(limit))
                 raw.flush()
                 os.fsync(raw.fileno())
+            self.publish(Path(name), target)
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
-        self.publish(Path(name), target)
         return target, size
 
     def read_log(self, path: Path) -> bytes:
         with gzip.open(path, "rb") as handle:
             return handle.read()
 
-    def remove_tmp(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+    def remove_stale_parts(self, older_than: float = STALE_PART_SECONDS) -> list[Path]:
+        """Remove the temporary files of writes interrupted by a crash (`*.part` in tmp
+        not written to for `older_than` seconds); returns those removed. A write under
+        way, of this master or another sharing the data directory, is never that old:
+        every temporary file is written in one go from a local file or memory."""
+        cutoff = time.time() - older_than
+        removed = []
+        for path in self.tmp.glob("*.part"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue  # renamed into place or removed by its writer meanwhile
+        return removed
 
 
 def fsync_dir(folder: Path) -> None:
