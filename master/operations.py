@@ -12,7 +12,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -41,15 +41,15 @@ def lock_rows(
     PostgreSQL, and on SQLite, where FOR UPDATE means nothing, it takes the one write
     lock before anything is read (call it before any other write in the transaction).
     The session's copies of that table's rows are expired, to be read again."""
-    model = column.class_
     session.execute(
-        update(model)
+        update(column.class_)
         .where(*where)
         .values({column: column})
         .execution_options(synchronize_session=False)
     )
+    table = column.property.parent.local_table
     for stored in list(session.identity_map.values()):
-        if isinstance(stored, model):
+        if inspect(stored).mapper.local_table is table:
             session.expire(stored)
 
 
