@@ -226,7 +226,19 @@ class SkipRule(Base):
     """An operator's decision not to build a project, or one release of it."""
 
     __tablename__ = "skip_rules"
-    __table_args__ = (UniqueConstraint("project", "version"),)
+    __table_args__ = (
+        UniqueConstraint("project", "version"),
+        # The constraint above lets NULLs differ, so a project's whole-project rule (no
+        # version) is kept single by its own index: two operators adding it at once get
+        # one rule and one refusal.
+        Index(
+            "uq_skip_rules_whole_project",
+            "project",
+            unique=True,
+            sqlite_where=text("version IS NULL"),
+            postgresql_where=text("version IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project: Mapped[str] = mapped_column(String(200), index=True)  # PEP 503 normal form

@@ -1,15 +1,20 @@
 """Operator actions on jobs, wheels, tokens and the skip list, shared by the HTTP API and the
 command line. Each checks its input, acts, and records itself in the audit log in the
-caller's transaction; a refusal says why with the HTTP status it maps to."""
+caller's transaction; a refusal says why with the HTTP status it maps to. Identical
+requests at the same moment (a double click, a retrying client, two operators) do the
+action once: the rows it changes are locked before they are read, and a row it adds is
+refused by a unique constraint, so the others are answered 409 or 404."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, inspect, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from common.models import BuildJob, OutputFile, SkipRule, Token
 from common.names import BadName, normalize_project
@@ -26,8 +31,31 @@ class Refused(Exception):
         self.message = message
 
 
+def lock_rows(
+    session: Session, column: InstrumentedAttribute[Any], *where: ColumnElement[bool]
+) -> None:
+    """Lock the rows `where` selects of `column`'s table until the transaction ends, so
+    that a concurrent transaction doing the same waits and then reads what this one left.
+
+    A no-op UPDATE (`column = column`) does it on both databases: it row-locks on
+    PostgreSQL, and on SQLite, where FOR UPDATE means nothing, it takes the one write
+    lock before anything is read (call it before any other write in the transaction).
+    The session's copies of that table's rows are expired, to be read again."""
+    session.execute(
+        update(column.class_)
+        .where(*where)
+        .values({column: column})
+        .execution_options(synchronize_session=False)
+    )
+    table = column.property.parent.local_table
+    for stored in list(session.identity_map.values()):
+        if inspect(stored).mapper.local_table is table:
+            session.expire(stored)
+
+
 def _job(session: Session, job_id: int) -> BuildJob:
-    job = session.get(BuildJob, job_id, with_for_update=True)
+    lock_rows(session, BuildJob.state, BuildJob.id == job_id)
+    job = session.get(BuildJob, job_id)
     if job is None:
         raise Refused(404, f"no job {job_id}")
     return job
@@ -83,6 +111,7 @@ def requeue_job(session: Session, job_id: int, actor: str, role: str, reason: st
 def remove_wheel(session: Session, filename: str, actor: str, role: str, reason: str) -> None:
     """Take a wheel out of the index (file and row stay, for the record): the pages and
     the static copy drop it, and pip no longer sees it."""
+    lock_rows(session, OutputFile.published, OutputFile.filename == filename)
     output = session.scalar(select(OutputFile).where(OutputFile.filename == filename))
     if output is None:
         raise Refused(404, f"no wheel {filename}")
@@ -92,19 +121,32 @@ def remove_wheel(session: Session, filename: str, actor: str, role: str, reason:
     audit.record(session, actor, role, "remove-wheel", filename, reason=reason)
 
 
+def _lock_skip_rules(session: Session, project: str) -> None:
+    """A project's rules, locked (a rule not yet added is kept single by its unique
+    index on PostgreSQL; SQLite's write lock serialises the whole action)."""
+    with suppress(BadName):  # a bad name is refused by the skip list, with the reason
+        lock_rows(session, SkipRule.reason, SkipRule.project == normalize_project(project))
+
+
 def add_skip(
     session: Session, project: str, version: str | None, reason: str, actor: str, role: str
 ) -> tuple[SkipRule, int]:
+    _lock_skip_rules(session, project)
     try:
-        rule, settled = skips.add_rule(session, project, version, reason, actor)
+        with session.begin_nested():
+            rule, settled = skips.add_rule(session, project, version, reason, actor)
     except skips.SkipRuleError as exc:
         raise Refused(409 if "already" in str(exc) else 400, str(exc)) from exc
+    except IntegrityError as exc:  # the same rule, added by a concurrent request
+        subject = f"{project} {version or '(all releases)'}"
+        raise Refused(409, f"{subject} is already on the skip list") from exc
     subject = f"{rule.project} {rule.version or '(all releases)'}"
     audit.record(session, actor, role, "skip", subject, reason=rule.reason, jobs_skipped=settled)
     return rule, settled
 
 
 def remove_skip(session: Session, project: str, version: str | None, actor: str, role: str) -> str:
+    _lock_skip_rules(session, project)
     try:
         skips.remove_rule(session, project, version)
     except skips.SkipRuleError as exc:
@@ -138,9 +180,15 @@ def create_token(
 ) -> str:
     """A new token; returns its secret, shown once and stored only as a hash."""
     scope = token_projects(role, projects)
+    lock_rows(session, Token.revoked_at, Token.name == name)
+    exists = Refused(409, f"a token named {name!r} exists")
     if session.scalar(select(Token.id).where(Token.name == name)) is not None:
-        raise Refused(409, f"a token named {name!r} exists")
-    secret = auth.create_token(session, name, role, scope)
+        raise exists
+    try:
+        with session.begin_nested():
+            secret = auth.create_token(session, name, role, scope)
+    except IntegrityError as exc:  # created by a concurrent request since the check
+        raise exists from exc
     audit.record(
         session, actor, actor_role, "token-create", name, token_role=role.value, projects=scope
     )
@@ -148,6 +196,7 @@ def create_token(
 
 
 def revoke_token(session: Session, name: str, actor: str, actor_role: str) -> None:
+    lock_rows(session, Token.revoked_at, Token.name == name)
     if not auth.revoke_token(session, name):
         raise Refused(404, f"no active token named {name!r}")
     audit.record(session, actor, actor_role, "token-revoke", name)

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common.config import Settings
+from common.config import Settings, TargetSettings
 from common.models import BuildJob, Project, Release
 from common.names import BadName, normalize_project, parse_version
 from common.states import ACTIVE_STATES
+from master.operations import lock_rows
 from master.scheduler import PRIORITY_REBUILD, create_jobs
 
 
@@ -63,14 +65,7 @@ def request_rebuild(
         if arch not in targets:
             raise RebuildError(f"arch {arch} is not an enabled target")
         targets = {arch: targets[arch]}
-    created = create_jobs(
-        session,
-        release,
-        release.source_files[0],
-        targets,
-        priority=PRIORITY_REBUILD,
-        requested_by=requested_by,
-    )
+    created = _create_once(session, release, targets, requested_by)
     fresh = {job.id for job in created}
     existing = session.scalars(
         select(BuildJob)
@@ -83,3 +78,28 @@ def request_rebuild(
         .order_by(BuildJob.id)
     ).all()
     return RebuildOutcome(name, release.version, created, list(existing))
+
+
+def _create_once(
+    session: Session, release: Release, targets: dict[str, TargetSettings], requested_by: str
+) -> list[BuildJob]:
+    """The jobs the release has no active one for, created by one request only: requests
+    for one release at the same moment wait on its row lock, and each later one finds
+    the first one's jobs and is answered with them. A job the feed created meanwhile
+    (it takes no lock) makes the insert fail on the one-active-job index: the request
+    then looks again and answers with that job."""
+    lock_rows(session, Release.yanked_reason, Release.id == release.id)
+    try:
+        with session.begin_nested():
+            return _create(session, release, targets, requested_by)
+    except IntegrityError:
+        return _create(session, release, targets, requested_by)
+
+
+def _create(
+    session: Session, release: Release, targets: dict[str, TargetSettings], requested_by: str
+) -> list[BuildJob]:
+    source = release.source_files[0]
+    return create_jobs(
+        session, release, source, targets, priority=PRIORITY_REBUILD, requested_by=requested_by
+    )
