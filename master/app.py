@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from common.config import Settings
 from common.job_spec import JobSpec
-from common.models import Builder, BuildJob, OutputFile, Project, Release, utcnow
+from common.models import Builder, BuildJob, OutputFile, Project, Release, Token, utcnow
 from common.names import BadName, normalize_project
 from common.recipes import RecipeBook
 from common.states import FailureReason, JobState
@@ -59,6 +59,7 @@ from master.live_logs import (
     live_caps,
 )
 from master.metrics import render_metrics
+from master.operations import lock_rows
 from master.operator_api import router as operator_router
 from master.page_cache import PageCache
 from master.rebuild import RebuildError, UnknownProject, request_rebuild
@@ -514,6 +515,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         except NotPermitted as exc:
             raise HTTPException(403, str(exc)) from exc
         wanted = body or RebuildRequest()
+        # One request per token at a time from here to the commit: concurrent requests
+        # would all count the same earlier ones and all pass the rate limit.
+        lock_rows(db, Token.name, Token.id == token.id)
         now = datetime.now(UTC)
         window = timedelta(seconds=settings.master.rebuild_window)
         if audit.count_since(db, token.name, "rebuild", now - window) >= (

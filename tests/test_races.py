@@ -53,8 +53,9 @@ def http_master(settings: Settings, tmp_path: Path, workers: int = WORKERS) -> I
     config.write_text(
         f'[database]\nurl = "{settings.database.url}"\n'
         f'[master]\nport = {port}\ndata_dir = "{settings.master.data_dir}"\n'
-        # Rate limits are not what these tests are about: every request is let through.
-        "rebuild_limit = 1000\n"
+        # Each token may ask for CALLERS rebuilds: every caller of a race passes the limit
+        # unless its token asked before (test_the_rebuild_limit_holds_under_a_race).
+        f"rebuild_limit = {CALLERS}\n"
     )
     log = tmp_path / "race-master.log"
     with log.open("ab") as sink:
@@ -151,6 +152,7 @@ class Farm:
     factory: sessionmaker[Session]
     operator: dict[str, str]
     maintainer: dict[str, str]
+    hasty: dict[str, str]  # a maintainer of its own for the rate-limit race
     wheel: str
     waiting_job: int
     failed_job: int
@@ -185,6 +187,7 @@ def farm(
             failed.state, failed.failure_reason = JobState.FAILED, FailureReason.COMPILE_ERROR
             operator = create_token(session, "ops", TokenRole.OPERATOR)
             maintainer = create_token(session, "alice", TokenRole.MAINTAINER, ["demo"])
+            hasty = create_token(session, "bob", TokenRole.MAINTAINER, ["demo"])
             create_token(session, "doomed", TokenRole.BUILDER)
             ids = (wheel.filename, waiting.id, failed.id)
         base = stack.enter_context(http_master(settings, tmp_path))
@@ -193,6 +196,7 @@ def farm(
             factory,
             {"Authorization": f"Bearer {operator}"},
             {"Authorization": f"Bearer {maintainer}"},
+            {"Authorization": f"Bearer {hasty}"},
             *ids,
         )
 
@@ -241,6 +245,27 @@ def test_one_release_is_rebuilt_once(farm: Farm) -> None:
         requested = session.scalar(select(func.count()).where(BuildJob.requested_by == "alice"))
         assert requested == len(first["jobs"])
     assert _audited(farm.factory, "rebuild", "demo 1.0") == CALLERS
+
+
+def test_the_rebuild_limit_holds_under_a_race(farm: Farm) -> None:
+    """A token that has used half its rebuilds sends a burst: only the other half pass."""
+    earlier = CALLERS // 2
+    for _ in range(earlier):
+        answer = httpx.post(
+            f"{farm.url}/api/v1/projects/demo/rebuild", headers=farm.hasty, timeout=30
+        )
+        assert answer.status_code == 202, answer.text
+    answers = at_once(
+        farm.url,
+        lambda client: client.post("/api/v1/projects/demo/rebuild", headers=farm.hasty),
+    )
+    assert _statuses(answers) == [202] * (CALLERS - earlier) + [429] * earlier, answers
+    assert all("rate limit" in error for error in _refusals(answers, 429))
+    with farm.factory() as session:
+        asked = session.scalar(
+            select(func.count()).where(AuditEvent.actor == "bob", AuditEvent.action == "rebuild")
+        )
+    assert asked == CALLERS
 
 
 def test_operator_actions_are_done_once(farm: Farm) -> None:
