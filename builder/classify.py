@@ -105,6 +105,8 @@ def diagnose(
     if timed_out or note:
         limit = f" of {note.group(1)} s" if note else ""
         return _make(FailureReason.TIMEOUT, f"build exceeded the time limit{limit}")
+    if offline := _OFFLINE_MISSING.search(text):
+        return _make(FailureReason.MISSING_DEPENDENCY, offline.group(1), missing=offline.group(2))
     if oom_killed or exit_code == EXIT_SIGKILL:
         # Not our timeout (handled above), so the container's memory limit killed it.
         return _oom(text) or _make(
@@ -175,6 +177,8 @@ def _declare(distribution: str) -> str:
 # Every pattern is anchored on a literal phrase and uses only bounded or single-class
 # repetitions, so each runs in linear time over the (line-capped) text.
 
+# The builder's own note when an offline build needs a requirement it cannot prefetch.
+_OFFLINE_MISSING = re.compile(r"::armwheels:: offline build failed: ((\S{1,200}) [^\n]{1,300})")
 _TIMEOUT_NOTE = re.compile(r"::armwheels:: killed after the time limit of (\d{1,7}) s")
 _NO_INTERPRETER = re.compile(r"::armwheels:: no interpreter for (\w{1,20})")
 _NO_SPACE = re.compile(r"No space left on device")
@@ -571,6 +575,24 @@ def _module(text: str) -> Found | None:
         f"missing Python build dependency {dist} (No module named '{module}')",
         _declare(dist),
         dist,
+    )
+
+
+def missing_requirement(log_text: str | bytes) -> str | None:
+    """The requirement pip could not find ("No matching distribution found for X"), as
+    pip wrote it, or None: what an offline build asks its builder to prefetch."""
+    text = _prepare(log_text) if isinstance(log_text, bytes) else log_text
+    match = _NO_DISTRIBUTION.search(text)
+    if match is None:
+        return None
+    return match.group("req") or match.group("req2")
+
+
+def offline_failure(requirement: str, target: str) -> str:
+    """The note an offline build ends with when `requirement` has no wheel for it."""
+    return (
+        f"offline build failed: {requirement} has no wheel for {target}; "
+        "a recipe with egress = true lets the build fetch it"
     )
 
 

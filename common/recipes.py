@@ -55,6 +55,9 @@ class Recipe(BaseModel):
     constraints: list[str] = Field(default_factory=list, max_length=256)
     build_command: str | None = Field(default=None, max_length=4096)
     versions: str | None = None
+    # The build may download at build time (the few sdists that must): it reaches the
+    # outside through the builder's filtering proxy, never the builder host or the farm.
+    egress: bool = False
 
     @field_validator("apt", "yum")
     @classmethod
