@@ -8,6 +8,7 @@ file that operators edit without touching code or restarting anything.
     constraints = ["setuptools<81"]
     build_command = "python -m pip wheel --no-deps -w \\"$ARMWHEELS_DIST\\" \\"$SDIST\\""
     versions = ">=1.15"            # optional: the releases this recipe applies to
+    egress = false                 # true: may download while building, via the proxy
 
 The master owns the file and sends the matching recipe with each claimed job, so every
 builder of the farm builds a project the same way. Everything is validated: package

@@ -24,9 +24,13 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def pypi_networks() -> list[str]:
-    """pypi.org's addresses when this machine's resolver answers with non-global ones (a
+    """PyPI's addresses when this machine's resolver answers with non-global ones (a
     transparently intercepting network does): the networks an operator there opens."""
-    found = {info[4][0] for info in socket.getaddrinfo("pypi.org", 443, type=socket.SOCK_STREAM)}
+    found = {
+        str(info[4][0])
+        for name in ("pypi.org", "files.pythonhosted.org")
+        for info in socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
+    }
     return sorted(
         f"{address}/32" if "." in address else f"{address}/128"
         for address in found
