@@ -588,10 +588,11 @@ def missing_requirement(log_text: str | bytes) -> str | None:
     return match.group("req") or match.group("req2")
 
 
-def offline_failure(requirement: str, target: str) -> str:
-    """The note an offline build ends with when `requirement` has no wheel for it."""
+def offline_failure(requirement: str, why: str) -> str:
+    """The note an offline build ends with when `requirement` cannot be had (`why`: "has
+    no wheel for aarch64 cp311", "is still missing after 3 rounds")."""
     return (
-        f"offline build failed: {requirement} has no wheel for {target}; "
+        f"offline build failed: {requirement} {why}; "
         "a recipe with egress = true lets the build fetch it"
     )
 

@@ -48,7 +48,7 @@ def test_a_requirement_without_a_wheel_fails_the_job_as_missing_dependency(
     assert f"offline build: pip asked for {name}; fetching its wheel" in log_path.read_text()
     assert wheelhouse.wheels() == []
     # The backend then ends the build's log with its note; the classifier reads it.
-    note = f"::armwheels:: {offline_failure(name, 'aarch64 cp311')}\n".encode()
+    note = f"::armwheels:: {offline_failure(name, 'has no wheel for aarch64 cp311')}\n".encode()
     found = diagnose(11, PIP_OFFLINE.replace(b"cmake>=3.15", name.encode()) + note)
     assert found.reason is FailureReason.MISSING_DEPENDENCY
     assert found.summary == (

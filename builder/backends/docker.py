@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -407,7 +408,6 @@ class DockerBackend:
                 f"egress build: the outside only, through the builder's proxy (ports {ports})",
             )
         rounds = self.settings.offline_rounds if proxy is None and self.wheelhouse else 0
-        target = f"{self.arch} {spec.python_tag}"
 
         def run_build() -> StepExit:
             command = [
@@ -417,6 +417,8 @@ class DockerBackend:
                 spec.python_tag,
                 spec.policy,
             ]
+            deadline = time.monotonic() + timeout
+            fetched: set[str] = set()
             for round_number in range(rounds + 1):
                 start = _log_offset(log_sink)
                 step = self._run(
@@ -426,7 +428,7 @@ class DockerBackend:
                     self.settings.network,
                     spec.job_id,
                     log_sink,
-                    float(timeout),
+                    max(1.0, deadline - time.monotonic()),  # one time limit for all rounds
                     env,
                     guard_root=sandbox,
                 )
@@ -435,14 +437,17 @@ class DockerBackend:
                 requirement = missing_requirement(_log_since(log_sink, start))
                 if requirement is None:
                     return step
-                if round_number == rounds:
-                    note(log_sink, offline_failure(requirement, target))
+                if requirement in fetched or round_number == rounds:
+                    why = f"is still missing after {round_number + 1} rounds"
+                    note(log_sink, offline_failure(requirement, why))
                     return step
                 if not self.wheelhouse.fetch_missing(
                     requirement, spec.python_tag, platforms, constraints, log_sink
                 ):
-                    note(log_sink, offline_failure(requirement, target))
+                    why = f"has no wheel for {self.arch} {spec.python_tag}"
+                    note(log_sink, offline_failure(requirement, why))
                     return step
+                fetched.add(requirement)
                 note(log_sink, f"offline build: round {round_number + 2} with {requirement}")
                 shutil.rmtree(sandbox, ignore_errors=True)
                 self._prepare_sandbox(sandbox)
