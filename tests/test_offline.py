@@ -7,7 +7,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from builder.classify import diagnose, missing_requirement, offline_failure
+from builder.classify import (
+    diagnose,
+    missing_requirement,
+    offline_failure,
+    offline_network_failure,
+)
 from builder.wheelhouse import Wheelhouse
 from common.states import FailureReason
 
@@ -57,6 +62,10 @@ def test_a_requirement_without_a_wheel_fails_the_job_as_missing_dependency(
     )
     assert found.missing == name
     assert not found.transient
+    rounds = f"::armwheels:: {offline_failure('cmake>=3.15', 'is still missing after 4 rounds')}"
+    found = diagnose(11, PIP_OFFLINE + rounds.encode())
+    assert (found.reason, found.missing) == (FailureReason.MISSING_DEPENDENCY, "cmake>=3.15")
+    assert found.summary.startswith("cmake>=3.15 is still missing after 4 rounds; a recipe")
 
 
 def test_a_requirement_naming_a_url_is_never_fetched(tmp_path: Path) -> None:
@@ -72,3 +81,21 @@ def test_a_requirement_with_a_wheel_comes_in(tmp_path: Path) -> None:
     with (tmp_path / "build.log").open("wb") as log:
         assert wheelhouse.fetch_missing("six", "cp311", PLATFORMS, None, log)
     assert [path.name.split("-")[0] for path in wheelhouse.wheels()] == ["six"]
+
+
+def test_an_offline_build_that_downloads_by_itself_is_told_about_egress() -> None:
+    """Setup code fetching a file gives up on the missing network: not worth a retry."""
+    log = (
+        b"Traceback (most recent call last):\n"
+        b"urllib3.exceptions.NewConnectionError: <HTTPSConnection object>: Failed to "
+        b"establish a new connection: [Errno -3] Temporary failure in name resolution\n"
+    )
+    assert diagnose(11, log).transient  # online, the same log is worth another try
+    note = offline_network_failure(log)
+    assert note is not None
+    found = diagnose(11, log + f"::armwheels:: {note}\n".encode())
+    assert found.reason is FailureReason.NETWORK
+    assert not found.transient
+    assert found.summary.startswith("the build tried the network (network error: ")
+    assert found.summary.endswith("a recipe with egress = true lets it download")
+    assert offline_network_failure(b"hello.c:1:1: error: expected ';'") is None

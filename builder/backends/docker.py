@@ -38,7 +38,13 @@ from builder.backends import (
 )
 from builder.backends.guard import WorkdirGuard
 from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
-from builder.classify import EXIT_BUILD_FAILED, SCAN_BYTES, missing_requirement, offline_failure
+from builder.classify import (
+    EXIT_BUILD_FAILED,
+    SCAN_BYTES,
+    missing_requirement,
+    offline_failure,
+    offline_network_failure,
+)
 from builder.egress import SOCKET_NAME, EgressProxy, upstream_from_environment
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
@@ -434,8 +440,11 @@ class DockerBackend:
                 )
                 if step.code != EXIT_BUILD_FAILED or self.wheelhouse is None or proxy is not None:
                     return step
-                requirement = missing_requirement(_log_since(log_sink, start))
+                written = _log_since(log_sink, start)
+                requirement = missing_requirement(written)
                 if requirement is None:
+                    if tried := offline_network_failure(written):
+                        note(log_sink, tried)
                     return step
                 if requirement in fetched or round_number == rounds:
                     why = f"is still missing after {round_number + 1} rounds"
