@@ -4,6 +4,9 @@ The container is the sandbox for the sdist's code: an unprivileged uid, no capab
 a read-only root filesystem with a small tmpfs /tmp, memory (without swap), CPU and
 process limits, a wall-clock limit and a cap on the work directory, the sdist and every
 cache mounted read-only, and nothing of the builder's (token, master URL, config) inside.
+No network either: build dependencies come from the wheelhouse, filled beforehand and
+between rounds; a recipe's egress goes through the builder's filtering proxy
+(builder/egress.py) over a mounted unix socket, never to the builder host or the farm.
 Containers carry labels so that a restarted builder can remove any its predecessor left,
 and they are removed in every case, including timeouts.
 """
