@@ -105,6 +105,11 @@ def diagnose(
     if timed_out or note:
         limit = f" of {note.group(1)} s" if note else ""
         return _make(FailureReason.TIMEOUT, f"build exceeded the time limit{limit}")
+    if offline := _OFFLINE_MISSING.search(text):
+        return _make(FailureReason.MISSING_DEPENDENCY, offline.group(1), missing=offline.group(2))
+    if offline := _OFFLINE_NETWORK.search(text):
+        # Not transient: an offline build meets the same wall on every attempt.
+        return Diagnosis(FailureReason.NETWORK, _one_line(offline.group(1)), transient=False)
     if oom_killed or exit_code == EXIT_SIGKILL:
         # Not our timeout (handled above), so the container's memory limit killed it.
         return _oom(text) or _make(
@@ -175,6 +180,12 @@ def _declare(distribution: str) -> str:
 # Every pattern is anchored on a literal phrase and uses only bounded or single-class
 # repetitions, so each runs in linear time over the (line-capped) text.
 
+# The builder's own note when an offline build needs a requirement it cannot prefetch.
+_OFFLINE_MISSING = re.compile(
+    r"::armwheels:: offline build failed: "
+    r"((\S{1,200}) (?:has no wheel|is still missing)[^\n]{1,300})"
+)
+_OFFLINE_NETWORK = re.compile(r"::armwheels:: offline build failed: (the build tried [^\n]{1,300})")
 _TIMEOUT_NOTE = re.compile(r"::armwheels:: killed after the time limit of (\d{1,7}) s")
 _NO_INTERPRETER = re.compile(r"::armwheels:: no interpreter for (\w{1,20})")
 _NO_SPACE = re.compile(r"No space left on device")
@@ -571,6 +582,38 @@ def _module(text: str) -> Found | None:
         f"missing Python build dependency {dist} (No module named '{module}')",
         _declare(dist),
         dist,
+    )
+
+
+def missing_requirement(log_text: str | bytes) -> str | None:
+    """The requirement pip could not find ("No matching distribution found for X"), as
+    pip wrote it, or None: what an offline build asks its builder to prefetch."""
+    text = _prepare(log_text) if isinstance(log_text, bytes) else log_text
+    match = _NO_DISTRIBUTION.search(text)
+    if match is None:
+        return None
+    return match.group("req") or match.group("req2")
+
+
+def offline_network_failure(log_text: str | bytes) -> str | None:
+    """The note for an offline build that gave up on a download of its own (setup code
+    fetching a file), or None when its log shows no such failure."""
+    text = _prepare(log_text) if isinstance(log_text, bytes) else log_text
+    found = _network(text)
+    if found is None:
+        return None
+    return (
+        f"offline build failed: the build tried the network ({found[1].summary}); "
+        "a recipe with egress = true lets it download"
+    )
+
+
+def offline_failure(requirement: str, why: str) -> str:
+    """The note an offline build ends with when `requirement` cannot be had (`why`: "has
+    no wheel for aarch64 cp311", "is still missing after 3 rounds")."""
+    return (
+        f"offline build failed: {requirement} {why}; "
+        "a recipe with egress = true lets the build fetch it"
     )
 
 

@@ -10,27 +10,39 @@ are refused, so nothing but what the index serves can enter.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import logging
+import lzma
 import os
 import subprocess
 import sys
 import tarfile
+import time
 import tomllib
 import zipfile
+import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from common.names import python_version_of_tag
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 log = logging.getLogger(__name__)
 
 # What pip assumes for a project without [build-system] (PEP 518's fallback).
 LEGACY_REQUIRES = ["setuptools>=40.8.0", "wheel"]
+# Hard caps on reading an sdist's pyproject.toml on the host, outside any sandbox.
 MAX_PYPROJECT_BYTES = 1024 * 1024
-MAX_MEMBERS_SCANNED = 100_000
+MAX_MEMBERS_SCANNED = 10_000
+MAX_SCANNED_BYTES = 64 * 1024 * 1024  # decompressed bytes before pyproject.toml
+MAX_SCAN_SECONDS = 10.0
+READ_CHUNK = 1024 * 1024
 MAX_REQUIREMENTS = 64
 DOWNLOAD_TIMEOUT = 600
 
@@ -69,7 +81,53 @@ def build_requirements(sdist: Path) -> list[Requirement]:
     return found
 
 
+Readable = io.BufferedIOBase | BinaryIO
+
+
+class _Budget(io.RawIOBase):
+    """A decompressed stream that stops the read past its byte or time budget: a hostile
+    sdist (gigabytes of zeros before pyproject.toml) costs the host no more than that."""
+
+    def __init__(self, stream: Readable, max_bytes: int, seconds: float) -> None:
+        self.stream = stream
+        self.left = max_bytes
+        self.max_bytes = max_bytes
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.left <= 0:
+            raise NoBuildRequirements(
+                f"no pyproject.toml in the first {self.max_bytes // 2**20} MiB of the sdist"
+            )
+        if time.monotonic() > self.deadline:
+            raise NoBuildRequirements(f"reading the sdist took over {self.seconds:.0f} s")
+        data = self.stream.read(min(len(view), self.left, READ_CHUNK))
+        view[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+
+def _decompressed(raw: BinaryIO) -> Readable:
+    """The tar stream inside a .tar.gz/.tar.bz2/.tar.xz (or a plain .tar)."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw, mode="rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(raw, mode="rb")
+    return raw
+
+
 def _top_level_pyproject(sdist: Path) -> str | None:
+    """The text of <root>/pyproject.toml, read with hard caps on members scanned,
+    decompressed bytes, its own size and wall-clock time."""
     name = sdist.name
     try:
         if name.endswith(".zip"):
@@ -78,20 +136,30 @@ def _top_level_pyproject(sdist: Path) -> str | None:
                     if _is_top_level_pyproject(info.filename) and not info.is_dir():
                         if info.file_size > MAX_PYPROJECT_BYTES:
                             raise NoBuildRequirements("pyproject.toml is too large")
-                        return archive.read(info).decode("utf-8")
+                        with archive.open(info) as handle:
+                            return handle.read(MAX_PYPROJECT_BYTES + 1).decode("utf-8")
             return None
-        with tarfile.open(sdist, mode="r:*") as archive:
-            for count, member in enumerate(archive):
-                if count >= MAX_MEMBERS_SCANNED:
-                    break
-                if member.isfile() and _is_top_level_pyproject(member.name):
-                    if member.size > MAX_PYPROJECT_BYTES:
-                        raise NoBuildRequirements("pyproject.toml is too large")
-                    handle = archive.extractfile(member)
-                    if handle is None:
-                        return None
-                    return io.TextIOWrapper(handle, encoding="utf-8").read()
+        with sdist.open("rb") as raw:
+            budget = io.BufferedReader(
+                _Budget(_decompressed(raw), MAX_SCANNED_BYTES, MAX_SCAN_SECONDS), READ_CHUNK
+            )
+            # Stream mode: members one after the other, never a seek back or an index.
+            with tarfile.open(fileobj=budget, mode="r|") as archive:
+                for count, member in enumerate(archive):
+                    if count >= MAX_MEMBERS_SCANNED:
+                        raise NoBuildRequirements(
+                            f"no pyproject.toml in the first {MAX_MEMBERS_SCANNED} members"
+                        )
+                    if member.isfile() and _is_top_level_pyproject(member.name):
+                        if member.size > MAX_PYPROJECT_BYTES:
+                            raise NoBuildRequirements("pyproject.toml is too large")
+                        content = archive.extractfile(member)
+                        if content is None:
+                            return None
+                        return content.read(MAX_PYPROJECT_BYTES).decode("utf-8")
     except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
+        raise NoBuildRequirements(f"sdist unreadable: {exc}") from exc
+    except (lzma.LZMAError, zlib.error, ValueError) as exc:
         raise NoBuildRequirements(f"sdist unreadable: {exc}") from exc
     return None
 
@@ -196,17 +264,49 @@ class Wheelhouse:
         try:
             requirements = build_requirements(sdist)
         except NoBuildRequirements as exc:
-            _note(log_sink, f"wheelhouse not used: {exc}")
+            _note(log_sink, f"wheelhouse step skipped: {exc}")
             return False
         _note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
-        if not self.prefetch(
-            requirements, python_tag, platforms, constraints, dict(os.environ), log_sink
-        ):
-            _note(
-                log_sink,
-                "wheelhouse: not every build requirement has a wheel; pip fetches the rest",
-            )
+        env = dict(os.environ)
+        if self.prefetch(requirements, python_tag, platforms, constraints, env, log_sink):
+            return True
+        # All or nothing in one pip run: one requirement without a wheel would keep out
+        # the others, so each gets its own try.
+        missing = requirements
+        if len(requirements) > 1:
+            missing = [
+                requirement
+                for requirement in requirements
+                if not self.prefetch(
+                    [requirement], python_tag, platforms, constraints, env, log_sink
+                )
+            ]
+        _note(log_sink, f"wheelhouse: no wheel for {', '.join(map(str, missing))}")
         return True
+
+    def fetch_missing(
+        self,
+        requirement: str,
+        python_tag: str,
+        platforms: list[str],
+        constraints: Path | None,
+        log_sink: BinaryIO,
+    ) -> bool:
+        """An offline build asked for a requirement the wheelhouse lacks (a backend's
+        get_requires_for_build_wheel, or a requirement whose wheel was missing): fetch it
+        the same safe way. True when it came in and the build is worth another round."""
+        try:
+            parsed = Requirement(requirement)
+        except InvalidRequirement:
+            _note(log_sink, f"offline build: {requirement!r} is not a requirement")
+            return False
+        if parsed.url:
+            _note(log_sink, f"offline build: {requirement} names a URL; never fetched")
+            return False
+        _note(log_sink, f"offline build: pip asked for {parsed}; fetching its wheel")
+        return self.prefetch(
+            [parsed], python_tag, platforms, constraints, dict(os.environ), log_sink
+        )
 
     def prune(self) -> None:
         """Oldest wheels out first until the cache is under its limit."""

@@ -6,10 +6,12 @@ instead of surfacing hours later inside a build.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from packaging.tags import Tag
 from pydantic import (
@@ -249,6 +251,22 @@ def _default_targets() -> dict[str, TargetSettings]:
     }
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Addresses an egress build never reaches, whatever the operator opens (ipaddress's
+# is_<kind> properties).
+ALWAYS_REFUSED = ("loopback", "unspecified", "link_local", "multicast")
+
+
+def openable_network(text: str) -> IPNetwork:
+    """A network an operator may open to egress builds; ValueError names the problem."""
+    network = ipaddress.ip_network(text, strict=False)
+    for kind in ALWAYS_REFUSED:
+        for address in (network.network_address, network.broadcast_address):
+            if getattr(address, f"is_{kind}"):
+                raise ValueError(f"{text}: {kind.replace('_', '-')} addresses are never opened")
+    return network
+
+
 class BuilderSettings(_Section):
     master_url: str = ""
     token: SecretStr = SecretStr("")
@@ -269,8 +287,25 @@ class BuilderSettings(_Section):
             "PIP_INDEX_URL",
         ]
     )
-    # "host", "none", or the name of a Docker network.
-    network: str = "host"
+    # The build container's network: "none" (the default: builds are offline, their
+    # build dependencies come from the wheelhouse), "host", or a Docker network's name.
+    # A recipe with egress = true reaches the outside through the egress proxy instead.
+    network: str = "none"
+    # The network of the trusted step that installs a recipe's system packages into a
+    # derived image (apt-get / yum, never sdist code).
+    recipe_network: str = "host"
+    # Ports an egress build may CONNECT to through the builder's filtering proxy.
+    egress_ports: list[int] = Field(default_factory=lambda: [443, 80], min_length=1)
+    # Hosts the egress proxy never connects to, besides loopback and private addresses;
+    # the master's and the broker's hosts are added to it.
+    egress_refused_hosts: list[str] = Field(default_factory=list)
+    # Non-global networks (CIDR) the egress proxy may connect to after all, for networks
+    # whose resolver answers public names with such addresses; loopback, link-local,
+    # multicast and unspecified addresses are never opened.
+    egress_allowed_networks: list[str] = Field(default_factory=list)
+    # Builds again after fetching a build requirement an offline build asked for (a
+    # backend's get_requires_for_build_wheel), at most this many times.
+    offline_rounds: int = Field(default=3, ge=0, le=20)
     build_timeout: int = Field(default=3600, ge=10)
     memory_limit: str = "4g"
     # CPU cores a build may use (fractions allowed); empty means all of the host's.
@@ -288,6 +323,21 @@ class BuilderSettings(_Section):
     # only as wheels by the builder itself and mounted read-only into builds.
     wheelhouse: bool = True
     wheelhouse_limit: int = Field(default=2 * 1024**3, ge=0)
+
+    @field_validator("egress_ports")
+    @classmethod
+    def _egress_ports(cls, value: list[int]) -> list[int]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"not a port: {port}")
+        return sorted(set(value))
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _egress_allowed_networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            openable_network(text)
+        return value
 
     @field_validator("ca_bundle")
     @classmethod
@@ -359,6 +409,9 @@ class Settings(BaseSettings):
         if not self.builder.master_url:
             self.builder.master_url = self.master.public_url
         self.builder.master_url = self.builder.master_url.rstrip("/")
+        farm = {urlsplit(self.builder.master_url).hostname, urlsplit(self.broker.url).hostname}
+        refused = set(self.builder.egress_refused_hosts) | {host for host in farm if host}
+        self.builder.egress_refused_hosts = sorted(refused)
         self.builder.work_dir = self.builder.work_dir.absolute()
         return self
 

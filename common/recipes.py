@@ -8,6 +8,7 @@ file that operators edit without touching code or restarting anything.
     constraints = ["setuptools<81"]
     build_command = "python -m pip wheel --no-deps -w \\"$ARMWHEELS_DIST\\" \\"$SDIST\\""
     versions = ">=1.15"            # optional: the releases this recipe applies to
+    egress = false                 # true: may download while building, via the proxy
 
 The master owns the file and sends the matching recipe with each claimed job, so every
 builder of the farm builds a project the same way. Everything is validated: package
@@ -55,6 +56,9 @@ class Recipe(BaseModel):
     constraints: list[str] = Field(default_factory=list, max_length=256)
     build_command: str | None = Field(default=None, max_length=4096)
     versions: str | None = None
+    # The build may download at build time (the few sdists that must): it reaches the
+    # outside through the builder's filtering proxy, never the builder host or the farm.
+    egress: bool = False
 
     @field_validator("apt", "yum")
     @classmethod

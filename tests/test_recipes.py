@@ -129,3 +129,11 @@ def test_a_claim_carries_the_projects_recipe_to_the_builder(
         # The versions specifier leaves 0.9 without it.
         older = JobSpec.from_json(client.post(f"/api/v1/jobs/{old_id}/claim", headers=auth).json())
         assert older.recipe is None
+
+
+def test_egress_is_off_unless_a_recipe_asks_for_it() -> None:
+    recipes = parse_recipes('[recipes.needs-net]\negress = true\n[recipes.plain]\napt = ["a"]\n')
+    assert recipes["needs-net"].egress is True
+    assert recipes["plain"].egress is False
+    with pytest.raises(RecipeError, match="egress"):
+        parse_recipes('[recipes.x]\negress = "yes please"\n')

@@ -4,8 +4,11 @@ who it runs as, what it can see and write, and what happens at each limit.
 
 from __future__ import annotations
 
+import http.server
 import re
+import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +21,15 @@ from common.recipes import Recipe
 from common.states import FailureReason
 from tests.sdists import make_sdist
 from tests.servers import wait_until
+from tests.test_egress import pypi_networks
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SECRET = "s3cret-builder-token-value"
 
-# Prints what it can see and do, then fails so that pip shows its output.
+# Prints what it can see and do, then fails so that pip shows its output. FARM, the
+# services on the builder host's loopback, is set in front of it.
 PROBE = r"""
 import glob, os, pathlib, sys
 
@@ -62,6 +67,49 @@ print("PROBE usr", can_write("/usr/lib/probe"))
 print("PROBE scripts", can_write("/armwheels/scripts/build.sh"))
 print("PROBE tmp", can_write("/tmp/probe"))
 print("PROBE home", can_write(os.path.join(os.environ["HOME"], "probe")))
+import socket
+for name, port in FARM:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        print("PROBE reached", name)
+    except OSError as exc:
+        print("PROBE unreachable", name, "errno", exc.errno)
+print("PROBE interfaces", " ".join(name for _, name in socket.if_nameindex()))
+sys.exit("PROBE done")
+"""
+
+# An egress build trying the farm directly and through the proxy, and PyPI through it.
+EGRESS_PROBE = r"""
+import base64, os, socket, ssl, sys, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+print("PROBE proxy", proxy.hostname, proxy.port)
+
+def tunnel(host, port):
+    sock = socket.create_connection((proxy.hostname, proxy.port), timeout=60)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head.split(b"\r\n", 1)[0].decode(errors="replace")
+
+for name, port in FARM:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        print("PROBE reached-direct", name)
+    except OSError as exc:
+        print("PROBE unreachable-direct", name, "errno", exc.errno)
+    sock, status = tunnel("127.0.0.1", port)
+    sock.close()
+    print("PROBE via-proxy", name, status.replace(" ", "_"))
+sock, status = tunnel("pypi.org", 443)
+print("PROBE via-proxy pypi", status.replace(" ", "_"))
+context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
+with context.wrap_socket(sock, server_hostname="pypi.org") as tls:
+    tls.sendall(b"HEAD /simple/ HTTP/1.1\r\nHost: pypi.org\r\nConnection: close\r\n\r\n")
+    print("PROBE pypi-answer", tls.recv(100).split(b"\r\n", 1)[0].decode().replace(" ", "_"))
 sys.exit("PROBE done")
 """
 
@@ -93,6 +141,27 @@ sys.exit(1)
 """
 
 
+@pytest.fixture
+def farm() -> Iterator[list[tuple[str, int]]]:
+    """The farm's services on the builder host's loopback: Redis and PostgreSQL (running
+    on this machine) and a real HTTP server standing in for the master."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    services = [("redis", 6379), ("postgresql", 5432), ("master", int(server.server_address[1]))]
+    try:
+        for _, port in services:  # the host itself reaches every one
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        yield services
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _with_farm(code: str, farm: list[tuple[str, int]]) -> str:
+    return f"FARM = {farm!r}\n{code}"
+
+
 def _in_sandbox_only(code: str) -> str:
     """setup.py also runs here, to make the sdist: there it only describes the project."""
     guard = "import os\nif not os.path.isdir('/armwheels/work'):\n"
@@ -106,6 +175,9 @@ def _backend(tmp_path: Path, **settings: object) -> DockerBackend:
             "ca_bundle": CA_BUNDLE if CA_BUNDLE.exists() else None,
             "work_dir": tmp_path / "work",
             "build_timeout": 900,
+            # This machine's resolver answers pypi.org with a documentation-range address
+            # that it intercepts: open exactly those to egress builds.
+            "egress_allowed_networks": pypi_networks(),
             **settings,
         }
     )
@@ -137,14 +209,13 @@ def _probe(log: str) -> dict[str, str]:
 
 
 def test_the_build_runs_unprivileged_confined_and_without_builder_secrets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, farm: list[tuple[str, int]]
 ) -> None:
     # The builder's own secrets are in its environment; none may reach the build.
     monkeypatch.setenv("ARMWHEELS_BUILDER__TOKEN", SECRET)
     monkeypatch.setenv("ARMWHEELS_BUILDER__MASTER_URL", "http://user:pw@master.example/")
-    sdist = make_sdist(
-        tmp_path / "src", tmp_path / "dist", "probe", "1.0", {"setup.py": _in_sandbox_only(PROBE)}
-    )
+    code = _in_sandbox_only(_with_farm(PROBE, farm))
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "probe", "1.0", {"setup.py": code})
     backend = _backend(tmp_path, cpus=1.5, memory_limit="1g", pids_limit=512)
     recipe = Recipe(env={"RECIPE_VAR": "from-the-recipe"}, constraints=["setuptools>=40"])
     try:
@@ -184,7 +255,39 @@ def test_the_build_runs_unprivileged_confined_and_without_builder_secrets(
     assert probe["sdist"] in ("errno 13", "errno 30")
     assert probe["scripts"] in ("errno 13", "errno 30")
     assert probe["tmp"] == "writable" and probe["home"] == "writable"
+    # No network at all: only the container's own loopback, where nothing listens.
+    assert probe["interfaces"] == "lo"
+    for name, _ in farm:
+        assert f"PROBE unreachable {name} errno 111" in log, name
+    assert "PROBE reached" not in log
+    assert "offline build: network 'none', no package index" in log
     assert leftovers == []
+
+
+def test_an_egress_build_reaches_the_outside_through_the_proxy_and_never_the_farm(
+    tmp_path: Path, farm: list[tuple[str, int]]
+) -> None:
+    """One build: the farm directly (no network), the farm through the proxy (refused,
+    noted), pypi.org:443 through the proxy (a real TLS answer)."""
+    code = _in_sandbox_only(_with_farm(EGRESS_PROBE, farm))
+    sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "egress", "1.0", {"setup.py": code})
+    # The farm's ports are allowed here, so that only the address check stands between
+    # the build and the farm.
+    backend = _backend(tmp_path, egress_ports=[443, *(port for _, port in farm)])
+    try:
+        outcome, log = _build(backend, sdist, tmp_path, Recipe(egress=True))
+    finally:
+        backend.close()
+    assert not outcome.built
+    assert "PROBE proxy 127.0.0.1 3128" in log, log[-3000:]
+    for name, port in farm:
+        assert f"PROBE unreachable-direct {name} errno 111" in log, name
+        assert f"PROBE via-proxy {name} HTTP/1.1_403_Forbidden" in log, name
+        assert f"egress refused 127.0.0.1:{port}: 127.0.0.1 is a loopback address" in log
+    assert "PROBE reached" not in log
+    assert "PROBE via-proxy pypi HTTP/1.1_200_Connection_established" in log
+    assert "PROBE pypi-answer HTTP/1.1_200_OK" in log
+    assert "::armwheels:: egress to pypi.org:443" in log
 
 
 def test_a_build_filling_its_work_directory_is_killed(tmp_path: Path) -> None:
@@ -218,28 +321,38 @@ def test_a_build_past_its_memory_is_out_of_memory(tmp_path: Path) -> None:
     assert outcome.transient
 
 
-def test_build_dependencies_come_from_the_builders_wheelhouse(tmp_path: Path) -> None:
-    """With no network and no index the build still gets setuptools: the builder fetched
-    its wheel beforehand, and the build could only read it."""
+def test_an_offline_build_gets_what_its_backend_asks_for_in_another_round(
+    tmp_path: Path,
+) -> None:
+    """No network and no index: setuptools comes from the wheelhouse the builder filled
+    beforehand; `six`, which the build backend asks for only at build time (setuptools'
+    get_requires_for_build_wheel returns setup_requires), makes the first round fail,
+    the builder fetches its wheel and the second round builds."""
     files = {
         "hello.c": "#include <Python.h>\n"
         'static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "hello"};\n'
         "PyMODINIT_FUNC PyInit_hello(void) { return PyModule_Create(&m); }\n",
-        "setup.py": "from setuptools import setup, Extension\n"
-        "setup(ext_modules=[Extension('hello', ['hello.c'])])\n",
+        "MANIFEST.in": "include hello.c\n",
+        "setup.py": _in_sandbox_only(
+            "from setuptools import setup, Extension\n"
+            "setup(setup_requires=['six'], ext_modules=[Extension('hello', ['hello.c'])])\n"
+        ),
     }
     sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "hello", "1.0", files)
-    backend = _backend(tmp_path, network="none")
-    offline = Recipe(env={"PIP_NO_INDEX": "1"})
+    backend = _backend(tmp_path)
     try:
-        outcome, log = _build(backend, sdist, tmp_path, offline)
+        outcome, log = _build(backend, sdist, tmp_path)
         assert backend.wheelhouse is not None
         cached = [path.name for path in backend.wheelhouse.wheels()]
     finally:
         backend.close()
     assert outcome.built, log[-3000:]
     assert any(name.startswith("setuptools-") for name in cached), cached
+    assert any(name.startswith("six-") for name in cached), cached
     assert "build dependencies offered from the wheelhouse" in log
+    assert "offline build: pip asked for six; fetching its wheel" in log
+    assert "offline build: round 2 with six" in log
+    assert "offline build: round 3" not in log
 
 
 def test_a_cancelled_build_is_killed_and_the_next_one_runs(tmp_path: Path) -> None:
@@ -256,7 +369,7 @@ def test_a_cancelled_build_is_killed_and_the_next_one_runs(tmp_path: Path) -> No
     second = make_sdist(
         tmp_path / "src", tmp_path / "dist", "second", "1.0", {"setup.py": _in_sandbox_only(SECOND)}
     )
-    backend = _backend(tmp_path, wheelhouse=False)
+    backend = _backend(tmp_path)
     asleep = tmp_path / "job" / "sandbox" / "temp" / "sleeping"
     done: list[tuple[BuildOutcome, str]] = []
     try:

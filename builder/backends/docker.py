@@ -4,6 +4,9 @@ The container is the sandbox for the sdist's code: an unprivileged uid, no capab
 a read-only root filesystem with a small tmpfs /tmp, memory (without swap), CPU and
 process limits, a wall-clock limit and a cap on the work directory, the sdist and every
 cache mounted read-only, and nothing of the builder's (token, master URL, config) inside.
+No network either: build dependencies come from the wheelhouse, filled beforehand and
+between rounds; a recipe's egress goes through the builder's filtering proxy
+(builder/egress.py) over a mounted unix socket, never to the builder host or the farm.
 Containers carry labels so that a restarted builder can remove any its predecessor left,
 and they are removed in every case, including timeouts.
 """
@@ -14,7 +17,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +41,14 @@ from builder.backends import (
 )
 from builder.backends.guard import WorkdirGuard
 from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
+from builder.classify import (
+    EXIT_BUILD_FAILED,
+    SCAN_BYTES,
+    missing_requirement,
+    offline_failure,
+    offline_network_failure,
+)
+from builder.egress import SOCKET_NAME, EgressProxy, upstream_from_environment
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
@@ -52,6 +66,11 @@ SMOKE_ENV = "/tmp/smoke"  # noqa: S108
 WHEELHOUSE = "/armwheels/wheelhouse"
 CONSTRAINTS = "/armwheels/recipe/constraints.txt"
 SMOKE_TIMEOUT = 600.0
+# An egress build's proxy: the host's socket folder inside, and the forwarder's port on
+# the container's own loopback.
+EGRESS = "/armwheels/egress"
+EGRESS_PORT = 3128
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
 
 
 # Prints one tag (cp311) per interpreter found; errors and non-CPython ones print nothing.
@@ -175,6 +194,10 @@ class DockerBackend:
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
         ca_path = CA_PATH if self.settings.ca_bundle is not None else None
         env = passthrough_environment(self.settings, ca_path)
+        # The builder's own proxies are of no use in a container without network; an
+        # egress build gets the builder's filtering proxy instead.
+        for name in (*PROXY_VARIABLES, "NO_PROXY", "no_proxy"):
+            env.pop(name, None)
         env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"})
         env.update(extra)
         env.update({"HOME": f"{WORK}/home", "TMPDIR": f"{WORK}/temp"})
@@ -311,7 +334,7 @@ class DockerBackend:
                 self.target.image,
                 manager,
                 packages,
-                network=self.settings.network,
+                network=self.settings.recipe_network,
                 environment=passthrough_environment(self.settings, None),
                 ca_bundle=ca,
                 log_sink=log_sink,
@@ -320,6 +343,35 @@ class DockerBackend:
             return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=str(exc))
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
+        egress = spec.recipe is not None and spec.recipe.egress
+        if not egress:
+            return self._build(spec, sdist, workdir, log_sink, None)
+        # The proxy's socket path must stay short (unix sockets: 108 bytes at most).
+        folder = Path(tempfile.mkdtemp(prefix="armwheels-egress-"))
+        proxy = EgressProxy(
+            folder,
+            spec.job_id,
+            ports=self.settings.egress_ports,
+            refused_hosts=self.settings.egress_refused_hosts,
+            allowed_networks=self.settings.egress_allowed_networks,
+            upstream=upstream_from_environment(self.settings.pass_env),
+            log_sink=log_sink,
+        )
+        try:
+            proxy.start()
+            return self._build(spec, sdist, workdir, log_sink, proxy)
+        finally:
+            proxy.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _build(
+        self,
+        spec: JobSpec,
+        sdist: Path,
+        workdir: Path,
+        log_sink: BinaryIO,
+        proxy: EgressProxy | None,
+    ) -> BuildOutcome:
         sandbox = workdir / "sandbox"
         self._prepare_sandbox(sandbox)
         out = sandbox / "out"
@@ -340,15 +392,31 @@ class DockerBackend:
         }
         if constraints is not None:
             volumes[str(constraints)] = {"bind": CONSTRAINTS, "mode": "ro"}
-        if self.wheelhouse is not None and self.wheelhouse.fill_for(
-            sdist,
-            spec.python_tag,
-            platform_tags(self.arch, self.glibc_minor),
-            constraints,
-            log_sink,
-        ):
+        platforms = platform_tags(self.arch, self.glibc_minor)
+        if self.wheelhouse is not None:
+            self.wheelhouse.fill_for(sdist, spec.python_tag, platforms, constraints, log_sink)
+            # Offered even when the sdist's requirements could not be read: an offline
+            # build then asks for what it lacks, one round at a time.
             volumes[str(self.wheelhouse.root)] = {"bind": WHEELHOUSE, "mode": "ro"}
             env["PIP_FIND_LINKS"] = WHEELHOUSE
+        if proxy is None:
+            # Offline: pip answers "not found" at once instead of retrying a dead network.
+            env["PIP_NO_INDEX"] = "1"
+            note(log_sink, f"offline build: network {self.settings.network!r}, no package index")
+        else:
+            volumes[str(proxy.folder)] = {"bind": EGRESS, "mode": "ro"}
+            url = f"http://127.0.0.1:{EGRESS_PORT}"
+            env.pop("PIP_NO_INDEX", None)
+            env.update(dict.fromkeys(PROXY_VARIABLES, url))
+            env.update({"NO_PROXY": "", "no_proxy": ""})
+            env["ARMWHEELS_EGRESS_SOCKET"] = f"{EGRESS}/{SOCKET_NAME}"
+            env["ARMWHEELS_EGRESS_PORT"] = str(EGRESS_PORT)
+            ports = ", ".join(map(str, self.settings.egress_ports))
+            note(
+                log_sink,
+                f"egress build: the outside only, through the builder's proxy (ports {ports})",
+            )
+        rounds = self.settings.offline_rounds if proxy is None and self.wheelhouse else 0
 
         def run_build() -> StepExit:
             command = [
@@ -358,17 +426,44 @@ class DockerBackend:
                 spec.python_tag,
                 spec.policy,
             ]
-            return self._run(
-                image,
-                command,
-                dict(volumes),
-                self.settings.network,
-                spec.job_id,
-                log_sink,
-                float(timeout),
-                env,
-                guard_root=sandbox,
-            )
+            deadline = time.monotonic() + timeout
+            fetched: set[str] = set()
+            for round_number in range(rounds + 1):
+                start = _log_offset(log_sink)
+                step = self._run(
+                    image,
+                    command,
+                    dict(volumes),
+                    self.settings.network,
+                    spec.job_id,
+                    log_sink,
+                    max(1.0, deadline - time.monotonic()),  # one time limit for all rounds
+                    env,
+                    guard_root=sandbox,
+                )
+                if step.code != EXIT_BUILD_FAILED or self.wheelhouse is None or proxy is not None:
+                    return step
+                written = _log_since(log_sink, start)
+                requirement = missing_requirement(written)
+                if requirement is None:
+                    if tried := offline_network_failure(written):
+                        note(log_sink, tried)
+                    return step
+                if requirement in fetched or round_number == rounds:
+                    why = f"is still missing after {round_number + 1} rounds"
+                    note(log_sink, offline_failure(requirement, why))
+                    return step
+                if not self.wheelhouse.fetch_missing(
+                    requirement, spec.python_tag, platforms, constraints, log_sink
+                ):
+                    why = f"has no wheel for {self.arch} {spec.python_tag}"
+                    note(log_sink, offline_failure(requirement, why))
+                    return step
+                fetched.add(requirement)
+                note(log_sink, f"offline build: round {round_number + 2} with {requirement}")
+                shutil.rmtree(sandbox, ignore_errors=True)
+                self._prepare_sandbox(sandbox)
+            return step
 
         def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
             inside = f"/armwheels/wheel/{wheel.name}"
@@ -393,3 +488,21 @@ class DockerBackend:
             )
 
         return run_recipe(out, log_sink, timeout, run_build, run_smoke)
+
+
+def _log_offset(log_sink: BinaryIO) -> int:
+    try:
+        return log_sink.tell()
+    except (OSError, ValueError):
+        return 0
+
+
+def _log_since(log_sink: BinaryIO, start: int) -> bytes:
+    """What one build round wrote to the log (its last SCAN_BYTES), read back by name."""
+    try:
+        with open(log_sink.name, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(start, handle.tell() - SCAN_BYTES))
+            return handle.read()
+    except (OSError, AttributeError, TypeError):
+        return b""

@@ -27,6 +27,16 @@ step "interpreter $PY ($("$PY" --version 2>&1)) on $(uname -m)"
 step "running as uid $(id -u)"
 mkdir -p "$OUT/dist" "${HOME:?}" "${TMPDIR:-/tmp}" || exit 14
 "$PY" -m venv "$BUILDENV" || exit 14
+if [ -n "${ARMWHEELS_EGRESS_SOCKET:-}" ]; then
+    # Egress build: the container has no network; a relay on its own loopback hands the
+    # build's proxy connections to the builder's filtering proxy (a mounted unix socket).
+    READY="${TMPDIR:-/tmp}/egress-ready"
+    "$PY" /armwheels/scripts/egress_forward.py "$ARMWHEELS_EGRESS_SOCKET" \
+        "${ARMWHEELS_EGRESS_PORT:?}" "$READY" &
+    for _ in $(seq 1 300); do [ -e "$READY" ] && break; sleep 0.1; done
+    [ -e "$READY" ] || { step "the egress relay did not start"; exit 14; }
+    step "egress through the builder's proxy at 127.0.0.1:$ARMWHEELS_EGRESS_PORT"
+fi
 if [ -n "${PIP_FIND_LINKS:-}" ]; then
     step "build dependencies offered from the wheelhouse ($(ls "$PIP_FIND_LINKS" | wc -l) wheels)"
 fi
