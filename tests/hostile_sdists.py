@@ -200,12 +200,13 @@ while True:
 """
 
 
-def log_flood(total: int) -> str:
-    """Writes `total` bytes of output (lines of x) to its stdout, then FLOOD_END, and
-    fails. Run by pip, which holds a backend's output until it ends, the output fills
-    pip's memory; run by a recipe's build command, it goes straight to the build log."""
-    return f"""line = b"x" * 1023 + b"\\n"
-block = line * 1024
+def log_flood(total: int, line: int = 1024) -> str:
+    """Writes `total` bytes of output (lines of `line` bytes) to its stdout, then
+    FLOOD_END, and fails. Run by pip, which holds a backend's output until it ends, the
+    output fills pip's memory; run by a recipe's build command, it goes straight to the
+    build log."""
+    return f"""line = b"x" * ({line} - 1) + b"\\n"
+block = line * max(1, {1024 * 1024} // len(line))
 out = sys.stdout.buffer
 for _ in range({total} // len(block)):
     out.write(block)

@@ -225,8 +225,9 @@ def test_a_memory_hog_is_out_of_memory_at_its_limit(farm: Farm) -> None:
 def test_gigabytes_of_log_through_pip_end_at_the_memory_limit(farm: Farm) -> None:
     """pip holds a backend's output until it ends: a flood fills pip's memory up to its
     limit, pip gives the build up, and neither the builder's disk nor its log grow."""
-    sdist = hostile.attack_sdist(farm.sdists, "flood", hostile.log_flood(2 * 1024**3))
-    outcome, log = farm.build(sdist)
+    # Long lines: pip reads its backend's output a line at a time.
+    flood = hostile.log_flood(2 * 1024**3, line=1024**2)
+    outcome, log = farm.build(hostile.attack_sdist(farm.sdists, "flood", flood))
     assert (farm.logs / "flood.log").stat().st_size < 64 * 1024
     assert outcome.reason is FailureReason.COMPILE_ERROR, log[-2000:]
     assert "Failed building wheel for flood" in log
