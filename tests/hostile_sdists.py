@@ -89,8 +89,8 @@ def _write_tar(dest: Path, name: str, extra: list[tuple[tarfile.TarInfo, bytes |
     with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as archive:
         for relative, data in _project_files(name, "").items():
             archive.addfile(_info(f"{root}/{relative}", len(data)), io.BytesIO(data))
-        for info, data in extra:
-            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+        for info, content in extra:
+            archive.addfile(info, io.BytesIO(content) if content is not None else None)
     return path
 
 
