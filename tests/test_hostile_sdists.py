@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -30,6 +31,7 @@ from pydantic import SecretStr
 
 from builder.backends import BuildOutcome
 from builder.backends.native import NativeBackend
+from builder.sdist import SdistRefused, check_archive
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
@@ -293,3 +295,22 @@ def test_after_the_hostile_ones_a_good_sdist_builds_and_nothing_outside_changed(
     assert not HOST_TMP_ESCAPE.exists()
     leftovers = [path.name for path in farm.work_root.iterdir()]
     assert sorted(leftovers) == ["canary.txt", "wheelhouse"], leftovers
+
+
+def _links_tar(path: Path, links: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+    return path
+
+
+def test_links_inside_the_archive_pass_and_chains_out_of_it_are_refused(tmp_path: Path) -> None:
+    """No build runs here: only the host-side check of the archive."""
+    inside = {"p-1.0/docs/README": "../README", "p-1.0/lib": "src/lib"}
+    assert check_archive(_links_tar(tmp_path / "ok.tar.gz", inside), WORK_DIR_LIMIT) == 0
+    # Each link stays inside on its own; through one another they climb out.
+    chain = {"up": "p-1.0", "p-1.0/up": "..", "p-1.0/out": "up/up/etc"}
+    with pytest.raises(SdistRefused, match="goes through the symbolic link"):
+        check_archive(_links_tar(tmp_path / "chain.tar.gz", chain), WORK_DIR_LIMIT)
