@@ -74,7 +74,7 @@ def cmd_builder(args: argparse.Namespace) -> int:
     if args.backend:
         settings.builder.backend = args.backend
     try:
-        return run_builder(settings, args.arch)
+        return run_builder(settings, args.arch, args.config)
     except NoBackend as exc:
         raise UsageError(str(exc)) from exc
 

@@ -42,7 +42,9 @@ def is_arm_host(arch: str) -> bool:
     return machine == arch or (arch == "armv7l" and machine in ("armv7l", "armv8l"))
 
 
-def choose_backend(settings: Settings, arch: str, name: str) -> Backend:
+def choose_backend(
+    settings: Settings, arch: str, name: str, config_file: Path | None = None
+) -> Backend:
     target = settings.targets.get(arch)
     if target is None or not target.enabled:
         raise NoBackend(f"no enabled target for {arch} in the configuration")
@@ -56,7 +58,11 @@ def choose_backend(settings: Settings, arch: str, name: str) -> Backend:
 
         try:
             native = NativeBackend(
-                settings.builder, arch, target, build_user=settings.builder.build_user
+                settings.builder,
+                arch,
+                target,
+                build_user=settings.builder.build_user,
+                config_file=config_file,
             )
         except NativeUnavailable as exc:
             raise NoBackend(str(exc)) from exc
@@ -302,12 +308,12 @@ class Heartbeats(threading.Thread):
         self._done.set()
 
 
-def run_builder(settings: Settings, arch: str) -> int:
+def run_builder(settings: Settings, arch: str, config_file: Path | None = None) -> int:
     token = settings.builder.token.get_secret_value()
     if not token:
         raise NoBackend("builder.token is not set (ARMWHEELS_BUILDER__TOKEN)")
     name = settings.builder.name or f"{platform.node()}-{arch}"
-    backend = choose_backend(settings, arch, name)
+    backend = choose_backend(settings, arch, name, config_file)
     client = MasterClient(settings.builder.master_url, token)
     from armwheels import __version__
 

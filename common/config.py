@@ -323,6 +323,9 @@ class BuilderSettings(_Section):
     # only as wheels by the builder itself and mounted read-only into builds.
     wheelhouse: bool = True
     wheelhouse_limit: int = Field(default=2 * 1024**3, ge=0)
+    # What one build step may write to its log; past it the builder keeps the first and
+    # last halves (the master's rule) and the build goes on within its other limits.
+    max_log_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024)
 
     @field_validator("egress_ports")
     @classmethod

@@ -42,6 +42,9 @@ class FailureReason(StrEnum):
     # The sandbox's own limits and the operator's recipe.
     WORK_DIR_LIMIT = "work-dir-limit"
     RECIPE_FAILED = "recipe-failed"
+    # The sdist's archive is not one to unpack (paths or links out of it, special files,
+    # a decompression bomb): refused before any of its code runs.
+    SDIST_REFUSED = "sdist-refused"
 
 
 class SkipReason(StrEnum):

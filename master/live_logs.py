@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common.config import Settings
+from common.log_cap import omitted_marker
 from common.models import BuildJob
-from master.storage import Storage, omitted_marker
+from master.storage import Storage
 
 # Kept of a live log: its first and its last MiB (each at most half of max_log_bytes).
 LIVE_HEAD_BYTES = 1024 * 1024

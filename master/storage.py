@@ -11,9 +11,10 @@ import hashlib
 import os
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
+
+from common.log_cap import CappedWriter, Sink, head_tail, omitted_marker
 
 COPY_BYTES = 1024 * 1024
 # A temporary file not written to for this long was left by a crash (remove_stale_parts).
@@ -22,22 +23,6 @@ STALE_PART_SECONDS = 600.0
 
 class TooLarge(ValueError):
     """More bytes than the configured limit."""
-
-
-class Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
-def omitted_marker(count: int) -> bytes:
-    """The line standing for the middle of a log left out to respect the size cap."""
-    return b"\n[armwheels: %d bytes of the log left out here]\n" % count
-
-
-def head_tail(limit: int) -> tuple[int, int]:
-    """How a cap of `limit` bytes is shared: the start says what was built, the end why
-    it failed, so both halves are kept."""
-    head = limit // 2
-    return head, limit - head
 
 
 def copy_capped(source: BinaryIO, out: Sink, head: int, tail: int) -> int:
@@ -54,23 +39,10 @@ def copy_capped(source: BinaryIO, out: Sink, head: int, tail: int) -> int:
             out.write(omitted_marker(left_out))
         source.seek(here + left_out)
         return kept + _copy(source, out, None)
-    window: deque[bytes] = deque()
-    held = left_out = 0
+    rest = CappedWriter(out, 0, tail)
     while chunk := source.read(COPY_BYTES):
-        window.append(chunk)
-        held += len(chunk)
-        while window and held - len(window[0]) >= tail:
-            held -= len(window[0])
-            left_out += len(window.popleft())
-    if held > tail:
-        cut = held - tail
-        window[0] = window[0][cut:]
-        left_out, held = left_out + cut, tail
-    if left_out:
-        out.write(omitted_marker(left_out))
-    for chunk in window:
-        out.write(chunk)
-    return kept + held
+        rest.write(chunk)
+    return kept + rest.finish()
 
 
 def _copy(source: BinaryIO, out: Sink, limit: int | None) -> int:

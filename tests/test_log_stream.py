@@ -28,12 +28,13 @@ from builder.worker import JobRunner
 from common.config import Settings
 from common.db import transaction
 from common.job_spec import JobSpec
+from common.log_cap import omitted_marker
 from common.models import BuildJob
 from common.states import FailureReason, JobState, TokenRole
 from master.app import create_app
 from master.auth import create_token
 from master.operations import cancel_job
-from master.storage import Storage, omitted_marker
+from master.storage import Storage
 from tests.seed import add_release
 from tests.servers import free_port, serve_app, wait_until
 

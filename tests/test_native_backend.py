@@ -1,10 +1,10 @@
 """The native backend (real ARM boards) runs here on the host's own arch: same scripts,
 same failure classes, real sdists, real auditwheel.
 
-Run as root (as on many boards), every build here runs as the unprivileged build user, so
-the work directory and the tools must be reachable by that user: the tests keep theirs
-under /var/tmp, and a tools venv from Debian's python3 when the project's venv sits
-where `nobody` cannot go (a pyenv interpreter under /root).
+The backend runs only as root (CI does): every build here runs as the unprivileged build
+user in its own namespaces, so the work directory and the tools must be reachable by that
+user: the tests keep theirs under /var/tmp, and a tools venv from Debian's python3 when
+the project's venv sits where `nobody` cannot go (a pyenv interpreter under /root).
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ BUILD_USER = "nobody"
 TOOLS_CACHE = Path("/var/tmp/armwheels-test-tools")
 SECRET = "aw_native-test-secret-0123456789"
 
-pytestmark = pytest.mark.skipif(ARCH != "x86_64", reason="written for an x86_64 host")
+pytestmark = [
+    pytest.mark.skipif(ARCH != "x86_64", reason="written for an x86_64 host"),
+    pytest.mark.skipif(not IS_ROOT, reason="the native backend runs only as root"),
+]
 
 
 def _build_user_runs(tools_bin: Path) -> bool:
@@ -158,8 +161,7 @@ def test_msgpack_builds_repairs_and_imports(
     assert wheel is not None
     assert f"{TAG}-{TAG}-" in wheel.name and "manylinux2014_x86_64" in wheel.name
     assert "auditwheel repair" in log and "smoke test passed" in log
-    if IS_ROOT:
-        assert wheel.stat().st_uid == 0, "the builder takes the output back before reading it"
+    assert wheel.stat().st_uid == 0, "the builder takes the output back before reading it"
 
 
 def test_a_stable_abi_wheel_passes_a_smoke_test_of_what_it_holds(
@@ -325,39 +327,59 @@ def test_the_sdist_runs_unprivileged_and_sees_no_builder_secret(
     assert outcome.built, (outcome.reason, outcome.summary, log[-3000:])
     [line] = [line for line in log.splitlines() if line.startswith("ARMWHEELS-PROBE ")]
     seen = json.loads(line.removeprefix("ARMWHEELS-PROBE "))
-    expected_uid = pwd.getpwnam(BUILD_USER).pw_uid if IS_ROOT else os.geteuid()
+    expected_uid = pwd.getpwnam(BUILD_USER).pw_uid
     for stage in ("build", "smoke"):
         names = seen[stage]["env"]
         assert {n for n in names if n.startswith("ARMWHEELS_")} <= BUILD_PATHS, stage
         assert not [n for n in names if "TOKEN" in n.upper()], stage
         assert seen[stage]["leaked"] == [], stage
-        assert seen[stage]["uid"] == expected_uid, stage
-        if IS_ROOT:
-            assert seen[stage]["uid"] != 0, stage
+        assert seen[stage]["uid"] == expected_uid != 0, stage
     assert SECRET not in log
-    expected_note = f"as user {BUILD_USER}" if IS_ROOT else "as the builder's own user"
-    assert expected_note in log
+    assert f"as user {BUILD_USER}" in log
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="only a root builder switches to a build user")
-def test_a_work_dir_the_build_user_cannot_reach_stops_the_builder(
-    tmp_path: Path, tools_bin: Path
+def test_a_work_dir_the_build_user_cannot_reach_stops_the_builder(tools_bin: Path) -> None:
+    """Said once at start-up, not as a failure of every job. Under root's home (0700):
+    under /tmp or /var/tmp the sandbox binds the work directory in at its own path, so
+    a closed parent there does not keep the build user out."""
+    hidden = Path(tempfile.mkdtemp(prefix="armwheels-hidden-", dir=Path.home()))
+    hidden.chmod(0o700)
+    try:
+        with pytest.raises(NativeUnavailable, match=f"build user {BUILD_USER} cannot build here"):
+            _backend(hidden / "work", tools_bin)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def test_an_unknown_or_root_build_user_or_a_builder_not_root_is_refused(
+    work_root: Path, tools_bin: Path
 ) -> None:
-    """Said once at start-up, not as a failure of every job (pytest's tmp_path is 0700)."""
-    hidden = tmp_path / "hidden"
-    hidden.mkdir(mode=0o700)
-    with pytest.raises(NativeUnavailable, match=f"build user {BUILD_USER} cannot build here"):
-        _backend(hidden / "work", tools_bin)
-
-
-@pytest.mark.skipif(not IS_ROOT, reason="only a root builder switches to a build user")
-def test_an_unknown_or_root_build_user_is_refused(work_root: Path, tools_bin: Path) -> None:
     settings = BuilderSettings(work_dir=work_root)
     target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
     with pytest.raises(NativeUnavailable, match="does not exist"):
         NativeBackend(settings, ARCH, target, build_user="no-such-user-here", tools_bin=tools_bin)
     with pytest.raises(NativeUnavailable, match="is root"):
         NativeBackend(settings, ARCH, target, build_user="root", tools_bin=tools_bin)
+    os.seteuid(pwd.getpwnam(BUILD_USER).pw_uid)  # a builder started as an ordinary user
+    try:
+        with pytest.raises(NativeUnavailable, match="must run as root"):
+            NativeBackend(settings, ARCH, target, build_user=BUILD_USER, tools_bin=tools_bin)
+    finally:
+        os.seteuid(0)
+
+
+def test_a_config_file_others_can_read_with_the_token_is_refused(
+    tmp_path: Path, work_root: Path, tools_bin: Path
+) -> None:
+    settings = BuilderSettings(work_dir=work_root, token=SecretStr(SECRET))
+    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    config = tmp_path / "armwheels.toml"
+    config.write_text(f'[builder]\ntoken = "{SECRET}"\n')
+    config.chmod(0o644)
+    with pytest.raises(NativeUnavailable, match=f"holds builder.token .* chmod 600 {config}"):
+        NativeBackend(settings, ARCH, target, tools_bin=tools_bin, config_file=config)
+    config.chmod(0o600)
+    NativeBackend(settings, ARCH, target, tools_bin=tools_bin, config_file=config).close()
 
 
 # setup.py bodies that misbehave only when a wheel is built, not while the sdist is made.

@@ -1,15 +1,26 @@
 """Native backend for real ARM boards: the build scripts run on the host, in a fresh venv
 under a throw-away work directory, with a clean environment that holds no builder secret.
 
-A board's builder often runs as root; the sdist's code must not. When the builder is root,
-build.sh and smoke.sh run as an unprivileged build user (`nobody` unless told otherwise),
-who can read the sdist, write only its own output and scratch directories, and never
-touches the builder's files. The builder seals the output before it reads the wheel.
-
-Limits come from util-linux where a board has it: `prlimit` caps the build's data
-segment (memory) and processes, `taskset` its cores; the work-directory cap and the
-wall-clock limit are the builder's own. A recipe's system packages cannot be installed
-per build on a board: they are checked, and a missing one fails the job naming it.
+The sdist's code is hostile until proven otherwise, and a board's builder holds a token
+and sits next to the farm's services. So the builder runs as root and every step of a
+build runs, through util-linux, in a sandbox it cannot leave:
+- `unshare` gives it new network, PID, mount, IPC and UTS namespaces: no network but its
+  own loopback (not the host's: no Redis, PostgreSQL or master), a /proc that shows only
+  its own processes (not the builder's environment or command line), private tmpfs
+  /tmp, /var/tmp and /dev/shm, and every process it starts dies with it;
+- `setpriv` then drops to an unprivileged build user (`nobody` unless told otherwise)
+  with no capability, no supplementary group and no way to gain privileges; it reads
+  the sdist, writes only its own output and scratch directories, and the builder seals
+  the output before it reads the wheel;
+- `prlimit` caps each process's data segment (memory) and the user's processes,
+  `taskset` its cores; the work-directory cap, the log cap and the wall-clock limit are
+  the builder's own.
+Where any of this is impossible (the builder is not root, the build user is root or
+unknown, the kernel refuses namespaces) the backend refuses to start, saying why. The
+archive is checked before any of its code runs (builder/sdist.py). Build requirements
+come only from the wheelhouse, which the builder fills beforehand (PIP_NO_INDEX).
+A recipe's system packages cannot be installed per build on a board: they are checked,
+and a missing one fails the job naming it.
 
 A board compiles against its own glibc. The builder detects the host's manylinux policy
 with auditwheel at start; when it is newer than a job's target policy, a wheel that does
@@ -25,6 +36,7 @@ import math
 import os
 import platform
 import pwd
+import shlex
 import shutil
 import signal
 import stat
@@ -49,9 +61,11 @@ from builder.backends import (
 )
 from builder.backends.guard import WorkdirGuard
 from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
+from builder.sdist import SdistRefused, check_archive, unpacked_limit
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
+from common.log_cap import CappedWriter, head_tail
 from common.names import python_version_of_tag
 from common.recipes import Recipe
 from common.states import FailureReason
@@ -72,6 +86,18 @@ for script in "$2" "$3"; do
 done
 "$4" --version >/dev/null 2>&1 || { echo "cannot run $4"; exit 1; }
 """
+# Where the sandbox's tools are looked for (root's PATH, not the build's).
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Folders of the host replaced by the build's own tmpfs (unless the work directory or the
+# tools live under one): the world-writable ones, and /run, where the farm's services
+# listen on unix sockets (PostgreSQL's is world-connectable) that no namespace hides.
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # noqa: S108 (masked, not used)
+NAMESPACES = ["--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child"]
+# How long the builder waits for the build's output pipe to close after the build ended.
+PUMP_JOIN_SECONDS = 30.0
+READ_BYTES = 64 * 1024
+# Inside the sandbox's own /run: where the host's folders are seen while being masked.
+HOST_VIEW = "/run/armwheels-host"
 
 
 class NativeUnavailable(RuntimeError):
@@ -80,7 +106,7 @@ class NativeUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class BuildAccount:
-    """The unprivileged user the sdist's code runs as when the builder is root."""
+    """The unprivileged user the sdist's code runs as."""
 
     name: str
     uid: int
@@ -106,6 +132,7 @@ class NativeBackend:
         target: TargetSettings,
         build_user: str = "nobody",
         tools_bin: Path = TOOLS_BIN,
+        config_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self.arch = arch
@@ -113,6 +140,11 @@ class NativeBackend:
         self.tools_bin = tools_bin
         self._current: subprocess.Popen[bytes] | None = None
         self._cancelled = threading.Event()
+        # Output the log cap left out of this build's steps (for its summary).
+        self._left_out = 0
+        if config_file is not None:
+            check_secret_file(config_file, settings.token.get_secret_value())
+        self._tools = _sandbox_tools()
         self.account = self._resolve_account(build_user)
         self.package_manager = next(
             (tool for tool in ("apt-get", "dnf", "yum") if shutil.which(tool)), None
@@ -136,16 +168,14 @@ class NativeBackend:
     def close(self) -> None:
         pass
 
-    def _resolve_account(self, build_user: str) -> BuildAccount | None:
-        """The build user when the builder is root (checked to reach what a build needs),
-        else None: an unprivileged builder cannot switch users, so builds run as itself."""
+    def _resolve_account(self, build_user: str) -> BuildAccount:
+        """The build user, checked to be unprivileged and to reach what a build needs."""
         if os.geteuid() != 0:
             me = pwd.getpwuid(os.geteuid()).pw_name
-            log.info(
-                "builds run as the builder's own user (not root, so no switch to a build user)",
-                extra={"user": me, "uid": os.geteuid()},
+            raise NativeUnavailable(
+                f"the native backend must run as root (it runs as {me}): builds run as"
+                " builder.build_user in their own namespaces, which only root can set up"
             )
-            return None
         try:
             entry = pwd.getpwnam(build_user)
         except KeyError as exc:
@@ -153,12 +183,12 @@ class NativeBackend:
                 f"build user {build_user!r} does not exist: the builder runs as root and runs"
                 " builds as that user (create it, or name another)"
             ) from exc
-        if entry.pw_uid == 0:
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
             raise NativeUnavailable(f"build user {build_user!r} is root: name an unprivileged one")
         account = BuildAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
         self._probe(account)
         log.info(
-            "builds run as an unprivileged user",
+            "builds run as an unprivileged user without network",
             extra={"user": account.name, "uid": account.uid, "gid": account.gid},
         )
         return account
@@ -181,25 +211,103 @@ class NativeBackend:
         env = {"PATH": f"/usr/bin:/bin:{self.tools_bin}", "HOME": "/", "LANG": "C.UTF-8"}
         try:
             done = subprocess.run(
-                command,
+                [*self._sandbox(account, None), *command],
                 env=env,
                 cwd="/",
                 capture_output=True,
                 timeout=PROBE_TIMEOUT,
                 check=False,
-                user=account.uid,
-                group=account.gid,
-                extra_groups=[],
             )
         except subprocess.TimeoutExpired as exc:
             raise NativeUnavailable(f"probing build user {account.name} timed out") from exc
+        said = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
+        if "unshare:" in said or "setpriv:" in said or "mount:" in said:
+            raise NativeUnavailable(
+                f"cannot sandbox builds here: {said.splitlines()[-1]} (the native backend"
+                " needs network, PID and mount namespaces: root on a Linux kernel with them)"
+            )
         if done.returncode != 0:
-            said = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
             raise NativeUnavailable(
                 f"build user {account.name} cannot build here: {said or 'probe failed'}"
                 f" (builder.work_dir {work_root} and the tools in {self.tools_bin} must be"
                 " reachable by that user)"
             )
+
+    def _sandbox(self, account: BuildAccount, recipe: Recipe | None) -> list[str]:
+        """The command prefix that runs what follows in new namespaces (as root, which
+        sets them up) and then as the build user, with no capability and no way back."""
+        unshare, setpriv, mount, ip = self._tools
+        setup = ["set -e", *self._network_setup(ip, recipe), *self._mask_setup(mount)]
+        setup.append('exec "$@"')
+        return [
+            unshare,
+            *NAMESPACES,
+            "--mount-proc",
+            "--",
+            "/bin/sh",
+            "-c",
+            "\n".join(setup),
+            "armwheels-sandbox",
+            setpriv,
+            f"--reuid={account.uid}",
+            f"--regid={account.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]
+
+    def _network_setup(self, ip: str | None, recipe: Recipe | None) -> list[str]:
+        """Root's commands inside the build's new network namespace, where only a loopback
+        of its own exists: no route to the host's loopback (the broker, the database, the
+        master) nor anywhere else.
+
+        Hook for recipes that need network at build time: the egress proxy (a unix-socket
+        CONNECT proxy run by the builder) is joined here, by binding its socket into the
+        sandbox, forwarding a port of this loopback to it, and setting HTTPS_PROXY in the
+        build's environment. Until then every build has no network at all."""
+        del recipe  # no recipe gets egress yet
+        return [f"{shlex.quote(ip)} link set lo up"] if ip else []
+
+    def _mask_setup(self, mount: str) -> list[str]:
+        """Root's commands that give the build a tmpfs of its own over each of
+        PRIVATE_DIRS: a new file there stays in the sandbox, and the host's sockets and
+        files there are out of reach. What the build needs under one of them (the work
+        directory, the tools, the scripts) is bound back in at its own path."""
+        needed = [
+            self.settings.work_dir.resolve(),
+            self.tools_bin.resolve().parent,
+            SCRIPTS.resolve(),
+        ]
+        if self.settings.ca_bundle is not None:
+            needed.append(self.settings.ca_bundle.resolve())
+        folders = [
+            folder
+            for folder in PRIVATE_DIRS
+            if Path(folder).is_dir() and not Path(folder).is_symlink()
+        ]
+        if "/run" not in folders or any(path.is_relative_to("/run") for path in needed):
+            return []  # no private place to keep the host's folders while masking them
+        q = shlex.quote
+        tmpfs = f"{q(mount)} -t tmpfs -o size={self.settings.tmp_size},nosuid,nodev"
+        lines = [f"{tmpfs},mode=0755 armwheels-run /run", f"mkdir -m 700 {HOST_VIEW}"]
+        for index, folder in enumerate(f for f in folders if f != "/run"):
+            inside = [path for path in needed if path.is_relative_to(folder)]
+            view = f"{HOST_VIEW}/{index}"
+            if inside:
+                lines += [f"mkdir {view}", f"{q(mount)} --bind {q(folder)} {view}"]
+            lines.append(f"{tmpfs},mode=1777 armwheels-tmp {q(folder)}")
+            for path in inside:
+                source = f"{view}/{q(str(path.relative_to(folder)))}"
+                if path.is_dir():
+                    lines.append(f"mkdir -p {q(str(path))}")
+                else:
+                    lines.append(f"mkdir -p {q(str(path.parent))}; touch {q(str(path))}")
+                lines.append(f"{q(mount)} --bind {source} {q(str(path))}")
+            if inside:
+                lines.append(f"{q(mount.removesuffix('mount'))}umount -l {view}")
+        return lines
 
     def python_tags(self) -> list[str]:
         """The target's tags for which this host has an interpreter."""
@@ -218,8 +326,6 @@ class NativeBackend:
         scratch = workdir / "scratch"
         for folder in (out, scratch, scratch / "home", scratch / "tmp"):
             folder.mkdir(parents=True, exist_ok=True)
-        if self.account is None:
-            return _Layout(sdist, out, scratch)
         workdir.chmod(0o711)
         inputs = workdir / "input"
         inputs.mkdir(exist_ok=True)
@@ -234,7 +340,8 @@ class NativeBackend:
         return _Layout(copy, out, scratch)
 
     def _environment(self, layout: _Layout) -> dict[str, str]:
-        """Only what a build needs: no ARMWHEELS_* setting of the builder, so no token."""
+        """Only what a build needs: no ARMWHEELS_* setting of the builder, so no token;
+        pip uses no index (there is no network): the wheelhouse is its only source."""
         ca_bundle = self.settings.ca_bundle
         env = passthrough_environment(self.settings, str(ca_bundle) if ca_bundle else None)
         env.update(
@@ -245,6 +352,7 @@ class NativeBackend:
                 "TMPDIR": str(layout.scratch / "tmp"),
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                 "PIP_CONFIG_FILE": os.devnull,
+                "PIP_NO_INDEX": "1",
                 "ARMWHEELS_OUT": str(layout.out),
                 "ARMWHEELS_BUILDENV": str(layout.scratch / "buildenv"),
                 "ARMWHEELS_SMOKEENV": str(layout.scratch / "smoke"),
@@ -272,47 +380,63 @@ class NativeBackend:
         cwd: Path,
         log: BinaryIO,
         timeout: float,
+        recipe: Recipe | None,
         guard_root: Path | None = None,
     ) -> StepExit:
-        """Run in a new session, so that a timeout kills every process the build started."""
+        """Run in the sandbox, in a new session, its output capped on its way to the log;
+        a timeout or cancel kills the session, and with it the namespace's every process."""
         if self._cancelled.is_set():
             return StepExit(None, killed_for="cancelled")
-        account = self.account
         process = subprocess.Popen(
-            [*self._limits(), *command],
-            stdout=log,
+            [*self._sandbox(self.account, recipe), *self._limits(), *command],
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=cwd,
             start_new_session=True,
             umask=0o022,
-            # No supplementary group of the builder's: only the build user's own.
-            user=account.uid if account else None,
-            group=account.gid if account else None,
-            extra_groups=[] if account else None,
         )
         self._current = process
         if self._cancelled.is_set():
             self._kill()  # cancel() came while the process started, before it was known
+        capped = CappedWriter(log, *head_tail(self.settings.max_log_bytes))
+        pump = threading.Thread(
+            target=_pump, args=(process, capped, log), name="build-log", daemon=True
+        )
+        pump.start()
         guard = (
             WorkdirGuard(guard_root, self.settings.work_dir_limit, self._kill, None)
             if guard_root is not None
             else None
         )
+        timed_out = False
         try:
             with guard or contextlib.nullcontext():
                 code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            timed_out = True
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            note(log, f"killed after the time limit of {timeout:.0f} s")
-            return StepExit(None, killed_for="timeout")
+            code = process.wait()
         finally:
             self._current = None
             # Whatever the build left running in its session (a compiler server, a
-            # daemon) must not outlive it and touch the output the builder reads next.
+            # daemon) must not outlive it and touch the output the builder reads next;
+            # the PID namespace takes the rest (a process that left the session).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+            pump.join(PUMP_JOIN_SECONDS)
+            capped.finish()
+            log.flush()
+        if capped.left_out:
+            self._left_out += capped.left_out
+            note(
+                log,
+                f"log capped at {self.settings.max_log_bytes} bytes: {capped.left_out} bytes"
+                " of this step's output left out (the first and last halves are kept)",
+            )
+        if timed_out:
+            note(log, f"killed after the time limit of {timeout:.0f} s")
+            return StepExit(None, killed_for="timeout")
         if self._cancelled.is_set():
             note(log, "killed: the build was cancelled")
             return StepExit(None, killed_for="cancelled")
@@ -364,6 +488,25 @@ class NativeBackend:
         self._cancelled.clear()
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
+        self._left_out = 0
+        try:
+            size = check_archive(sdist, unpacked_limit(sdist, self.settings.work_dir_limit))
+        except SdistRefused as exc:
+            summary = f"sdist refused: {exc}"
+            note(log, summary)
+            return BuildOutcome(False, reason=FailureReason.SDIST_REFUSED, summary=summary)
+        note(log, f"sdist archive checked: {size} bytes unpacked, nothing outside its root")
+        outcome = self._build(spec, sdist, workdir, log)
+        if outcome.reason is FailureReason.OUT_OF_MEMORY:
+            outcome.summary += f" (memory limit {self.settings.memory_limit} per process)"
+        if self._left_out:
+            outcome.summary += (
+                f" (log capped at {self.settings.max_log_bytes} bytes per step,"
+                f" {self._left_out} bytes left out)"
+            )
+        return outcome
+
+    def _build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         missing = self._missing_packages(spec.recipe)
         if missing:
             summary = (
@@ -382,6 +525,8 @@ class NativeBackend:
             sdist, spec.python_tag, platform_tags(self.arch, _glibc_minor()), constraints, log
         ):
             env["PIP_FIND_LINKS"] = str(self.wheelhouse.root)
+        else:
+            note(log, "no wheelhouse for this build: only what the build brings can be installed")
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
         fallback = self._fallback_policy(spec.policy)
@@ -393,10 +538,10 @@ class NativeBackend:
                 f" than {spec.policy}: a wheel that does not meet {spec.policy} is repaired to"
                 " the most compatible policy it meets",
             )
-        if self.account is None:
-            note(log, f"build runs as the builder's own user (uid {os.geteuid()})")
-        else:
-            note(log, f"build runs as user {self.account.name} (uid {self.account.uid})")
+        note(
+            log,
+            f"build runs as user {self.account.name} (uid {self.account.uid}) with no network",
+        )
 
         def run_build() -> StepExit:
             command = [
@@ -406,9 +551,10 @@ class NativeBackend:
                 spec.python_tag,
                 spec.policy,
             ]
-            step = self._run(command, env, layout.scratch, log, float(timeout), guard_root=workdir)
-            if self.account is not None:
-                _seal(layout.out)
+            step = self._run(
+                command, env, layout.scratch, log, float(timeout), spec.recipe, guard_root=workdir
+            )
+            _seal(layout.out)
             return step
 
         def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
@@ -420,9 +566,56 @@ class NativeBackend:
                 *modules,
             ]
             smoke_env = {k: v for k, v in env.items() if not k.startswith(("HTTP", "http"))}
-            return self._run(command, smoke_env, layout.scratch, log, float(SMOKE_TIMEOUT))
+            return self._run(
+                command, smoke_env, layout.scratch, log, float(SMOKE_TIMEOUT), spec.recipe
+            )
 
         return run_recipe(layout.out, log, timeout, run_build, run_smoke)
+
+
+def check_secret_file(path: Path, token: str) -> None:
+    """Refuse to start when the configuration file holds the builder's token and users
+    other than its owner may read it: the build user would be one of them."""
+    try:
+        mode = path.stat().st_mode
+        holds_token = bool(token) and token in path.read_text(errors="replace")
+    except OSError:
+        return  # it was read at start; gone now means nothing left to read either
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return
+    if holds_token:
+        raise NativeUnavailable(
+            f"{path} holds builder.token and is readable by other users"
+            f" (mode {stat.S_IMODE(mode):o}): chmod 600 {path}"
+        )
+    log.warning(
+        "configuration file readable by other users (it holds no builder token)",
+        extra={"path": str(path), "mode": f"{stat.S_IMODE(mode):o}"},
+    )
+
+
+def _sandbox_tools() -> tuple[str, str, str, str | None]:
+    """unshare, setpriv and mount (util-linux), and ip (iproute2, to bring the sandbox's
+    own loopback up; without it the build has no loopback either)."""
+    found = {tool: shutil.which(tool, path=SYSTEM_PATH) for tool in ("unshare", "setpriv", "mount")}
+    missing = [tool for tool, path in found.items() if path is None]
+    if missing:
+        raise NativeUnavailable(
+            f"{' and '.join(missing)} not found: the native backend sandboxes builds with"
+            " util-linux (apt install util-linux mount)"
+        )
+    unshare, setpriv, mount = (str(found[tool]) for tool in ("unshare", "setpriv", "mount"))
+    return unshare, setpriv, mount, shutil.which("ip", path=SYSTEM_PATH)
+
+
+def _pump(process: subprocess.Popen[bytes], capped: CappedWriter, log: BinaryIO) -> None:
+    """Copy the build's output to its log, capped, as it comes (the log is streamed)."""
+    stream = process.stdout
+    assert stream is not None
+    with stream:
+        while chunk := os.read(stream.fileno(), READ_BYTES):
+            capped.write(chunk)
+            log.flush()
 
 
 def _glibc_minor() -> int:
