@@ -266,6 +266,9 @@ class Wheelhouse:
         except NoBuildRequirements as exc:
             _note(log_sink, f"wheelhouse step skipped: {exc}")
             return False
+        if not requirements:
+            _note(log_sink, "wheelhouse: the sdist has no build requirements")
+            return True
         _note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
         env = dict(os.environ)
         if self.prefetch(requirements, python_tag, platforms, constraints, env, log_sink):

@@ -38,6 +38,7 @@ from common.recipes import Recipe
 from common.states import FailureReason
 from tests import hostile_sdists as hostile
 from tests.sdists import abi3_sdist
+from tests.test_egress import pypi_networks
 from tests.test_native_backend import ARCH, CA_BUNDLE, POLICY, TAG, build_user_tools
 
 IS_ROOT = os.geteuid() == 0
@@ -133,9 +134,10 @@ def farm() -> Iterator[Farm]:
     # Processes holding the token in their environment and command line, as a builder's
     # do: one of root and one of the build user (whose /proc files that user may read).
     env = dict(os.environ, ARMWHEELS_BUILDER__TOKEN=SECRET)
+    holding = ["sh", "-c", "sleep 900", "holder", SECRET]  # the secret in its cmdline too
     holders = [
-        subprocess.Popen(["sleep", "900", SECRET], env=env),
-        subprocess.Popen(["sleep", "900", SECRET], env=env, user=BUILD_USER, cwd="/"),
+        subprocess.Popen(holding, env=env),
+        subprocess.Popen(holding, env=env, user=BUILD_USER, cwd="/"),
     ]
     previous = os.environ.get("ARMWHEELS_BUILDER__TOKEN")
     os.environ["ARMWHEELS_BUILDER__TOKEN"] = SECRET
@@ -150,6 +152,11 @@ def farm() -> Iterator[Farm]:
             "max_log_bytes": LOG_LIMIT,
             "work_dir_limit": WORK_DIR_LIMIT,
             "token": SecretStr(SECRET),
+            # The farm's ports are allowed to egress builds here, so that only the
+            # address check stands between them and the farm; and PyPI's addresses, which
+            # this machine's resolver answers with non-global ones.
+            "egress_ports": [443, 6379, 5432, server.server_port],
+            "egress_allowed_networks": pypi_networks(),
         }
     )
     target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
@@ -283,6 +290,49 @@ def test_a_build_finds_no_secret_and_reaches_none_of_the_farm(farm: Farm) -> Non
     assert report["written"] == [str(HOST_TMP_ESCAPE)], "only into its private /tmp"
     assert not HOST_TMP_ESCAPE.exists()
     assert SECRET not in log
+
+
+EGRESS_ATTACK = """import json, socket, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+
+def tunnel(host, port):
+    sock = socket.create_connection((proxy.hostname, proxy.port), timeout=60)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\\r\\nHost: {host}:{port}\\r\\n\\r\\n".encode())
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    sock.close()
+    return head.split(b"\\r\\n", 1)[0].decode(errors="replace")
+
+report = {"proxy": f"{proxy.hostname}:{proxy.port}"}
+for name, port in FARM.items():
+    report[name] = tunnel("127.0.0.1", port)
+report["pypi"] = tunnel("pypi.org", 443)
+_say(PREFIX + json.dumps(report))
+"""
+
+
+def test_an_egress_recipe_reaches_pypi_through_the_proxy_and_never_the_farm(farm: Farm) -> None:
+    """The native sandbox joins the same filtering proxy as the docker backend's: the
+    farm's services are refused by address, PyPI is let through."""
+    services = {"redis": 6379, "postgres": 5432, "master": farm.master_port}
+    attack = f"FARM = {services!r}\nPREFIX = {hostile.REPORT_PREFIX!r}\n{EGRESS_ATTACK}"
+    sdist = hostile.attack_sdist(farm.sdists, "egressor", attack)
+    outcome, log = farm.build(sdist, Recipe(egress=True))
+    lines = [line for line in log.splitlines() if hostile.REPORT_PREFIX in line]
+    assert len(lines) == 1, log[-3000:]
+    [line] = lines
+    report = json.loads(line.partition(hostile.REPORT_PREFIX)[2])
+    assert outcome.reason is FailureReason.COMPILE_ERROR, log[-2000:]
+    assert report["proxy"] == "127.0.0.1:3128"
+    for name, port in services.items():
+        assert report[name] == "HTTP/1.1 403 Forbidden", (name, report)
+        assert f"egress refused 127.0.0.1:{port}: 127.0.0.1 is a loopback address" in log
+    assert report["pypi"] == "HTTP/1.1 200 Connection established", report
+    assert _Master.requests == []
 
 
 def test_after_the_hostile_ones_a_good_sdist_builds_and_nothing_outside_changed(

@@ -18,9 +18,7 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,15 +38,14 @@ from builder.backends import (
     write_constraints,
 )
 from builder.backends.guard import WorkdirGuard
-from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
-from builder.classify import (
-    EXIT_BUILD_FAILED,
-    SCAN_BYTES,
-    missing_requirement,
-    offline_failure,
-    offline_network_failure,
+from builder.backends.network import (
+    build_in_rounds,
+    egress_proxy,
+    network_environment,
+    without_builder_proxies,
 )
-from builder.egress import SOCKET_NAME, EgressProxy, upstream_from_environment
+from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
+from builder.egress import EgressProxy
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
@@ -66,11 +63,8 @@ SMOKE_ENV = "/tmp/smoke"  # noqa: S108
 WHEELHOUSE = "/armwheels/wheelhouse"
 CONSTRAINTS = "/armwheels/recipe/constraints.txt"
 SMOKE_TIMEOUT = 600.0
-# An egress build's proxy: the host's socket folder inside, and the forwarder's port on
-# the container's own loopback.
+# An egress build's proxy: where the container sees the host's socket folder.
 EGRESS = "/armwheels/egress"
-EGRESS_PORT = 3128
-PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
 
 
 # Prints one tag (cp311) per interpreter found; errors and non-CPython ones print nothing.
@@ -193,11 +187,9 @@ class DockerBackend:
 
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
         ca_path = CA_PATH if self.settings.ca_bundle is not None else None
-        env = passthrough_environment(self.settings, ca_path)
         # The builder's own proxies are of no use in a container without network; an
         # egress build gets the builder's filtering proxy instead.
-        for name in (*PROXY_VARIABLES, "NO_PROXY", "no_proxy"):
-            env.pop(name, None)
+        env = without_builder_proxies(passthrough_environment(self.settings, ca_path))
         env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"})
         env.update(extra)
         env.update({"HOME": f"{WORK}/home", "TMPDIR": f"{WORK}/temp"})
@@ -343,26 +335,8 @@ class DockerBackend:
             return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=str(exc))
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
-        egress = spec.recipe is not None and spec.recipe.egress
-        if not egress:
-            return self._build(spec, sdist, workdir, log_sink, None)
-        # The proxy's socket path must stay short (unix sockets: 108 bytes at most).
-        folder = Path(tempfile.mkdtemp(prefix="armwheels-egress-"))
-        proxy = EgressProxy(
-            folder,
-            spec.job_id,
-            ports=self.settings.egress_ports,
-            refused_hosts=self.settings.egress_refused_hosts,
-            allowed_networks=self.settings.egress_allowed_networks,
-            upstream=upstream_from_environment(self.settings.pass_env),
-            log_sink=log_sink,
-        )
-        try:
-            proxy.start()
+        with egress_proxy(spec, self.settings, log_sink) as proxy:
             return self._build(spec, sdist, workdir, log_sink, proxy)
-        finally:
-            proxy.stop()
-            shutil.rmtree(folder, ignore_errors=True)
 
     def _build(
         self,
@@ -399,26 +373,16 @@ class DockerBackend:
             # build then asks for what it lacks, one round at a time.
             volumes[str(self.wheelhouse.root)] = {"bind": WHEELHOUSE, "mode": "ro"}
             env["PIP_FIND_LINKS"] = WHEELHOUSE
-        if proxy is None:
-            # Offline: pip answers "not found" at once instead of retrying a dead network.
-            env["PIP_NO_INDEX"] = "1"
-            note(log_sink, f"offline build: network {self.settings.network!r}, no package index")
-        else:
+        if proxy is not None:
             volumes[str(proxy.folder)] = {"bind": EGRESS, "mode": "ro"}
-            url = f"http://127.0.0.1:{EGRESS_PORT}"
-            env.pop("PIP_NO_INDEX", None)
-            env.update(dict.fromkeys(PROXY_VARIABLES, url))
-            env.update({"NO_PROXY": "", "no_proxy": ""})
-            env["ARMWHEELS_EGRESS_SOCKET"] = f"{EGRESS}/{SOCKET_NAME}"
-            env["ARMWHEELS_EGRESS_PORT"] = str(EGRESS_PORT)
-            ports = ", ".join(map(str, self.settings.egress_ports))
-            note(
-                log_sink,
-                f"egress build: the outside only, through the builder's proxy (ports {ports})",
+        env.update(
+            network_environment(
+                self.settings, EGRESS if proxy else None, log_sink, self.settings.network
             )
-        rounds = self.settings.offline_rounds if proxy is None and self.wheelhouse else 0
+        )
+        rounds = self.settings.offline_rounds if proxy is None else 0
 
-        def run_build() -> StepExit:
+        def run_once(seconds_left: float) -> StepExit:
             command = [
                 "/bin/bash",
                 "/armwheels/scripts/build.sh",
@@ -426,44 +390,35 @@ class DockerBackend:
                 spec.python_tag,
                 spec.policy,
             ]
-            deadline = time.monotonic() + timeout
-            fetched: set[str] = set()
-            for round_number in range(rounds + 1):
-                start = _log_offset(log_sink)
-                step = self._run(
-                    image,
-                    command,
-                    dict(volumes),
-                    self.settings.network,
-                    spec.job_id,
-                    log_sink,
-                    max(1.0, deadline - time.monotonic()),  # one time limit for all rounds
-                    env,
-                    guard_root=sandbox,
-                )
-                if step.code != EXIT_BUILD_FAILED or self.wheelhouse is None or proxy is not None:
-                    return step
-                written = _log_since(log_sink, start)
-                requirement = missing_requirement(written)
-                if requirement is None:
-                    if tried := offline_network_failure(written):
-                        note(log_sink, tried)
-                    return step
-                if requirement in fetched or round_number == rounds:
-                    why = f"is still missing after {round_number + 1} rounds"
-                    note(log_sink, offline_failure(requirement, why))
-                    return step
-                if not self.wheelhouse.fetch_missing(
-                    requirement, spec.python_tag, platforms, constraints, log_sink
-                ):
-                    why = f"has no wheel for {self.arch} {spec.python_tag}"
-                    note(log_sink, offline_failure(requirement, why))
-                    return step
-                fetched.add(requirement)
-                note(log_sink, f"offline build: round {round_number + 2} with {requirement}")
-                shutil.rmtree(sandbox, ignore_errors=True)
-                self._prepare_sandbox(sandbox)
-            return step
+            return self._run(
+                image,
+                command,
+                dict(volumes),
+                self.settings.network,
+                spec.job_id,
+                log_sink,
+                seconds_left,
+                env,
+                guard_root=sandbox,
+            )
+
+        def start_afresh() -> None:
+            shutil.rmtree(sandbox, ignore_errors=True)
+            self._prepare_sandbox(sandbox)
+
+        def run_build() -> StepExit:
+            return build_in_rounds(
+                run_once,
+                start_afresh,
+                spec=spec,
+                arch=self.arch,
+                wheelhouse=self.wheelhouse if proxy is None else None,
+                rounds=rounds,
+                timeout=float(timeout),
+                platforms=platforms,
+                constraints=constraints,
+                log_sink=log_sink,
+            )
 
         def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
             inside = f"/armwheels/wheel/{wheel.name}"
@@ -488,21 +443,3 @@ class DockerBackend:
             )
 
         return run_recipe(out, log_sink, timeout, run_build, run_smoke)
-
-
-def _log_offset(log_sink: BinaryIO) -> int:
-    try:
-        return log_sink.tell()
-    except (OSError, ValueError):
-        return 0
-
-
-def _log_since(log_sink: BinaryIO, start: int) -> bytes:
-    """What one build round wrote to the log (its last SCAN_BYTES), read back by name."""
-    try:
-        with open(log_sink.name, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(start, handle.tell() - SCAN_BYTES))
-            return handle.read()
-    except (OSError, AttributeError, TypeError):
-        return b""

@@ -60,6 +60,13 @@ from builder.backends import (
     write_constraints,
 )
 from builder.backends.guard import WorkdirGuard
+from builder.backends.network import (
+    build_in_rounds,
+    egress_proxy,
+    network_environment,
+    without_builder_proxies,
+)
+from builder.egress import EgressProxy
 from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
 from builder.sdist import SdistRefused, check_archive, unpacked_limit
 from builder.wheelhouse import Wheelhouse, platform_tags
@@ -142,6 +149,9 @@ class NativeBackend:
         self._cancelled = threading.Event()
         # Output the log cap left out of this build's steps (for its summary).
         self._left_out = 0
+        # The egress proxy's socket folder while an egress build runs (bound into the
+        # sandbox, which otherwise hides the host's /tmp).
+        self._egress_folder: Path | None = None
         if config_file is not None:
             check_secret_file(config_file, settings.token.get_secret_value())
         self._tools = _sandbox_tools()
@@ -263,11 +273,10 @@ class NativeBackend:
         of its own exists: no route to the host's loopback (the broker, the database, the
         master) nor anywhere else.
 
-        Hook for recipes that need network at build time: the egress proxy (a unix-socket
-        CONNECT proxy run by the builder) is joined here, by binding its socket into the
-        sandbox, forwarding a port of this loopback to it, and setting HTTPS_PROXY in the
-        build's environment. Until then every build has no network at all."""
-        del recipe  # no recipe gets egress yet
+        A recipe with egress reaches the outside through the builder's proxy only: its
+        socket folder is bound in (_mask_setup) and build.sh forwards a port of this
+        loopback to it (builder/backends/network.py)."""
+        del recipe  # the same namespace for every build; egress is the proxy's socket
         return [f"{shlex.quote(ip)} link set lo up"] if ip else []
 
     def _mask_setup(self, mount: str) -> list[str]:
@@ -276,6 +285,7 @@ class NativeBackend:
         files there are out of reach. What the build needs under one of them (the work
         directory, the tools, the scripts) is bound back in at its own path."""
         needed = [
+            *([self._egress_folder.resolve()] if self._egress_folder else []),
             self.settings.work_dir.resolve(),
             self.tools_bin.resolve().parent,
             SCRIPTS.resolve(),
@@ -344,6 +354,7 @@ class NativeBackend:
         pip uses no index (there is no network): the wheelhouse is its only source."""
         ca_bundle = self.settings.ca_bundle
         env = passthrough_environment(self.settings, str(ca_bundle) if ca_bundle else None)
+        env = without_builder_proxies(env)  # the sandbox has no network to use them on
         env.update(
             {
                 "PATH": f"/usr/local/bin:/usr/bin:/bin:{self.tools_bin}",
@@ -352,7 +363,6 @@ class NativeBackend:
                 "TMPDIR": str(layout.scratch / "tmp"),
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                 "PIP_CONFIG_FILE": os.devnull,
-                "PIP_NO_INDEX": "1",
                 "ARMWHEELS_OUT": str(layout.out),
                 "ARMWHEELS_BUILDENV": str(layout.scratch / "buildenv"),
                 "ARMWHEELS_SMOKEENV": str(layout.scratch / "smoke"),
@@ -496,7 +506,17 @@ class NativeBackend:
             note(log, summary)
             return BuildOutcome(False, reason=FailureReason.SDIST_REFUSED, summary=summary)
         note(log, f"sdist archive checked: {size} bytes unpacked, nothing outside its root")
-        outcome = self._build(spec, sdist, workdir, log)
+        with egress_proxy(spec, self.settings, log) as proxy:
+            if proxy is not None and self._tools[3] is None:
+                summary = "recipe asks for egress; this host has no ip (iproute2) to give the"
+                summary += " sandbox the loopback its proxy needs: apt-get install iproute2"
+                note(log, summary)
+                return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=summary)
+            self._egress_folder = proxy.folder if proxy is not None else None
+            try:
+                outcome = self._build(spec, sdist, workdir, log, proxy)
+            finally:
+                self._egress_folder = None
         if outcome.reason is FailureReason.OUT_OF_MEMORY:
             outcome.summary += f" (memory limit {self.settings.memory_limit} per process)"
         if self._left_out:
@@ -506,7 +526,14 @@ class NativeBackend:
             )
         return outcome
 
-    def _build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
+    def _build(
+        self,
+        spec: JobSpec,
+        sdist: Path,
+        workdir: Path,
+        log: BinaryIO,
+        proxy: EgressProxy | None,
+    ) -> BuildOutcome:
         missing = self._missing_packages(spec.recipe)
         if missing:
             summary = (
@@ -521,12 +548,17 @@ class NativeBackend:
         if constraints is not None:
             constraints.parent.chmod(0o755)
         env.update(recipe_environment(spec.recipe, str(constraints) if constraints else None))
-        if self.wheelhouse is not None and self.wheelhouse.fill_for(
-            sdist, spec.python_tag, platform_tags(self.arch, _glibc_minor()), constraints, log
-        ):
+        platforms = platform_tags(self.arch, _glibc_minor())
+        if self.wheelhouse is not None:
+            self.wheelhouse.fill_for(sdist, spec.python_tag, platforms, constraints, log)
+            # Offered even when the sdist's requirements could not be read: an offline
+            # build then asks for what it lacks, one round at a time.
             env["PIP_FIND_LINKS"] = str(self.wheelhouse.root)
         else:
             note(log, "no wheelhouse for this build: only what the build brings can be installed")
+        folder = str(proxy.folder) if proxy is not None else None
+        reach_env = network_environment(self.settings, folder, log, "none")
+        env.update(reach_env)
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
         fallback = self._fallback_policy(spec.policy)
@@ -538,12 +570,10 @@ class NativeBackend:
                 f" than {spec.policy}: a wheel that does not meet {spec.policy} is repaired to"
                 " the most compatible policy it meets",
             )
-        note(
-            log,
-            f"build runs as user {self.account.name} (uid {self.account.uid}) with no network",
-        )
+        reach = "the outside through the builder's proxy" if proxy else "no network"
+        note(log, f"build runs as user {self.account.name} (uid {self.account.uid}) with {reach}")
 
-        def run_build() -> StepExit:
+        def run_once(seconds_left: float) -> StepExit:
             command = [
                 "/bin/bash",
                 str(SCRIPTS / "build.sh"),
@@ -552,10 +582,29 @@ class NativeBackend:
                 spec.policy,
             ]
             step = self._run(
-                command, env, layout.scratch, log, float(timeout), spec.recipe, guard_root=workdir
+                command, env, layout.scratch, log, seconds_left, spec.recipe, guard_root=workdir
             )
             _seal(layout.out)
             return step
+
+        def start_afresh() -> None:
+            shutil.rmtree(layout.out, ignore_errors=True)
+            shutil.rmtree(layout.scratch, ignore_errors=True)
+            self._prepare(workdir, sdist)
+
+        def run_build() -> StepExit:
+            return build_in_rounds(
+                run_once,
+                start_afresh,
+                spec=spec,
+                arch=self.arch,
+                wheelhouse=self.wheelhouse if proxy is None else None,
+                rounds=self.settings.offline_rounds if proxy is None else 0,
+                timeout=float(timeout),
+                platforms=platforms,
+                constraints=constraints,
+                log_sink=log,
+            )
 
         def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
             command = [
@@ -565,7 +614,9 @@ class NativeBackend:
                 spec.python_tag,
                 *modules,
             ]
-            smoke_env = {k: v for k, v in env.items() if not k.startswith(("HTTP", "http"))}
+            # The smoke test never has network, nor an index.
+            smoke_env = {k: v for k, v in env.items() if k not in reach_env}
+            smoke_env["PIP_NO_INDEX"] = "1"
             return self._run(
                 command, smoke_env, layout.scratch, log, float(SMOKE_TIMEOUT), spec.recipe
             )

@@ -31,7 +31,7 @@ if [ -n "${ARMWHEELS_EGRESS_SOCKET:-}" ]; then
     # Egress build: the container has no network; a relay on its own loopback hands the
     # build's proxy connections to the builder's filtering proxy (a mounted unix socket).
     READY="${TMPDIR:-/tmp}/egress-ready"
-    "$PY" /armwheels/scripts/egress_forward.py "$ARMWHEELS_EGRESS_SOCKET" \
+    "$PY" "$(dirname "$0")/egress_forward.py" "$ARMWHEELS_EGRESS_SOCKET" \
         "${ARMWHEELS_EGRESS_PORT:?}" "$READY" &
     for _ in $(seq 1 300); do [ -e "$READY" ] && break; sleep 0.1; done
     [ -e "$READY" ] || { step "the egress relay did not start"; exit 14; }
