@@ -10,6 +10,9 @@ import pytest
 from builder.backends.docker import LABEL, DockerBackend
 from builder.worker import NoBackend, choose_backend
 from common.config import load_settings
+from common.job_spec import JobSpec
+from common.states import FailureReason
+from tests import hostile_sdists as hostile
 
 pytestmark = pytest.mark.docker
 IMAGE = "armwheels/build-aarch64:bookworm"
@@ -41,3 +44,26 @@ def test_a_builder_whose_image_has_none_of_the_tags_does_not_start(tmp_path: Pat
         assert client.containers.list(all=True, filters={"label": f"{LABEL}=probe-none"}) == []
     finally:
         client.close()
+
+
+def test_an_archive_reaching_out_of_its_folder_is_refused_before_any_container(
+    tmp_path: Path,
+) -> None:
+    """The same check of the sdist's headers as the native backend's, before any of its
+    code could run in a container."""
+    settings = load_settings(None, builder={"work_dir": tmp_path / "work"})
+    backend = DockerBackend(settings.builder, "aarch64", settings.targets["aarch64"], "refuser")
+    sdist = hostile.traversal_sdist(tmp_path / "sdists", tmp_path / "escaped")
+    spec = JobSpec(
+        3, "traversal", "1.0", "aarch64", "cp311", "manylinux2014_aarch64", sdist.name, "", "",
+        None, 1, None,
+    )  # fmt: skip
+    try:
+        with (tmp_path / "build.log").open("w+b") as log:
+            outcome = backend.build(spec, sdist, tmp_path / "job", log)
+    finally:
+        backend.close()
+    assert outcome.reason is FailureReason.SDIST_REFUSED, outcome.summary
+    assert "leaves the archive" in outcome.summary
+    assert not (tmp_path / "job").exists()
+    assert not (tmp_path / "escaped").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from builder.classify import diagnose
+from builder.sdist import SdistRefused, check_archive, unpacked_limit
 from common.config import BuilderSettings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
@@ -123,6 +124,22 @@ def write_constraints(recipe: Recipe | None, folder: Path) -> Path | None:
 def cancelled_outcome() -> BuildOutcome:
     """A build cancel() stopped: never reported (the runner hands the job back or drops it)."""
     return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary="build cancelled")
+
+
+def refuse_unsafe_archive(
+    sdist: Path, settings: BuilderSettings, log: BinaryIO
+) -> BuildOutcome | None:
+    """The failure of an sdist no build should unpack (paths out of its root, links or
+    special files, a decompression bomb), found by reading its headers on the host with
+    bounded work before any of its code runs; None when it may be built."""
+    try:
+        size = check_archive(sdist, unpacked_limit(sdist, settings.work_dir_limit))
+    except SdistRefused as exc:
+        summary = f"sdist refused: {exc}"
+        note(log, summary)
+        return BuildOutcome(False, reason=FailureReason.SDIST_REFUSED, summary=summary)
+    note(log, f"sdist archive checked: {size} bytes unpacked, nothing outside its root")
+    return None
 
 
 def run_recipe(

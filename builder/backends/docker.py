@@ -34,6 +34,7 @@ from builder.backends import (
     note,
     passthrough_environment,
     recipe_environment,
+    refuse_unsafe_archive,
     run_recipe,
     write_constraints,
 )
@@ -335,6 +336,8 @@ class DockerBackend:
             return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=str(exc))
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
+        if refused := refuse_unsafe_archive(sdist, self.settings, log_sink):
+            return refused
         with egress_proxy(spec, self.settings, log_sink) as proxy:
             return self._build(spec, sdist, workdir, log_sink, proxy)
 

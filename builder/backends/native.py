@@ -56,6 +56,7 @@ from builder.backends import (
     note,
     passthrough_environment,
     recipe_environment,
+    refuse_unsafe_archive,
     run_recipe,
     write_constraints,
 )
@@ -68,7 +69,6 @@ from builder.backends.network import (
 )
 from builder.egress import EgressProxy
 from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
-from builder.sdist import SdistRefused, check_archive, unpacked_limit
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
@@ -499,13 +499,8 @@ class NativeBackend:
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         self._left_out = 0
-        try:
-            size = check_archive(sdist, unpacked_limit(sdist, self.settings.work_dir_limit))
-        except SdistRefused as exc:
-            summary = f"sdist refused: {exc}"
-            note(log, summary)
-            return BuildOutcome(False, reason=FailureReason.SDIST_REFUSED, summary=summary)
-        note(log, f"sdist archive checked: {size} bytes unpacked, nothing outside its root")
+        if refused := refuse_unsafe_archive(sdist, self.settings, log):
+            return refused
         with egress_proxy(spec, self.settings, log) as proxy:
             if proxy is not None and self._tools[3] is None:
                 summary = "recipe asks for egress; this host has no ip (iproute2) to give the"
