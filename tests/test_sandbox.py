@@ -75,6 +75,10 @@ for name, port in FARM:
     except OSError as exc:
         print("PROBE unreachable", name, "errno", exc.errno)
 print("PROBE interfaces", " ".join(name for _, name in socket.if_nameindex()))
+# Two MiB of output: the log keeps its first and last halves of builder.max_log_bytes.
+for number in range(2048):
+    print("FLOOD", number, "x" * 1000)
+print("PROBE flood-end")
 sys.exit("PROBE done")
 """
 
@@ -216,7 +220,7 @@ def test_the_build_runs_unprivileged_confined_and_without_builder_secrets(
     monkeypatch.setenv("ARMWHEELS_BUILDER__MASTER_URL", "http://user:pw@master.example/")
     code = _in_sandbox_only(_with_farm(PROBE, farm))
     sdist = make_sdist(tmp_path / "src", tmp_path / "dist", "probe", "1.0", {"setup.py": code})
-    backend = _backend(tmp_path, cpus=1.5, memory_limit="1g", pids_limit=512)
+    backend = _backend(tmp_path, cpus=1.5, memory_limit="1g", pids_limit=512, max_log_bytes=1024**2)
     recipe = Recipe(env={"RECIPE_VAR": "from-the-recipe"}, constraints=["setuptools>=40"])
     try:
         outcome, log = _build(backend, sdist, tmp_path, recipe)
@@ -261,6 +265,10 @@ def test_the_build_runs_unprivileged_confined_and_without_builder_secrets(
         assert f"PROBE unreachable {name} errno 111" in log, name
     assert "PROBE reached" not in log
     assert "offline build: network 'none', no package index" in log
+    # The flood: its middle left out, the probe's first lines and its end kept.
+    assert probe["flood-end"] == ""
+    assert "bytes of this step's output left out (the first and last halves" in log
+    assert len(log.encode()) < 1024**2 + 64 * 1024
     assert leftovers == []
 
 

@@ -126,6 +126,14 @@ def cancelled_outcome() -> BuildOutcome:
     return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary="build cancelled")
 
 
+def note_log_capped(log: BinaryIO, left_out: int, limit: int) -> None:
+    note(
+        log,
+        f"log capped at {limit} bytes: {left_out} bytes of this step's output left out"
+        " (the first and last halves are kept)",
+    )
+
+
 def refuse_unsafe_archive(
     sdist: Path, settings: BuilderSettings, log: BinaryIO
 ) -> BuildOutcome | None:

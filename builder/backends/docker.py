@@ -32,6 +32,7 @@ from builder.backends import (
     BuildOutcome,
     StepExit,
     note,
+    note_log_capped,
     passthrough_environment,
     recipe_environment,
     refuse_unsafe_archive,
@@ -50,6 +51,7 @@ from builder.egress import EgressProxy
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
+from common.log_cap import CappedWriter, head_tail
 from common.states import FailureReason
 
 log = logging.getLogger(__name__)
@@ -240,7 +242,17 @@ class DockerBackend:
             working_dir=f"{WORK}",
             detach=True,
         )
-        pump = threading.Thread(target=self._pump, args=(container, log_sink), daemon=True)
+        # However much the build prints, the log keeps its first and last halves.
+        capped = CappedWriter(log_sink, *head_tail(self.settings.max_log_bytes))
+        pump = threading.Thread(target=self._pump, args=(container, capped, log_sink), daemon=True)
+
+        def drain(seconds: float) -> None:
+            pump.join(timeout=seconds)
+            capped.finish()
+            log_sink.flush()
+            if capped.left_out:
+                note_log_capped(log_sink, capped.left_out, self.settings.max_log_bytes)
+
         self._current = container
         guard = (
             WorkdirGuard(guard_root, self.settings.work_dir_limit, self._kill, job_id)
@@ -259,10 +271,10 @@ class DockerBackend:
                     status = container.wait(timeout=timeout)
                 except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                     container.kill()
-                    pump.join(timeout=10)
+                    drain(10)
                     note(log_sink, f"killed after the time limit of {timeout:.0f} s")
                     return StepExit(None, killed_for="timeout")
-            pump.join(timeout=30)
+            drain(30)
             if self._cancelled.is_set():
                 note(log_sink, "killed: the build was cancelled")
                 return StepExit(None, killed_for="cancelled")
@@ -297,10 +309,10 @@ class DockerBackend:
         self._cancelled.clear()
 
     @staticmethod
-    def _pump(container: Container, log_sink: BinaryIO) -> None:
+    def _pump(container: Container, capped: CappedWriter, log_sink: BinaryIO) -> None:
         try:
             for chunk in container.logs(stream=True, follow=True):
-                log_sink.write(chunk)
+                capped.write(chunk)
                 log_sink.flush()
         except (docker.errors.APIError, requests.exceptions.RequestException, ValueError):
             pass

@@ -54,6 +54,7 @@ from builder.backends import (
     BuildOutcome,
     StepExit,
     note,
+    note_log_capped,
     passthrough_environment,
     recipe_environment,
     refuse_unsafe_archive,
@@ -439,11 +440,7 @@ class NativeBackend:
             log.flush()
         if capped.left_out:
             self._left_out += capped.left_out
-            note(
-                log,
-                f"log capped at {self.settings.max_log_bytes} bytes: {capped.left_out} bytes"
-                " of this step's output left out (the first and last halves are kept)",
-            )
+            note_log_capped(log, capped.left_out, self.settings.max_log_bytes)
         if timed_out:
             note(log, f"killed after the time limit of {timeout:.0f} s")
             return StepExit(None, killed_for="timeout")
