@@ -184,6 +184,25 @@ def attack_sdist(dest: Path, name: str, attack: str) -> Path:
     return path
 
 
+# In-sandbox code (set in front of an attack): `tunnel(host, port)` asks the build's
+# proxy for a CONNECT and returns the socket and the proxy's status line.
+TUNNEL = r"""
+import os, socket, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+
+def tunnel(host, port):
+    sock = socket.create_connection((proxy.hostname, proxy.port), timeout=60)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head.split(b"\r\n", 1)[0].decode(errors="replace")
+"""
+
+
 FORK_BOMB = """import time
 while True:
     try:

@@ -292,25 +292,17 @@ def test_a_build_finds_no_secret_and_reaches_none_of_the_farm(farm: Farm) -> Non
     assert SECRET not in log
 
 
-EGRESS_ATTACK = """import json, socket, urllib.parse
-proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+EGRESS_ATTACK = """import json
 
-def tunnel(host, port):
-    sock = socket.create_connection((proxy.hostname, proxy.port), timeout=60)
-    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\\r\\nHost: {host}:{port}\\r\\n\\r\\n".encode())
-    head = b""
-    while b"\\r\\n\\r\\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
+def status(host, port):
+    sock, line = tunnel(host, port)
     sock.close()
-    return head.split(b"\\r\\n", 1)[0].decode(errors="replace")
+    return line
 
 report = {"proxy": f"{proxy.hostname}:{proxy.port}"}
 for name, port in FARM.items():
-    report[name] = tunnel("127.0.0.1", port)
-report["pypi"] = tunnel("pypi.org", 443)
+    report[name] = status("127.0.0.1", port)
+report["pypi"] = status("pypi.org", 443)
 _say(PREFIX + json.dumps(report))
 """
 
@@ -319,7 +311,8 @@ def test_an_egress_recipe_reaches_pypi_through_the_proxy_and_never_the_farm(farm
     """The native sandbox joins the same filtering proxy as the docker backend's: the
     farm's services are refused by address, PyPI is let through."""
     services = {"redis": 6379, "postgres": 5432, "master": farm.master_port}
-    attack = f"FARM = {services!r}\nPREFIX = {hostile.REPORT_PREFIX!r}\n{EGRESS_ATTACK}"
+    attack = f"FARM = {services!r}\nPREFIX = {hostile.REPORT_PREFIX!r}\n"
+    attack += hostile.TUNNEL + EGRESS_ATTACK
     sdist = hostile.attack_sdist(farm.sdists, "egressor", attack)
     outcome, log = farm.build(sdist, Recipe(egress=True))
     lines = [line for line in log.splitlines() if hostile.REPORT_PREFIX in line]

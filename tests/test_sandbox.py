@@ -19,6 +19,7 @@ from common.config import BuilderSettings, load_settings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import FailureReason
+from tests import hostile_sdists as hostile
 from tests.sdists import make_sdist
 from tests.servers import wait_until
 from tests.test_egress import pypi_networks
@@ -83,21 +84,11 @@ sys.exit("PROBE done")
 """
 
 # An egress build trying the farm directly and through the proxy, and PyPI through it.
-EGRESS_PROBE = r"""
-import base64, os, socket, ssl, sys, urllib.parse
-proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+EGRESS_PROBE = (
+    hostile.TUNNEL
+    + r"""
+import ssl, sys
 print("PROBE proxy", proxy.hostname, proxy.port)
-
-def tunnel(host, port):
-    sock = socket.create_connection((proxy.hostname, proxy.port), timeout=60)
-    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return sock, head.split(b"\r\n", 1)[0].decode(errors="replace")
 
 for name, port in FARM:
     try:
@@ -116,6 +107,7 @@ with context.wrap_socket(sock, server_hostname="pypi.org") as tls:
     print("PROBE pypi-answer", tls.recv(100).split(b"\r\n", 1)[0].decode().replace(" ", "_"))
 sys.exit("PROBE done")
 """
+)
 
 BALLOON = r"""
 import os, sys, time
