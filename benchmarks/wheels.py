@@ -48,22 +48,9 @@ def verify(paths: list[Path]) -> None:
 
 
 def make_bomb(path: Path, inflated: int = 1024 * MIB) -> None:
-    """Streamed: never more than a MiB in memory."""
-    from tests.wheels import dist_info_of, record_digest, record_of, wheel_files
+    from tests.wheels import bomb_wheel
 
-    files = wheel_files(GOOD)
-    dist_info = dist_info_of(GOOD)
-    digest = hashlib.sha256()
-    chunk = bytes(MIB)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("demo/zeros.bin", "w") as stream:
-            for _ in range(inflated // MIB):
-                stream.write(chunk)
-                digest.update(chunk)
-        for name, data in files.items():
-            archive.writestr(name, data)
-        line = f"demo/zeros.bin,{record_digest(digest)},{inflated}\n"
-        archive.writestr(f"{dist_info}/RECORD", record_of(files, dist_info) + line.encode())
+    bomb_wheel(path, GOOD, inflated)
 
 
 def _rss_mb() -> float:

@@ -4,9 +4,7 @@ log kept, nothing is served, and the build page and /metrics show the refusal.""
 
 from __future__ import annotations
 
-import hashlib
 import stat
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +17,9 @@ from common.states import FailureReason, JobState
 from tests.hostile_wheels import build, listed
 from tests.test_api import GOOD, Farm, farm  # noqa: F401  (farm: the fixture)
 from tests.wheels import (
+    bomb_wheel,
     dist_info_of,
     elf_header,
-    record_digest,
     record_of,
     wheel_files,
     zip_entries,
@@ -35,20 +33,7 @@ BOMB_BYTES = 1024 * MIB
 def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel valid in every other way (its RECORD hashes the 1 GiB it holds) that
     inflates ~1 MiB to 1 GiB: written streaming, never held in memory."""
-    path = tmp_path_factory.mktemp("bomb") / GOOD
-    dist_info = dist_info_of(GOOD)
-    files = wheel_files(GOOD)
-    chunk = bytes(MIB)
-    digest = hashlib.sha256()
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("demo/zeros.bin", "w") as stream:
-            for _ in range(BOMB_BYTES // MIB):
-                stream.write(chunk)
-                digest.update(chunk)
-        for name, data in files.items():
-            archive.writestr(name, data)
-        line = f"demo/zeros.bin,{record_digest(digest)},{BOMB_BYTES}\n"
-        archive.writestr(f"{dist_info}/RECORD", record_of(files, dist_info) + line.encode())
+    path = bomb_wheel(tmp_path_factory.mktemp("bomb") / GOOD, GOOD, BOMB_BYTES)
     assert path.stat().st_size < 2 * MIB
     return path
 

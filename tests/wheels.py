@@ -8,6 +8,7 @@ import hashlib
 import io
 import struct
 import zipfile
+from pathlib import Path
 
 from packaging.utils import parse_wheel_filename
 
@@ -105,3 +106,25 @@ def make_wheel(
     dist_info = dist_info_of(filename)
     record = record_of(files, dist_info)
     return zip_entries([*files.items(), (f"{dist_info}/RECORD", record)])
+
+
+MIB = 1024 * 1024
+
+
+def bomb_wheel(path: Path, filename: str, inflated: int) -> Path:
+    """A wheel valid in every other way (its RECORD hashes the `inflated` bytes of zeros
+    it holds) that inflates ~1/1000 of that: written streaming, a MiB in memory at most."""
+    files = wheel_files(filename)
+    dist_info = dist_info_of(filename)
+    digest = hashlib.sha256()
+    chunk = bytes(MIB)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("demo/zeros.bin", "w") as stream:
+            for _ in range(inflated // MIB):
+                stream.write(chunk)
+                digest.update(chunk)
+        for name, data in files.items():
+            archive.writestr(name, data)
+        line = f"demo/zeros.bin,{record_digest(digest)},{inflated}\n"
+        archive.writestr(f"{dist_info}/RECORD", record_of(files, dist_info) + line.encode())
+    return path
