@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,7 +29,7 @@ from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
 from common.states import JobState
 from tests.conftest import _postgres_database
-from tests.sdists import make_sdist
+from tests.sdists import abi3_sdist, make_sdist
 from tests.servers import (
     ROOT,
     clean_pip_env,
@@ -44,11 +46,45 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CLI = [sys.executable, "-m", "armwheels.cli"]
 
 
-def _farm_config(tmp_path: Path, index_url: str, port: int) -> Path:
+@dataclass(frozen=True)
+class Project:
+    """What a test farm follows upstream, and how its wheel is checked on an arm64 box:
+    `check` is Python run there, printing the machine and the extension's file."""
+
+    name: str
+    check: str
+
+
+MSGPACK = Project(
+    "msgpack",
+    "import msgpack, platform; "
+    'assert msgpack.unpackb(msgpack.packb({"a": [1, 2]})) == {"a": [1, 2]}; '
+    "from msgpack import _cmsgpack; print(platform.machine(), _cmsgpack.__file__)",
+)
+# A small real extension (a few seconds of compiling under QEMU, where msgpack takes
+# about a minute) for the tests about the farm's parts rather than about compiling.
+ABIDEMO = Project(
+    "abidemo",
+    "import abidemo, platform; from abidemo import _speedups; "
+    "assert abidemo.add(2, 3) == 5; print(platform.machine(), _speedups.__file__)",
+)
+
+
+@pytest.fixture
+def abidemo_upstream(tmp_path: Path) -> Iterator[str]:
+    """A real pypiserver holding abidemo's sdist (tests/sdists.py)."""
+    packages = tmp_path / "upstream"
+    abi3_sdist(tmp_path / "abidemo-src", packages)
+    with pypiserver(packages) as index_url:
+        yield index_url
+
+
+def _farm_config(tmp_path: Path, index_url: str, port: int, project: Project = MSGPACK) -> Path:
     config = tmp_path / "farm.toml"
     ca = f'ca_bundle = "{CA_BUNDLE}"\n' if CA_BUNDLE.exists() else ""
     config.write_text(
-        f'[upstream]\nindex_url = "{index_url}"\nprojects = ["msgpack"]\npoll_interval = 2\n'
+        f'[upstream]\nindex_url = "{index_url}"\nprojects = ["{project.name}"]\n'
+        "poll_interval = 2\n"
         f'[master]\nport = {port}\ndata_dir = "{tmp_path / "data"}"\ndispatch_interval = 1\n'
         f'[targets.aarch64]\nimage = "{IMAGE}"\npython_tags = ["cp311"]\n'
         f'policy = "manylinux2014_aarch64"\n'
@@ -78,13 +114,11 @@ def _master_answers(url: str) -> bool:
         return False
 
 
-def _import_in_arm64_container(wheel: Path) -> str:
+def _import_in_arm64_container(wheel: Path, project: Project) -> str:
     client = docker.from_env()
     script = (
         "python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --no-index /w/" + wheel.name + " && "
-        "/tmp/v/bin/python -c 'import msgpack, platform; "
-        'assert msgpack.unpackb(msgpack.packb({"a": [1, 2]})) == {"a": [1, 2]}; '
-        "from msgpack import _cmsgpack; print(platform.machine(), _cmsgpack.__file__)'"
+        f"/tmp/v/bin/python -c '{project.check}'"
     )
     output = client.containers.run(
         IMAGE,
@@ -96,13 +130,15 @@ def _import_in_arm64_container(wheel: Path) -> str:
     return bytes(output).decode()
 
 
-def _check_published_wheel(settings: Settings, farm_url: str, tmp_path: Path) -> None:
+def _check_published_wheel(
+    settings: Settings, farm_url: str, tmp_path: Path, project: Project = MSGPACK
+) -> None:
     """The built wheel is in our index, pip fetches it, its hash matches, it imports on ARM."""
     wait_until(lambda: _master_answers(farm_url), 600, "the master to start")
     wait_until(
         lambda: bool(_finished_jobs(settings.database.url)),
         1500,
-        "the msgpack build to finish",
+        f"the {project.name} build to finish",
         step=5,
     )
     [job] = _finished_jobs(settings.database.url)
@@ -129,7 +165,7 @@ def _check_published_wheel(settings: Settings, farm_url: str, tmp_path: Path) ->
             f"{farm_url}/simple/",
             "--dest",
             str(downloads),
-            "msgpack",
+            project.name,
         ],
         check=True,
         env=clean_pip_env(),
@@ -138,7 +174,7 @@ def _check_published_wheel(settings: Settings, farm_url: str, tmp_path: Path) ->
     assert wheel.name == output.filename
     assert "manylinux2014_aarch64" in wheel.name
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() == output.sha256
-    machine, module = _import_in_arm64_container(wheel).split()
+    machine, module = _import_in_arm64_container(wheel, project).split()
     assert machine == "aarch64" and module.endswith(".so")
     status = httpx.get(f"{farm_url}/api/v1/status").json()
     assert status["queues"]["aarch64"]["built"] == 1
@@ -192,10 +228,11 @@ def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(
 
 @pytest.mark.redis
 @pytest.mark.postgres
-def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, msgpack_upstream: str) -> None:
-    """Separate master and builder processes, Redis broker, PostgreSQL database."""
+def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, abidemo_upstream: str) -> None:
+    """Separate master and builder processes, Redis broker, PostgreSQL database (a small
+    extension: `armwheels up` above builds msgpack)."""
     port = free_port()
-    config = _farm_config(tmp_path, msgpack_upstream, port)
+    config = _farm_config(tmp_path, abidemo_upstream, port, ABIDEMO)
     broker_db = 12
     broker = redis.Redis(host="127.0.0.1", port=6379, db=broker_db)
     broker.flushdb()
@@ -222,7 +259,7 @@ def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, msgpack_upst
                 processes.append(_spawn(["master"], config, env, master_log))
                 wait_until(lambda: _master_answers(f"http://127.0.0.1:{port}"), 120, "master")
                 processes.append(_spawn(BUILDER, config, builder_env, builder_log))
-                _check_published_wheel(settings, f"http://127.0.0.1:{port}", tmp_path)
+                _check_published_wheel(settings, f"http://127.0.0.1:{port}", tmp_path, ABIDEMO)
                 status = httpx.get(f"http://127.0.0.1:{port}/api/v1/status").json()
                 assert [b["name"] for b in status["builders"]] == [token_name]
             finally:
