@@ -148,6 +148,7 @@ def _check_published_wheel(
         output = session.scalars(select(OutputFile)).one()
     engine.dispose()
     assert "manylinux2014_aarch64" in output.platform_tag.split(".")
+    assert output.grafted == []  # self-contained: nothing for auditwheel to graft
     downloads = tmp_path / "downloads"
     subprocess.run(
         [
