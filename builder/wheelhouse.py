@@ -178,10 +178,20 @@ def platform_tags(arch: str, glibc_minor: int) -> list[str]:
 class Wheelhouse:
     """The cache directory and the trusted step that fills it."""
 
-    def __init__(self, root: Path, limit: int) -> None:
+    def __init__(self, root: Path, limit: int, ca_bundle: Path | None = None) -> None:
         self.root = root
         self.limit = limit
+        # The builder's configured CA bundle (builder.ca_bundle), for pip on its own host
+        # as for its builds: behind an intercepting proxy the host's environment may not
+        # name one.
+        self.ca_bundle = ca_bundle
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def _pip_environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.ca_bundle is not None:
+            env["PIP_CERT"] = str(self.ca_bundle)
+        return env
 
     def wheels(self) -> list[Path]:
         return sorted(self.root.glob("*.whl"))
@@ -270,7 +280,7 @@ class Wheelhouse:
             _note(log_sink, "wheelhouse: the sdist has no build requirements")
             return True
         _note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
-        env = dict(os.environ)
+        env = self._pip_environment()
         if self.prefetch(requirements, python_tag, platforms, constraints, env, log_sink):
             return True
         # All or nothing in one pip run: one requirement without a wheel would keep out
@@ -308,7 +318,7 @@ class Wheelhouse:
             return False
         _note(log_sink, f"offline build: pip asked for {parsed}; fetching its wheel")
         return self.prefetch(
-            [parsed], python_tag, platforms, constraints, dict(os.environ), log_sink
+            [parsed], python_tag, platforms, constraints, self._pip_environment(), log_sink
         )
 
     def prune(self) -> None:

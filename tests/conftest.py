@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, upgrade
-from tests.sdists import pypi_sdist
+from tests.sdists import abi3_sdist, pypi_sdist
 from tests.servers import pypiserver
 from tests.wheels import make_wheel as make_wheel  # upload tests import it from here
 
@@ -69,5 +69,15 @@ def msgpack_upstream(tmp_path: Path) -> Iterator[str]:
     packages = tmp_path / "upstream"
     packages.mkdir()
     shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
+    with pypiserver(packages) as index_url:
+        yield index_url
+
+
+@pytest.fixture
+def abidemo_upstream(tmp_path: Path) -> Iterator[str]:
+    """A real pypiserver holding abidemo's sdist (a small stable-ABI extension, built in
+    seconds where msgpack takes a minute under QEMU; tests/sdists.py)."""
+    packages = tmp_path / "upstream"
+    abi3_sdist(tmp_path / "abidemo-src", packages)
     with pypiserver(packages) as index_url:
         yield index_url

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +28,7 @@ from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
 from common.states import JobState
 from tests.conftest import _postgres_database
-from tests.sdists import abi3_sdist, make_sdist
+from tests.sdists import make_sdist
 from tests.servers import (
     ROOT,
     clean_pip_env,
@@ -68,15 +67,6 @@ ABIDEMO = Project(
     "import abidemo, platform; from abidemo import _speedups; "
     "assert abidemo.add(2, 3) == 5; print(platform.machine(), _speedups.__file__)",
 )
-
-
-@pytest.fixture
-def abidemo_upstream(tmp_path: Path) -> Iterator[str]:
-    """A real pypiserver holding abidemo's sdist (tests/sdists.py)."""
-    packages = tmp_path / "upstream"
-    abi3_sdist(tmp_path / "abidemo-src", packages)
-    with pypiserver(packages) as index_url:
-        yield index_url
 
 
 def _farm_config(tmp_path: Path, index_url: str, port: int, project: Project = MSGPACK) -> Path:

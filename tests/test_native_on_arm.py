@@ -1,6 +1,7 @@
 """The native backend on ARM, as on a board: `armwheels builder --backend native` runs as
 root inside an arm64 container under QEMU (host network, as a board on the LAN), against
-a real master on this host, and gets msgpack built, repaired, smoke-tested and published.
+a real master on this host, and gets a C extension (abidemo) built, repaired,
+smoke-tested and published.
 
 The container is the board: its Python has the builder's dependencies (a derived image,
 made once from the local build image and reused while the dependency list is the same),
@@ -29,7 +30,14 @@ from docker.types import Mount
 
 from common.config import load_settings
 from tests.servers import ROOT, free_port, redis_database, stop_process, wait_until
-from tests.test_e2e import _check_published_wheel, _cli, _farm_config, _master_answers, _spawn
+from tests.test_e2e import (
+    ABIDEMO,
+    _check_published_wheel,
+    _cli,
+    _farm_config,
+    _master_answers,
+    _spawn,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.redis]
 
@@ -149,6 +157,11 @@ def _start_builder(
         name=name,
         user="root",
         network_mode="host",
+        # A board's builder is root on its own machine: it makes the namespaces it builds
+        # in (unshare, mount), which a container allows with CAP_SYS_ADMIN and no seccomp
+        # filter (privileged is refused on engines that lack a capability themselves).
+        cap_add=["SYS_ADMIN"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         mounts=mounts,
         environment=environment,
         working_dir="/",
@@ -180,12 +193,12 @@ def _remove_builder(client: docker.DockerClient, name: str, log: Path) -> None:
 
 
 @pytest.mark.timeout(3600)
-def test_native_builder_on_arm_publishes_msgpack(
-    tmp_path: Path, msgpack_upstream: str, builder_image: str
+def test_native_builder_on_arm_publishes_a_wheel(
+    tmp_path: Path, abidemo_upstream: str, builder_image: str
 ) -> None:
     port = free_port()
     farm_url = f"http://127.0.0.1:{port}"
-    config = _farm_config(tmp_path, msgpack_upstream, port)
+    config = _farm_config(tmp_path, abidemo_upstream, port, ABIDEMO)
     settings = load_settings(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARMWHEELS_")}
     env["ARMWHEELS_BROKER__URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -208,7 +221,7 @@ def test_native_builder_on_arm_publishes_msgpack(
                     "the builder in the arm64 container to register",
                     step=2,
                 )
-                _check_published_wheel(settings, farm_url, tmp_path)
+                _check_published_wheel(settings, farm_url, tmp_path, ABIDEMO)
                 [job] = httpx.get(f"{farm_url}/api/v1/status").json()["recent"]
                 build_log = httpx.get(f"{farm_url}/logs/{job['job']}").text
                 assert "on native backend" in build_log

@@ -119,7 +119,11 @@ class DockerBackend:
         self._current: Container | None = None
         self._cancelled = threading.Event()
         self.wheelhouse = (
-            Wheelhouse(settings.work_dir / "wheelhouse" / arch, settings.wheelhouse_limit)
+            Wheelhouse(
+                settings.work_dir / "wheelhouse" / arch,
+                settings.wheelhouse_limit,
+                settings.ca_bundle,
+            )
             if settings.wheelhouse
             else None
         )

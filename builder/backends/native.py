@@ -171,7 +171,9 @@ class NativeBackend:
         self.wheelhouse: Wheelhouse | None = None
         if settings.wheelhouse:
             self.wheelhouse = Wheelhouse(
-                settings.work_dir / "wheelhouse" / arch, settings.wheelhouse_limit
+                settings.work_dir / "wheelhouse" / arch,
+                settings.wheelhouse_limit,
+                settings.ca_bundle,
             )
             for folder in (self.wheelhouse.root, self.wheelhouse.root.parent):
                 folder.chmod(0o755)  # the build user reads it, never writes it
