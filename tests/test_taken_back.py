@@ -100,7 +100,8 @@ def settings(tmp_path: Path, work_root: Path) -> Settings:
         builder={
             "work_dir": work_root,
             "ca_bundle": CA_BUNDLE if CA_BUNDLE.exists() else None,
-            "wheelhouse": False,
+            # Builds have no network: setuptools comes from the builder's wheelhouse.
+            "wheelhouse": True,
         },
     )
 
@@ -143,11 +144,36 @@ def _x86_64_jobs(
 
 
 def _pid_in(work_root: Path, job_id: int, name: str) -> int | None:
-    """The pid a build wrote in its temporary directory, once it has."""
+    """The pid a build wrote in its temporary directory, once it has, as this host sees
+    it: the build runs in a PID namespace of its own, where it has another number."""
     for path in work_root.glob(f"job-{job_id}-*/scratch/tmp/{name}"):
         text = path.read_text().strip()
         if text.isdigit():
-            return int(text)
+            return _host_pid(int(text), f"TMPDIR={work_root}".encode())
+    return None
+
+
+def _host_pid(inner: int, marker: bytes) -> int | None:
+    """The host's pid of the process numbered `inner` in its own PID namespace with a
+    variable starting with `marker` (a TMPDIR under the builds' work root: no other
+    namespace's process)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            environment = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        line = next((line for line in status.splitlines() if line.startswith("NSpid:")), "")
+        numbers = line.split()[1:]
+        variables = environment.split(b"\0")
+        if (
+            len(numbers) > 1
+            and numbers[-1] == str(inner)
+            and any(variable.startswith(marker) for variable in variables)
+        ):
+            return int(entry.name)
     return None
 
 
