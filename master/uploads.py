@@ -176,39 +176,24 @@ def accept_wheel(
     """Verify an uploaded wheel and move it into the file tree; raises Rejected (and
     notes on the job which check refused it), leaving nothing published."""
     try:
-        return _accept_wheel(
-            session, storage, job, filename, declared_sha256, source, limit, push_targets
-        )
+        wheel = check_wheel_name(job, filename)
+        check_not_published(session, job, filename)
+        try:
+            spooled, sha256, size = storage.spool(source, limit)
+        except TooLarge as exc:
+            raise Rejected(413, f"wheel is {exc}", check=Check.UPLOAD_SIZE) from exc
+        try:
+            check_hash(declared_sha256, sha256)
+            contents = check_contents(spooled, filename, job)
+            project = job.release.project.name
+            metadata_sha256 = _sha256(contents.metadata)
+            storage.write_bytes(storage.metadata_path(project, filename), contents.metadata)
+            storage.publish(spooled, storage.wheel_path(project, filename))
+        finally:
+            spooled.unlink(missing_ok=True)
     except Rejected as exc:
         job.rejected_by = exc.check.value if exc.check else None
         raise
-
-
-def _accept_wheel(
-    session: Session,
-    storage: Storage,
-    job: BuildJob,
-    filename: str,
-    declared_sha256: str,
-    source: BinaryIO,
-    limit: int,
-    push_targets: Sequence[PushTarget],
-) -> OutputFile:
-    wheel = check_wheel_name(job, filename)
-    check_not_published(session, job, filename)
-    try:
-        spooled, sha256, size = storage.spool(source, limit)
-    except TooLarge as exc:
-        raise Rejected(413, f"wheel is {exc}", check=Check.UPLOAD_SIZE) from exc
-    try:
-        check_hash(declared_sha256, sha256)
-        contents = check_contents(spooled, filename, job)
-        project = job.release.project.name
-        metadata_sha256 = _sha256(contents.metadata)
-        storage.write_bytes(storage.metadata_path(project, filename), contents.metadata)
-        storage.publish(spooled, storage.wheel_path(project, filename))
-    finally:
-        spooled.unlink(missing_ok=True)
     tag = next(iter(sorted(wheel.tags, key=str)))
     output = OutputFile(
         job=job,

@@ -399,7 +399,6 @@ class DockerBackend:
                 self.settings, EGRESS if proxy else None, log_sink, self.settings.network
             )
         )
-        rounds = self.settings.offline_rounds if proxy is None else 0
 
         def run_once(seconds_left: float) -> StepExit:
             command = [
@@ -431,9 +430,9 @@ class DockerBackend:
                 start_afresh,
                 spec=spec,
                 arch=self.arch,
-                wheelhouse=self.wheelhouse if proxy is None else None,
-                rounds=rounds,
-                timeout=float(timeout),
+                settings=self.settings,
+                wheelhouse=self.wheelhouse,
+                egress=proxy is not None,
                 platforms=platforms,
                 constraints=constraints,
                 log_sink=log_sink,

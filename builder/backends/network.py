@@ -101,17 +101,21 @@ def build_in_rounds(
     *,
     spec: JobSpec,
     arch: str,
+    settings: BuilderSettings,
     wheelhouse: Wheelhouse | None,
-    rounds: int,
-    timeout: float,
+    egress: bool,
     platforms: list[str],
     constraints: Path | None,
     log_sink: BinaryIO,
 ) -> StepExit:
-    """Run the build (`run_once(seconds left)`); while it fails offline for want of a
-    requirement the wheelhouse lacks, fetch that wheel and run it again (after
-    `start_afresh()`), at most `rounds` more times, all within `timeout`."""
-    deadline = time.monotonic() + timeout
+    """Run the build (`run_once(seconds left)`); while an offline build fails for want of
+    a requirement the wheelhouse lacks, fetch that wheel and run it again (after
+    `start_afresh()`), at most `builder.offline_rounds` more times, all within the build's
+    time limit. An egress build fetches what it needs itself: one round."""
+    if egress:
+        wheelhouse = None
+    rounds = 0 if wheelhouse is None else settings.offline_rounds
+    deadline = time.monotonic() + settings.build_timeout
     fetched: set[str] = set()
     for round_number in range(rounds + 1):
         start = _log_offset(log_sink)
