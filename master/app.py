@@ -35,7 +35,7 @@ from common.names import BadName, normalize_project
 from common.recipes import RecipeBook
 from common.states import FailureReason, JobState
 from common.wheels import BadWheel, parse_name
-from master import audit, index, status
+from master import audit, index, jobs, status
 from master.api_deps import (
     DB,
     MAX_JOB_ID,
@@ -50,30 +50,29 @@ from master.auth_throttle import AuthThrottle
 from master.dashboard import STATIC_DIR
 from master.dashboard import router as dashboard_router
 from master.disk_full import disk_full_answer, is_disk_full
+from master.jobs import HandBack, IllegalTransition
 from master.live_logs import (
     MAX_CHUNK_BYTES,
     LiveLogs,
     LiveView,
     OffsetGap,
     claim_key,
+    keep_as_final_log,
     live_caps,
 )
 from master.metrics import render_metrics
 from master.operations import lock_rows
 from master.operator_api import router as operator_router
 from master.page_cache import PageCache
-from master.rebuild import RebuildError, UnknownProject, request_rebuild
+from master.rebuild import RebuildError, RebuildRefused, UnknownProject, request_rebuild
 from master.request_guard import RequestGuard
 from master.static_index import HTML_PAGE, JSON_PAGE, StaticIndex
 from master.storage import Storage
 from master.uploads import (
     AlreadyServed,
     Rejected,
-    ResultReport,
     accept_wheel,
     check_job_owner,
-    finish_covered,
-    finish_job,
     not_building_here,
 )
 
@@ -128,20 +127,6 @@ CurrentBuilder = Annotated[Builder, Depends(_current_builder)]
 
 # The raw body of a live-log chunk, cut off past MAX_CHUNK_BYTES by the request guard.
 LogChunk = Annotated[bytes, Depends(RawBody(MAX_CHUNK_BYTES))]
-
-
-def hand_back(job: BuildJob, builder: Builder, *, count_attempt: bool) -> str:
-    """Make a job its builder no longer runs pending again, for the dispatcher to queue
-    afresh. The attempt is not counted when the builder, not the build, gave up. Returns
-    the claim whose live log is to be discarded once committed."""
-    claim = claim_key(job.started_at)
-    job.state, job.builder_id = JobState.PENDING, None
-    job.started_at = job.queued_at = None
-    if not count_attempt:
-        job.attempts = max(0, job.attempts - 1)
-    if builder.current_job_id == job.id:
-        builder.current_job_id = None
-    return claim
 
 
 def _unreported_jobs(db: Session, builder: Builder, reported: int | None) -> list[BuildJob]:
@@ -243,18 +228,21 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         found.free_disk, found.reported_job_id = reg.free_disk, None
         found.last_seen_at = utcnow()
         # A builder that registers again has lost whatever it was doing.
+        # The attempt counts (a board that keeps rebooting mid-build is the build's
+        # trouble too): past the cap the job is lost, keeping what was streamed of it.
         orphaned = db.scalars(
-            select(BuildJob).where(
-                BuildJob.builder_id == found.id, BuildJob.state == JobState.BUILDING
-            )
+            select(BuildJob)
+            .where(BuildJob.builder_id == found.id, BuildJob.state == JobState.BUILDING)
+            .with_for_update()
         ).all()
         stale = []
         for job in orphaned:
-            stale.append((job.id, hand_back(job, found, count_attempt=True)))
-            log.warning(
-                "job handed back by restarted builder",
-                extra={"job_id": job.id, "builder": found.name},
-            )
+            claim = claim_key(job.started_at)
+            entered = jobs.hand_back(job, HandBack.RE_REGISTERED, settings.master.max_attempts)
+            if entered == JobState.FAILED:
+                keep_as_final_log(job, live, limits.max_log_bytes)
+            else:
+                stale.append((job.id, claim))
         found.current_job_id = None
         db.commit()
         for job_id, claim in stale:
@@ -283,15 +271,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                         extra={"job_id": beat.job_id, "builder": me.name, "why": why},
                     )
             for job in _unreported_jobs(db, me, beat.job_id):
-                stale.append((job.id, hand_back(job, me, count_attempt=False)))
-                log.warning(
-                    "job handed back: its builder no longer runs it",
-                    extra={
-                        "job_id": job.id,
-                        "builder": me.name,
-                        "reported_job": beat.job_id or "",
-                    },
-                )
+                claim = claim_key(job.started_at)
+                jobs.hand_back(job, HandBack.UNREPORTED, settings.master.max_attempts)
+                stale.append((job.id, claim))
         db.commit()
         for job_id, claim in stale:
             live.discard(job_id, claim)
@@ -313,15 +295,13 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             raise HTTPException(
                 409, f"job {job_id} needs {job.python_tag}, builder has no such interpreter"
             )
-        if job.state not in (JobState.PENDING, JobState.QUEUED):
-            raise HTTPException(409, f"job {job_id} is {job.state.value}")
-        job.state, job.builder_id = JobState.BUILDING, me.id
-        job.started_at = utcnow()
-        job.attempts += 1
-        me.current_job_id, me.last_seen_at = job.id, utcnow()
+        try:
+            jobs.claim(job, me)
+        except IllegalTransition as exc:
+            raise HTTPException(409, f"job {job_id} is {job.state.value}") from exc
+        me.last_seen_at = utcnow()
         db.commit()
         source = job.source_file
-        log.info("job claimed", extra={"job_id": job.id, "builder": me.name})
         return JobSpec(
             job_id=job.id,
             project=job.release.project.name,
@@ -344,10 +324,10 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
         except Rejected as exc:
             raise HTTPException(exc.status, exc.message) from exc
-        claim = hand_back(job, me, count_attempt=False)
+        claim = claim_key(job.started_at)
+        jobs.hand_back(job, HandBack.RELEASED, settings.master.max_attempts)
         db.commit()
         live.discard(job.id, claim)
-        log.info("job handed back", extra={"job_id": job.id, "builder": me.name})
         return {"job": job.id, "state": job.state.value}
 
     @app.post("/api/v1/jobs/{job_id}/log")
@@ -436,7 +416,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             )
             written.append(log_path)
             job.log_path, job.log_size = str(log_path), log_size
-            report = ResultReport(outcome, reason, summary, build_seconds, transient)
+            report = jobs.ResultReport(outcome, reason, summary, build_seconds, transient)
             rejection: Rejected | None = None
             published: OutputFile | None = None
             covered: AlreadyServed | None = None
@@ -460,13 +440,13 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                     covered = exc
                 except Rejected as exc:
                     rejection = exc
-                    report = ResultReport(
+                    report = jobs.ResultReport(
                         "failed", FailureReason.UPLOAD_REJECTED, exc.message, build_seconds
                     )
             if covered is not None:
-                finish_covered(job, covered)
+                jobs.cover(job, str(covered))
             else:
-                finish_job(job, report, settings.master.max_attempts)
+                jobs.finish(job, report, settings.master.max_attempts)
             db.commit()
         except Exception as exc:
             if is_disk_full(exc):
@@ -537,6 +517,8 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             )
         except UnknownProject as exc:
             raise HTTPException(404, str(exc)) from exc
+        except RebuildRefused as exc:
+            raise HTTPException(409, str(exc)) from exc
         except RebuildError as exc:
             raise HTTPException(400, str(exc)) from exc
         jobs = [*outcome.created, *outcome.existing]

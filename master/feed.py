@@ -24,8 +24,8 @@ from common.config import Settings
 from common.db import transaction
 from common.models import FeedActionCount, FeedCursor, Project, Release
 from common.states import SkipReason
-from master.build_plan import settle_active_jobs
 from master.changelog import ChangelogClient, ChangelogPage
+from master.jobs import skip_releases
 from master.journal import ACTING_KINDS, ActionKind, JournalEvent
 from master.releases import mark_releases_removed, restore_release, utc_from_timestamp
 
@@ -131,8 +131,8 @@ class _Batch:
         yanked = [
             r.id for r in self.to_settle if r.id is not None and r.removed_at is None and r.yanked
         ]
-        settle_active_jobs(self.session, sorted(set(removed)), SkipReason.REMOVED_UPSTREAM)
-        settle_active_jobs(self.session, sorted(set(yanked)), SkipReason.YANKED_UPSTREAM)
+        skip_releases(self.session, sorted(set(removed)), SkipReason.REMOVED_UPSTREAM)
+        skip_releases(self.session, sorted(set(yanked)), SkipReason.YANKED_UPSTREAM)
 
     def project(self, event: JournalEvent, create: bool) -> Project | None:
         project = self.projects.get(event.project)

@@ -20,10 +20,9 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Release
 from common.names import BadName, normalize_project
-from master.build_plan import plan_builds
+from master.build_plan import PRIORITY_BACKFILL, plan_builds
 from master.json_api import JsonApiClient
 from master.releases import apply_release_files, get_or_create_project, restore_release
-from master.scheduler import PRIORITY_BACKFILL
 from master.upstream import TransientUpstreamError, UpstreamError
 
 log = logging.getLogger(__name__)

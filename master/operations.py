@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, inspect, select, update
@@ -18,8 +17,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from common.models import BuildJob, OutputFile, SkipRule, Token
 from common.names import BadName, normalize_project
-from common.states import ACTIVE_STATES, JobState, SkipReason, TokenRole
-from master import audit, auth, skips
+from common.states import JobState, TokenRole
+from master import audit, auth, jobs, skips
 
 
 class Refused(Exception):
@@ -74,16 +73,12 @@ def cancel_job(
     refused: the job is no longer assigned to it). A running job's streamed log is kept as
     its final log by `keep_log` (master.live_logs.final_log_keeper)."""
     job = _job(session, job_id)
-    if job.state not in ACTIVE_STATES:
+    if not jobs.allowed(job.state, jobs.Event.CANCEL):
         raise Refused(409, f"job {job_id} is {job.state.value}: nothing to cancel")
     was = job.state.value
     if job.state == JobState.BUILDING and keep_log is not None:
         keep_log(job)
-    if job.builder is not None and job.builder.current_job_id == job.id:
-        job.builder.current_job_id = None
-    job.state, job.skip_reason = JobState.SKIPPED, SkipReason.CANCELLED
-    job.summary = f"cancelled by {actor}: {reason}"[:2000]
-    job.builder_id, job.finished_at = None, datetime.now(UTC)
+    jobs.cancel(job, actor, reason)
     audit.record(session, actor, role, "cancel", f"job {job_id}", was=was, reason=reason)
     return job
 
@@ -92,13 +87,10 @@ def requeue_job(session: Session, job_id: int, actor: str, role: str, reason: st
     """A failed or skipped job waits again with fresh attempts (a built one is rebuilt
     with a rebuild request instead, which keeps its history)."""
     job = _job(session, job_id)
-    if job.state not in (JobState.FAILED, JobState.SKIPPED):
+    if not jobs.allowed(job.state, jobs.Event.REQUEUE):
         raise Refused(409, f"job {job_id} is {job.state.value}: only failed or skipped")
     was = job.state.value
-    job.state, job.attempts = JobState.PENDING, 0
-    job.failure_reason = job.skip_reason = None
-    job.builder_id = job.started_at = job.queued_at = job.finished_at = None
-    job.summary = f"requeued by {actor}: {reason}"[:2000]
+    jobs.requeue(job, actor, reason)
     try:
         with session.begin_nested():
             session.flush()

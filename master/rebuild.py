@@ -1,4 +1,6 @@
-"""Maintainer rebuild requests: new high-priority jobs for a release, refused if one is active."""
+"""Maintainer rebuild requests: new high-priority jobs for a release, under the build
+plan's rules (a release the feed would not build is refused, naming the rule), answered
+with the jobs already waiting or running where they would duplicate them."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from common.config import Settings, TargetSettings
 from common.models import BuildJob, Project, Release
 from common.names import BadName, normalize_project, parse_version
 from common.states import ACTIVE_STATES
+from master.build_plan import NotBuildable, plan_rebuild
 from master.operations import lock_rows
-from master.scheduler import PRIORITY_REBUILD, create_jobs
 
 
 class RebuildError(ValueError):
@@ -23,6 +25,10 @@ class RebuildError(ValueError):
 
 class UnknownProject(RebuildError):
     """No such project in the farm."""
+
+
+class RebuildRefused(RebuildError):
+    """The build plan's rules do not build what the request asks for (answered 409)."""
 
 
 @dataclass
@@ -65,7 +71,10 @@ def request_rebuild(
         if arch not in targets:
             raise RebuildError(f"arch {arch} is not an enabled target")
         targets = {arch: targets[arch]}
-    created = _create_once(session, release, targets, requested_by)
+    try:
+        created, passed = _create_once(session, settings, release, targets, requested_by)
+    except NotBuildable as exc:
+        raise RebuildRefused(str(exc)) from exc
     fresh = {job.id for job in created}
     existing = session.scalars(
         select(BuildJob)
@@ -77,12 +86,20 @@ def request_rebuild(
         )
         .order_by(BuildJob.id)
     ).all()
+    if not created and not existing:
+        raise RebuildRefused(
+            f"nothing to rebuild for {name} {release.version}: " + "; ".join(passed)
+        )
     return RebuildOutcome(name, release.version, created, list(existing))
 
 
 def _create_once(
-    session: Session, release: Release, targets: dict[str, TargetSettings], requested_by: str
-) -> list[BuildJob]:
+    session: Session,
+    settings: Settings,
+    release: Release,
+    targets: dict[str, TargetSettings],
+    requested_by: str,
+) -> tuple[list[BuildJob], list[str]]:
     """The jobs the release has no active one for, created by one request only: requests
     for one release at the same moment wait on its row lock, and each later one finds
     the first one's jobs and is answered with them. A job the feed created meanwhile
@@ -91,15 +108,6 @@ def _create_once(
     lock_rows(session, Release.yanked_reason, Release.id == release.id)
     try:
         with session.begin_nested():
-            return _create(session, release, targets, requested_by)
+            return plan_rebuild(session, release, targets, settings, requested_by)
     except IntegrityError:
-        return _create(session, release, targets, requested_by)
-
-
-def _create(
-    session: Session, release: Release, targets: dict[str, TargetSettings], requested_by: str
-) -> list[BuildJob]:
-    source = release.source_files[0]
-    return create_jobs(
-        session, release, source, targets, priority=PRIORITY_REBUILD, requested_by=requested_by
-    )
+        return plan_rebuild(session, release, targets, settings, requested_by)

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 
 from common.config import Settings
 from common.models import Builder, BuildJob
-from common.states import FailureReason, JobState
+from common.states import JobState
+from master import jobs
+from master.jobs import HandBack
 from master.live_logs import LiveLogs, keep_as_final_log
 
 log = logging.getLogger(__name__)
@@ -34,29 +36,15 @@ class ReconcileOutcome:
 
 
 def _hand_back(
-    job: BuildJob,
-    settings: Settings,
-    why: str,
-    outcome: ReconcileOutcome,
-    live: LiveLogs | None,
+    job: BuildJob, settings: Settings, outcome: ReconcileOutcome, live: LiveLogs | None
 ) -> None:
-    max_attempts = settings.master.max_attempts
-    if job.builder is not None and job.builder.current_job_id == job.id:
-        job.builder.current_job_id = None
-    job.builder_id = None
-    if job.attempts >= max_attempts:
-        job.state = JobState.FAILED
-        job.failure_reason = FailureReason.LOST
-        job.summary = f"{why}; gave up after {job.attempts} attempts"
-        job.finished_at = datetime.now(UTC)
+    entered = jobs.hand_back(job, HandBack.BUILDER_SILENT, settings.master.max_attempts)
+    if entered == JobState.FAILED:
         if live is not None:
             keep_as_final_log(job, live, settings.master.max_log_bytes)
         outcome.lost += 1
-        log.warning("job lost", extra={"job_id": job.id, "attempts": job.attempts, "why": why})
         return
-    job.state = JobState.PENDING
-    outcome.handed_back += 1
-    log.warning("job handed back", extra={"job_id": job.id, "attempts": job.attempts, "why": why})
+    outcome.handed_back += 1  # its live log goes when the next claim streams
 
 
 def reconcile(
@@ -78,7 +66,7 @@ def reconcile(
         .with_for_update(of=BuildJob, skip_locked=True)
     ).all()
     for job in orphans:
-        _hand_back(job, settings, "builder stopped heart-beating", outcome, live)
+        _hand_back(job, settings, outcome, live)
     waited_since = now - timedelta(seconds=settings.master.requeue_after)
     stuck = session.scalars(
         select(BuildJob)
@@ -86,7 +74,6 @@ def reconcile(
         .with_for_update(skip_locked=True)
     ).all()
     for job in stuck:
-        job.state = JobState.PENDING
+        jobs.resend(job, f"queued for more than {settings.master.requeue_after:.0f} s")
         outcome.requeued += 1
-        log.warning("queued job sent again", extra={"job_id": job.id})
     return outcome

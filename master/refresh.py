@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.db import transaction
 from common.models import Project, Release
-from master.build_plan import plan_builds
+from master.build_plan import PRIORITY_NEW, plan_builds
 from master.json_api import JsonApiClient, ProjectDetails
 from master.releases import apply_release_files
-from master.scheduler import PRIORITY_NEW
 from master.upstream import TransientUpstreamError, UpstreamError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from common.models import Project, Release, SourceFile
 from common.states import SkipReason
-from master.build_plan import settle_active_jobs
+from master.jobs import skip_releases
 from master.upstream import UpstreamFile
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def apply_release_files(
     if was_yanked and not release.yanked and release.skip_reason == SkipReason.YANKED_UPSTREAM:
         release.skip_reason = None
     if release.yanked and not was_yanked:
-        settle_active_jobs(session, [release.id], SkipReason.YANKED_UPSTREAM)
+        skip_releases(session, [release.id], SkipReason.YANKED_UPSTREAM)
     known = session.scalars(select(SourceFile).where(SourceFile.release_id == release.id)).all()
     if known:
         applied.source = known[0]
@@ -109,7 +109,7 @@ def mark_releases_removed(
         release.refresh_needed = False
         release.skip_reason = SkipReason.REMOVED_UPSTREAM
     if settle:
-        settle_active_jobs(
+        skip_releases(
             session, [r.id for r in gone if r.id is not None], SkipReason.REMOVED_UPSTREAM
         )
     for release in gone:

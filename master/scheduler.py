@@ -1,4 +1,4 @@
-"""Turns new sdists into build jobs (one per target) and hands pending jobs to Celery."""
+"""Hands pending jobs to Celery: one message per job, on its target's queue, in priority order."""
 
 from __future__ import annotations
 
@@ -9,88 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from celery import Celery
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import TargetSettings
 from common.messages import BUILD_TASK, broker_priority, is_redis_broker, queue_name
-from common.models import Builder, BuildJob, Release, SourceFile
-from common.names import python_version_of_tag
-from common.states import ACTIVE_STATES, JobState
+from common.models import Builder, BuildJob
+from common.states import JobState
+from master import jobs
 
 log = logging.getLogger(__name__)
-
-PRIORITY_REBUILD = 9
-PRIORITY_NEW = 5
-PRIORITY_BACKFILL = 1
-
-
-def target_allowed(requires_python: str | None, python_tag: str, project: str = "") -> bool:
-    """Does the release's Requires-Python admit the target's interpreter?"""
-    if not requires_python:
-        return True
-    try:
-        spec = SpecifierSet(requires_python)
-    except InvalidSpecifier:
-        log.warning(
-            "invalid Requires-Python ignored",
-            extra={"project": project, "requires_python": requires_python},
-        )
-        return True
-    return spec.contains(python_version_of_tag(python_tag) + ".0", prereleases=True)
-
-
-def create_jobs(
-    session: Session,
-    release: Release,
-    source: SourceFile,
-    targets: dict[str, TargetSettings],
-    priority: int = PRIORITY_NEW,
-    requested_by: str | None = None,
-) -> list[BuildJob]:
-    """One pending job per (arch, python tag) the release admits and has no active job for."""
-    created: list[BuildJob] = []
-    for arch, target in sorted(targets.items()):
-        for tag in target.python_tags:
-            if not target_allowed(release.requires_python, tag, release.project.name):
-                continue
-            active = session.scalar(
-                select(BuildJob.id).where(
-                    BuildJob.release_id == release.id,
-                    BuildJob.arch == arch,
-                    BuildJob.python_tag == tag,
-                    BuildJob.state.in_(ACTIVE_STATES),
-                )
-            )
-            if active is not None:
-                continue
-            job = BuildJob(
-                release=release,
-                source_file=source,
-                arch=arch,
-                python_tag=tag,
-                policy=target.policy,
-                state=JobState.PENDING,
-                priority=priority,
-                requested_by=requested_by,
-            )
-            session.add(job)
-            created.append(job)
-    session.flush()
-    for job in created:
-        log.info(
-            "job created",
-            extra={
-                "job_id": job.id,
-                "project": release.project.name,
-                "version": release.version,
-                "arch": job.arch,
-                "python_tag": job.python_tag,
-            },
-        )
-    return created
-
 
 DISPATCH_BATCH = 500
 
@@ -207,7 +134,6 @@ def _dispatch_batch(
         ).all()
         if not batch:
             return 0
-        debug = log.isEnabledFor(logging.DEBUG)
         # One pooled connection for the batch. On Redis, kombu >= 5.7's Producer.batch() sends
         # the pushes as one pipeline when it exits, before the UPDATE below (about 3x faster
         # here); older kombu, and the SQLAlchemy transport, publish one by one.
@@ -225,19 +151,8 @@ def _dispatch_batch(
                     argsrepr=f"[{job_id}]",
                     kwargsrepr="{}",
                 )
-                if debug:
-                    log.debug(
-                        "job queued",
-                        extra={"job_id": job_id, "queue": queue, "priority": priority},
-                    )
         # A builder may have claimed one already (a duplicate message): leave that one be.
-        session.execute(
-            update(BuildJob)
-            .where(BuildJob.id.in_([job_id for job_id, _ in batch]))
-            .where(BuildJob.state == JobState.PENDING)
-            .values(state=JobState.QUEUED, queued_at=datetime.now(UTC)),
-            execution_options={"synchronize_session": False},
-        )
+        jobs.queue_batch(session, [job_id for job_id, _ in batch], queue)
     log.info(
         "jobs queued",
         extra={

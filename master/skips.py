@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from common.models import Project, Release, SkipRule
 from common.names import BadName, normalize_project, parse_version
 from common.states import SkipReason
-from master.build_plan import settle_active_jobs
+from master.jobs import skip_releases
 
 
 class SkipRuleError(ValueError):
@@ -48,7 +48,7 @@ def add_rule(
     for release in releases:
         if release.skip_reason is None:
             release.skip_reason = SkipReason.SKIP_LIST
-    settled = settle_active_jobs(session, [r.id for r in releases], SkipReason.SKIP_LIST)
+    settled = skip_releases(session, [r.id for r in releases], SkipReason.SKIP_LIST)
     session.flush()
     return rule, settled
 

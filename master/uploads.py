@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -153,15 +151,6 @@ def check_contents(path: Path, filename: str, job: BuildJob) -> WheelContents:
         raise Rejected(400, f"not a valid wheel: {exc}", check=exc.check) from exc
 
 
-@dataclass
-class ResultReport:
-    outcome: str
-    reason: FailureReason | None
-    summary: str
-    build_seconds: float | None
-    transient: bool = False
-
-
 def accept_wheel(
     session: Session,
     storage: Storage,
@@ -224,40 +213,6 @@ def accept_wheel(
         },
     )
     return output
-
-
-def finish_job(job: BuildJob, report: ResultReport, max_attempts: int) -> None:
-    """Record the outcome. A transient failure (out of memory, network, sdist not yet on
-    the CDN) under the attempt cap sends the job round again instead of failing it."""
-    if job.builder is not None and job.builder.current_job_id == job.id:
-        job.builder.current_job_id = None
-    job.build_seconds = report.build_seconds
-    if report.outcome != "built" and report.transient and job.attempts < max_attempts:
-        job.state = JobState.PENDING
-        job.failure_reason = report.reason
-        job.summary = f"attempt {job.attempts} failed, retrying: {report.summary}"[:2000]
-        job.builder_id = None
-        job.started_at = None
-        job.queued_at = None
-        return
-    job.state = JobState.BUILT if report.outcome == "built" else JobState.FAILED
-    job.failure_reason = None if report.outcome == "built" else report.reason
-    if job.failure_reason != FailureReason.UPLOAD_REJECTED:
-        job.rejected_by = None
-    job.summary = report.summary[:2000]
-    job.finished_at = datetime.now(UTC)
-
-
-def finish_covered(job: BuildJob, covered: AlreadyServed) -> None:
-    """End a job whose wheel the index already serves (see AlreadyServed): skipped, not
-    failed, and the wheel it uploaded is dropped."""
-    if job.builder is not None and job.builder.current_job_id == job.id:
-        job.builder.current_job_id = None
-    job.state = JobState.SKIPPED
-    job.skip_reason = SkipReason.COVERED_BY_FARM
-    job.failure_reason = None
-    job.summary = str(covered)
-    job.finished_at = datetime.now(UTC)
 
 
 def _sha256(data: bytes) -> str:

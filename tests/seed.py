@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.models import Builder, BuildJob, OutputFile, Project, Release, SourceFile, Token
 from common.states import TokenRole
+from master.build_plan import PRIORITY_NEW, create_jobs
 from master.releases import get_or_create_project
-from master.scheduler import PRIORITY_NEW, create_jobs
 from master.storage import Storage
 from master.uploads import accept_wheel
 from tests.conftest import make_wheel

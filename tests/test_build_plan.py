@@ -148,10 +148,11 @@ def test_a_project_wide_skip_rule_settles_waiting_jobs(
     with transaction(factory) as session:
         release, source = _release(session, "1.0", ["demo-1.0.tar.gz"])
         (job,) = plan_builds(session, release, source, settings)
+        job_id = job.id
         session.add(SkipRule(project="demo", version=None, reason="no", created_by="op"))
         session.flush()
         assert plan_builds(session, release, source, settings) == []
     with factory() as session:
-        stored = session.get(BuildJob, job.id)
+        stored = session.get(BuildJob, job_id)
         assert stored is not None
         assert (stored.state, stored.skip_reason) == (JobState.SKIPPED, SkipReason.SKIP_LIST)

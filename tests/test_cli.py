@@ -209,6 +209,14 @@ def test_rebuild(farm: Farm) -> None:
     assert "nothing to do" in answer
     data = json.loads(farm.ok("status", "--json"))
     assert data["queues"]["aarch64"]["pending"] == 1
+    # The build plan's rules hold for a rebuild: a skipped project is refused, naming
+    # the skip entry, until an operator removes it.
+    farm.ok("skip", "add", "demo", "--reason", "needs CUDA")
+    assert_usage_error(
+        farm.run("rebuild", "demo"), "demo 1.0 is not built", "(all releases)", "needs CUDA"
+    )
+    farm.ok("skip", "remove", "demo")
+    assert "pending: demo aarch64 cp311" in farm.ok("rebuild", "demo")
 
 
 def test_import_refuses_bad_input_in_one_line(farm: Farm) -> None:
@@ -264,7 +272,7 @@ def test_import_backfills_at_low_priority(farm: Farm) -> None:
     from sqlalchemy import func, select
 
     from common.models import BuildJob, Project, Release
-    from master.scheduler import PRIORITY_BACKFILL
+    from master.build_plan import PRIORITY_BACKFILL
     from tests.pypi_replay import replay_server
 
     farm.upgraded()

@@ -18,7 +18,7 @@ from common.models import AuditEvent, BuildJob
 from common.states import JobState, TokenRole
 from master.app import create_app
 from master.auth import create_token, revoke_token
-from master.scheduler import PRIORITY_REBUILD
+from master.build_plan import PRIORITY_REBUILD
 from tests.seed import add_release
 
 
