@@ -29,12 +29,12 @@ from builder.client import MasterClient
 from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob
+from common.protocol import MAX_CHUNK_BYTES
 from common.states import JobState, TokenRole
 from master.api_deps import MAX_JSON_BYTES
 from master.app import create_app
 from master.auth import create_token
 from master.auth_throttle import AuthThrottle, client_key
-from master.live_logs import MAX_CHUNK_BYTES
 from master.storage import STALE_PART_SECONDS
 from tests.conftest import make_wheel
 from tests.seed import add_release
