@@ -139,7 +139,7 @@ class Registration(Body):
 
 class Heartbeat(Body):
     """A builder's sign of life, every HEARTBEAT_SECONDS at most: the job it runs (if any)
-    and its free disk. Builders of the first release send no body."""
+    and its free disk. The earliest builders sent no body: still a sign of life."""
 
     job_id: int | None = Field(default=None, ge=1, le=MAX_JOB_ID, strict=True)
     free_disk: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES, strict=True)

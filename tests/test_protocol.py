@@ -218,12 +218,12 @@ def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
 
 
 def _exactly(answer: httpx.Response, status: int, body: dict[str, Any]) -> None:
-    """The answer is `body`, byte for byte as the master of the first release wrote it."""
+    """The answer is `body`, byte for byte as the master before common/protocol.py wrote it."""
     assert answer.status_code == status, answer.text
     assert answer.content == json.dumps(body, separators=(",", ":")).encode()
 
 
-def test_a_builder_of_the_first_release_gets_the_answers_it_always_got(farm: Farm) -> None:
+def test_a_builder_of_the_previous_release_gets_the_answers_it_always_got(farm: Farm) -> None:
     """Bodies copied from builder/client.py as it was before common/protocol.py, and the
     answers that master gave them, recorded byte for byte."""
     c, auth, job = farm.client, farm.auth, farm.job_id
