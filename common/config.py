@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from common.names import BadName, normalize_project, python_version_of_tag
+from common.protocol import HEARTBEAT_SECONDS
 from common.recipes import parse_recipes
 from common.states import ARCHES
 
@@ -128,7 +129,7 @@ class MasterSettings(_Section):
     max_log_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     dispatch_interval: float = Field(default=5.0, gt=0)
     # A builder silent for this long has died: its job is handed back.
-    builder_timeout: float = Field(default=300.0, ge=30)
+    builder_timeout: float = Field(default=300.0, ge=HEARTBEAT_SECONDS)
     # A job queued this long without a claim is sent again (its message may be lost).
     requeue_after: float = Field(default=6 * 3600.0, ge=60)
     # Attempts before a job that keeps getting lost fails with reason "lost".

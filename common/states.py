@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
 
 
 class JobState(StrEnum):
@@ -68,4 +69,7 @@ class TokenRole(StrEnum):
     OPERATOR = "operator"
 
 
-ARCHES: tuple[str, ...] = ("aarch64", "armv7l")
+# The ARM architectures the farm builds for, by their `uname -m` names: the type of every
+# body and setting that names one, and ARCHES (the same names, for loops and choices).
+Arch = Literal["aarch64", "armv7l"]
+ARCHES: tuple[Arch, ...] = get_args(Arch)

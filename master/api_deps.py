@@ -16,6 +16,7 @@ from pydantic import BeforeValidator
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import Token
+from common.protocol import MAX_JOB_ID as MAX_JOB_ID  # for the routers' own job ids
 from common.states import TokenRole
 from master.auth import AuthError, authenticate, token_from_header
 
@@ -27,8 +28,6 @@ def _session(request: Request) -> Iterator[Session]:
 
 
 DB = Annotated[Session, Depends(_session)]
-# Job ids are 32-bit integers in the database: larger ones are refused as input.
-MAX_JOB_ID = 2**31 - 1
 # Digits only: no sign, no leading zero or space, no decimal point or underscore (int()
 # and pydantic's lax mode take "+1", " 1", "1_0"; pydantic takes "1.0").
 _JOB_ID = re.compile(r"[1-9][0-9]{0,9}")

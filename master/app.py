@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import (
     Depends,
@@ -29,16 +29,32 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from common.config import Settings
-from common.job_spec import JobSpec
 from common.models import Builder, BuildJob, OutputFile, Project, Release, Token, utcnow
 from common.names import BadName, normalize_project
+from common.protocol import (
+    HEARTBEAT_SECONDS,
+    LOG_PART,
+    MAX_CHUNK_BYTES,
+    WHEEL_PART,
+    Heartbeat,
+    HeartbeatAnswer,
+    JobAnswer,
+    JobSpec,
+    LogAccepted,
+    LogGap,
+    LogRefusal,
+    Registered,
+    Registration,
+    ResultAnswer,
+    ResultForm,
+)
 from common.recipes import RecipeBook
-from common.states import FailureReason, JobState
+from common.states import Arch, FailureReason, JobState
+from common.version import VERSION
 from common.wheels import BadWheel, parse_name
 from master import audit, index, jobs, status
 from master.api_deps import (
     DB,
-    MAX_JOB_ID,
     BodyLimit,
     BuilderToken,
     JobId,
@@ -52,7 +68,6 @@ from master.dashboard import router as dashboard_router
 from master.disk_full import disk_full_answer, is_disk_full
 from master.jobs import HandBack, IllegalTransition
 from master.live_logs import (
-    MAX_CHUNK_BYTES,
     LiveLogs,
     LiveView,
     OffsetGap,
@@ -78,41 +93,19 @@ from master.uploads import (
 
 log = logging.getLogger(__name__)
 
-# The longest a builder waits between beats (builder/worker.py HEARTBEAT_SECONDS, when
-# idle; it beats more often while it builds).
-HEARTBEAT_SECONDS = 30.0
 # A building job its builder's heartbeat does not name is handed back only when claimed
 # longer ago than this: a heartbeat sent just before a claim must not take the job back.
 HAND_BACK_GRACE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 # A result's body beyond its wheel and log: the other form fields and the multipart
-# framing (the summary, the largest field, is at most 10,000 characters).
+# framing (the summary, the largest field, is at most MAX_SUMMARY_CHARS characters).
 FORM_OVERHEAD_BYTES = 1024 * 1024
-# The largest free-disk figure a builder may report: the column is a signed 64-bit integer.
-MAX_DISK_BYTES = 2**63 - 1
 
 
 class RebuildRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str | None = Field(default=None, min_length=1, max_length=100)
-    arch: Literal["aarch64", "armv7l"] | None = None
-
-
-class Registration(BaseModel):
-    arch: Literal["aarch64", "armv7l"]
-    backend: str = Field(min_length=1, max_length=16)
-    python_tags: list[Annotated[str, Field(pattern=r"^cp3\d{1,2}$")]] = Field(
-        default_factory=list, max_length=50
-    )
-    version: str = Field(default="", max_length=40)
-    free_disk: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES, strict=True)
-
-
-class Heartbeat(BaseModel):
-    """What a builder says every 30 s: the job it runs (if any) and its free disk."""
-
-    job_id: int | None = Field(default=None, ge=1, le=MAX_JOB_ID, strict=True)
-    free_disk: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES, strict=True)
+    arch: Arch | None = None
 
 
 def _current_builder(db: DB, token: BuilderToken) -> Builder:
@@ -173,7 +166,7 @@ def _sync_static(static: StaticIndex, db: Session, job_id: int) -> None:
 
 
 def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
-    app = FastAPI(title="armwheels master", version="0.1.0")
+    app = FastAPI(title="armwheels master", version=VERSION)
     storage = Storage(settings.master.data_dir)
     limits = settings.master
     live = LiveLogs(storage, *live_caps(limits.max_log_bytes))
@@ -218,7 +211,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app.add_exception_handler(DBAPIError, disk_full)
 
     @app.post("/api/v1/builders/register")
-    def register(reg: Registration, db: DB, token: BuilderToken) -> dict[str, Any]:
+    def register(reg: Registration, db: DB, token: BuilderToken) -> Registered:
         found = builder_for(db, token)
         if found is None:
             found = Builder(name=token.name, token_id=token.id, arch=reg.arch, backend=reg.backend)
@@ -248,10 +241,10 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         for job_id, claim in stale:
             live.discard(job_id, claim)
         log.info("builder registered", extra={"builder": found.name, "arch": found.arch})
-        return {"builder_id": found.id, "name": found.name}
+        return Registered(builder_id=found.id, name=found.name)
 
     @app.post("/api/v1/builders/heartbeat")
-    def heartbeat(me: CurrentBuilder, db: DB, beat: Heartbeat | None = None) -> dict[str, Any]:
+    def heartbeat(me: CurrentBuilder, db: DB, beat: Heartbeat | None = None) -> HeartbeatAnswer:
         """A sign of life; a job the builder holds but no longer runs (it says so) goes
         back to the queue now rather than after builder_timeout. The job it says it runs,
         when no longer building there (cancelled, requeued, handed to another builder), is
@@ -277,12 +270,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         db.commit()
         for job_id, claim in stale:
             live.discard(job_id, claim)
-        return {
-            "ok": True,
-            "handed_back": [job_id for job_id, _ in stale],
-            "stop": stop,
-            "why": why,
-        }
+        return HeartbeatAnswer(handed_back=[job_id for job_id, _ in stale], stop=stop, why=why)
 
     @app.post("/api/v1/jobs/{job_id}/claim")
     def claim(job_id: JobId, me: CurrentBuilder, db: DB) -> JobSpec:
@@ -318,7 +306,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         )
 
     @app.post("/api/v1/jobs/{job_id}/release")
-    def release(job_id: JobId, me: CurrentBuilder, db: DB) -> dict[str, Any]:
+    def release(job_id: JobId, me: CurrentBuilder, db: DB) -> JobAnswer:
         """A stopping builder hands its job back: pending again, the attempt not counted."""
         try:
             job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
@@ -328,7 +316,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         jobs.hand_back(job, HandBack.RELEASED, settings.master.max_attempts)
         db.commit()
         live.discard(job.id, claim)
-        return {"job": job.id, "state": job.state.value}
+        return JobAnswer(job=job.id, state=job.state.value)
 
     @app.post("/api/v1/jobs/{job_id}/log")
     def append_log(
@@ -356,28 +344,23 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                 "live log refused: the job is not the builder's",
                 extra={"job_id": job_id, "builder": me.name, "why": exc.taken_back or ""},
             )
-            return JSONResponse(
-                {
-                    "error": exc.message,
-                    "stop": exc.taken_back is not None,
-                    "state": exc.state,
-                    "why": exc.taken_back,
-                },
-                status_code=exc.status,
+            refusal = LogRefusal(
+                error=exc.message,
+                stop=exc.taken_back is not None,
+                state=exc.state,
+                why=exc.taken_back,
             )
+            return JSONResponse(refusal.model_dump(mode="json"), status_code=exc.status)
         except OffsetGap as gap:
             log.info(
                 "live log chunk past the end",
                 extra={"job_id": job_id, "offset": offset, "expected": gap.expected},
             )
-            return JSONResponse(
-                {
-                    "error": f"log chunk at {offset}, expected {gap.expected}",
-                    "expected": gap.expected,
-                },
-                status_code=409,
+            answer = LogGap(
+                error=f"log chunk at {offset}, expected {gap.expected}", expected=gap.expected
             )
-        return JSONResponse({"job": job_id, "total": total})
+            return JSONResponse(answer.model_dump(mode="json"), status_code=409)
+        return JSONResponse(LogAccepted(job=job_id, total=total).model_dump(mode="json"))
 
     @app.post(
         "/api/v1/jobs/{job_id}/result",
@@ -390,15 +373,12 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         me: CurrentBuilder,
         db: DB,
         request: Request,
-        outcome: Annotated[Literal["built", "failed"], Form()],
-        log_file: Annotated[UploadFile, File(alias="log")],
-        reason: Annotated[FailureReason | None, Form()] = None,
-        summary: Annotated[str, Form(max_length=10000)] = "",
-        build_seconds: Annotated[float | None, Form(ge=0, allow_inf_nan=False)] = None,
-        wheel: Annotated[UploadFile | None, File()] = None,
-        wheel_sha256: Annotated[str | None, Form(max_length=64)] = None,
-        transient: Annotated[bool, Form()] = False,
-    ) -> dict[str, Any]:
+        form: Annotated[ResultForm, Form()],
+        log_file: Annotated[UploadFile, File(alias=LOG_PART)],
+        wheel: Annotated[UploadFile | None, File(alias=WHEEL_PART)] = None,
+    ) -> ResultAnswer:
+        outcome, reason, build_seconds = form.outcome, form.reason, form.build_seconds
+        wheel_sha256, summary, transient = form.wheel_sha256, form.summary, form.transient
         try:
             job = check_job_owner(db.get(BuildJob, job_id, with_for_update=True), me)
             if outcome == "built" and (wheel is None or not wheel_sha256):
@@ -474,12 +454,12 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         )
         if rejection is not None:
             raise HTTPException(rejection.status, rejection.message)
-        return {
-            "job": job.id,
-            "state": job.state.value,
-            "file": published.filename if published else None,
-            **({"served": covered.existing.filename} if covered else {}),
-        }
+        return ResultAnswer(
+            job=job.id,
+            state=job.state.value,
+            file=published.filename if published else None,
+            served=covered.existing.filename if covered else None,
+        )
 
     @app.post("/api/v1/projects/{name}/rebuild", status_code=202)
     def rebuild(

@@ -37,8 +37,6 @@ from master.storage import Storage
 # Kept of a live log: its first and its last MiB (each at most half of max_log_bytes).
 LIVE_HEAD_BYTES = 1024 * 1024
 LIVE_TAIL_BYTES = 1024 * 1024
-# The largest chunk the master accepts in one request (builders send 256 KiB).
-MAX_CHUNK_BYTES = 1024 * 1024
 COPY_BYTES = 256 * 1024
 
 _TAIL = re.compile(r"^tail-(\d+)$")
