@@ -95,7 +95,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = _engine(settings)
     with make_sessionmaker(engine)() as session:
-        data = collect(session)
+        data = collect(session, settings.master.builder_timeout)
     engine.dispose()
     if args.json:
         print(json.dumps(data, indent=2))
