@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -16,8 +17,7 @@ from common.states import ARCHES, TokenRole
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-    from sqlalchemy import Engine
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("armwheels")
 
@@ -35,24 +35,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def _engine(settings: Settings) -> Engine:
-    """An engine on a database whose schema is current, else a one-line UsageError."""
-    from common.db import is_up_to_date, make_engine
+@contextmanager
+def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a database whose schema is current, else a one-line UsageError; the
+    engine is disposed when the block ends, however it ends."""
+    from common.db import is_up_to_date, make_sessionmaker, open_engine
 
-    engine = make_engine(settings.database.url)
-    if not is_up_to_date(engine):
-        engine.dispose()
-        raise UsageError("database schema is not current: run `armwheels db upgrade`")
-    return engine
+    with open_engine(settings.database.url) as engine:
+        if not is_up_to_date(engine):
+            raise UsageError("database schema is not current: run `armwheels db upgrade`")
+        yield make_sessionmaker(engine)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from common.db import make_engine, upgrade
+    from common.db import open_engine, upgrade
 
     settings = _settings(args)
-    engine = make_engine(settings.database.url)
-    upgrade(engine)
-    engine.dispose()
+    with open_engine(settings.database.url) as engine:
+        upgrade(engine)
     print(f"database at head: {settings.database.url.split('@')[-1]}")
     return 0
 
@@ -89,14 +89,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker
     from master.status import collect
 
     settings = _settings(args)
-    engine = _engine(settings)
-    with make_sessionmaker(engine)() as session:
-        data = collect(session)
-    engine.dispose()
+    with _database(settings) as factory, factory() as session:
+        data = collect(session, settings.master.builder_timeout)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -157,14 +154,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     import getpass
 
-    from common.db import make_sessionmaker, transaction
+    from common.db import transaction
     from master import audit
     from master.rebuild import RebuildError, request_rebuild
 
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with transaction(make_sessionmaker(engine)) as session:
+        with _database(settings) as factory, transaction(factory) as session:
             actor = f"cli:{getpass.getuser()}"
             outcome = request_rebuild(
                 session, settings, args.project, args.version, args.arch, requested_by=actor
@@ -183,8 +179,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             )
     except RebuildError as exc:
         raise UsageError(str(exc)) from exc
-    finally:
-        engine.dispose()
     for job_id, arch, tag, state in waiting:
         print(f"job {job_id} already {state}: {args.project} {arch} {tag}")
     if not created:
@@ -197,7 +191,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from common.db import make_sessionmaker
     from common.names import BadName, normalize_project
     from master.importer import ProjectListError, read_project_list, run_import
     from master.json_api import JsonApiClient
@@ -214,28 +207,27 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     names = list(dict.fromkeys(names))
     settings = _settings(args)
-    engine = _engine(settings)
-    client = JsonApiClient(settings.upstream.json_url, settings.upstream.timeout)
     columns = (
         TextColumn("importing"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[project]}"),
     )
-    try:
-        with Progress(*columns, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("import", total=len(names), project="")
-            outcome = run_import(
-                make_sessionmaker(engine),
-                client,
-                settings,
-                names,
-                all_releases=args.all_releases,
-                advance=lambda name: progress.update(task, advance=1, project=name),
-            )
-    finally:
-        client.close()
-        engine.dispose()
+    with _database(settings) as factory:
+        client = JsonApiClient(settings.upstream.json_url, settings.upstream.timeout)
+        try:
+            with Progress(*columns, disable=not sys.stderr.isatty()) as progress:
+                task = progress.add_task("import", total=len(names), project="")
+                outcome = run_import(
+                    factory,
+                    client,
+                    settings,
+                    names,
+                    all_releases=args.all_releases,
+                    advance=lambda name: progress.update(task, advance=1, project=name),
+                )
+        finally:
+            client.close()
     for name, error in outcome.failed.items():
         print(f"not imported: {name}: {error}", file=sys.stderr)
     print(
@@ -250,18 +242,15 @@ def _operate(args: argparse.Namespace, action: Callable[[Session, str], str]) ->
     usage error (exit 2, one line)."""
     import getpass
 
-    from common.db import make_sessionmaker, transaction
+    from common.db import transaction
     from master.operations import Refused
 
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with transaction(make_sessionmaker(engine)) as session:
+        with _database(settings) as factory, transaction(factory) as session:
             message = action(session, f"cli:{getpass.getuser()}")
     except Refused as exc:
         raise UsageError(exc.message) from exc
-    finally:
-        engine.dispose()
     print(message)
     return 0
 
@@ -325,17 +314,13 @@ def cmd_wheel_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_skip_list(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker
     from master.skips import list_rules
 
-    settings = _settings(args)
-    engine = _engine(settings)
-    with make_sessionmaker(engine)() as session:
+    with _database(_settings(args)) as factory, factory() as session:
         rows = [
             (r.project, r.version or "*", r.reason, r.created_by, r.created_at.isoformat())
             for r in list_rules(session)
         ]
-    engine.dispose()
     if args.json:
         keys = ("project", "version", "reason", "created_by", "created_at")
         print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
@@ -404,7 +389,6 @@ def _index_progress(label: str, session: Session) -> tuple[Progress, Callable[[i
 
 def cmd_index_export(args: argparse.Namespace) -> int:
     """Write the whole index as static files (pages and the wheels they link to)."""
-    from common.db import make_sessionmaker
     from master.static_index import StaticIndex
 
     target: Path = args.directory.absolute()
@@ -413,9 +397,8 @@ def cmd_index_export(args: argparse.Namespace) -> int:
     if target.is_dir() and any(target.iterdir()) and not (target / "simple" / ".serial").exists():
         raise UsageError(f"{target} is not empty and holds no earlier export")
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with make_sessionmaker(engine)() as session:
+        with _database(settings) as factory, factory() as session:
             progress, advance = _index_progress("exporting", session)
             with progress:
                 report = StaticIndex(target).regenerate(
@@ -424,8 +407,6 @@ def cmd_index_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        engine.dispose()
     print(
         f"exported {report.projects} projects at serial {report.serial} to {target}:"
         f" {report.files_written} pages written, {report.files_linked} files linked or copied"
@@ -435,22 +416,17 @@ def cmd_index_export(args: argparse.Namespace) -> int:
 
 def cmd_index_sync(args: argparse.Namespace) -> int:
     """Bring the master's static tree up to date now (the master does it on its own)."""
-    from common.db import make_sessionmaker
     from master.static_index import StaticIndex
 
     settings = _settings(args)
-    engine = _engine(settings)
     static = StaticIndex(settings.master.data_dir)
-    try:
-        with make_sessionmaker(engine)() as session:
-            if args.full:
-                progress, advance = _index_progress("regenerating", session)
-                with progress:
-                    report = static.regenerate(session, progress=advance)
-            else:
-                report = static.sync(session)
-    finally:
-        engine.dispose()
+    with _database(settings) as factory, factory() as session:
+        if args.full:
+            progress, advance = _index_progress("regenerating", session)
+            with progress:
+                report = static.regenerate(session, progress=advance)
+        else:
+            report = static.sync(session)
     print(
         f"static index at serial {report.serial}: {report.projects} projects rewritten,"
         f" {report.files_written} files written, {report.files_removed} removed"
@@ -484,14 +460,11 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def cmd_push_status(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker
     from master.pushes import push_summary
 
     settings = _settings(args)
-    engine = _engine(settings)
-    with make_sessionmaker(engine)() as session:
+    with _database(settings) as factory, factory() as session:
         rows = push_summary(session, [target.name for target in settings.push])
-    engine.dispose()
     from rich.console import Console
     from rich.table import Table
 
@@ -509,7 +482,7 @@ def cmd_push_status(args: argparse.Namespace) -> int:
 
 
 def cmd_push_retry(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker, transaction
+    from common.db import transaction
     from master.pushes import has_pushes, retry_failed
 
     settings = _settings(args)
@@ -518,14 +491,10 @@ def cmd_push_retry(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no push target named {args.target!r} (configured: {', '.join(configured) or 'none'})"
         )
-    engine = _engine(settings)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            if args.file is not None and not has_pushes(session, args.file):
-                raise UsageError(f"no pushes of {args.file!r}")
-            count = retry_failed(session, [args.target] if args.target else configured, args.file)
-    finally:
-        engine.dispose()
+    with _database(settings) as factory, transaction(factory) as session:
+        if args.file is not None and not has_pushes(session, args.file):
+            raise UsageError(f"no pushes of {args.file!r}")
+        count = retry_failed(session, [args.target] if args.target else configured, args.file)
     print(f"{count} failed pushes pending again" if count else "no failed pushes to retry")
     return 0
 

@@ -128,7 +128,8 @@ class MasterSettings(_Section):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_log_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     dispatch_interval: float = Field(default=5.0, gt=0)
-    # A builder silent for this long has died: its job is handed back.
+    # A builder silent for this long has died: it is offline (status, dashboard, metrics,
+    # dispatch) and its job is handed back.
     builder_timeout: float = Field(default=300.0, ge=HEARTBEAT_SECONDS)
     # A job queued this long without a claim is sent again (its message may be lost).
     requeue_after: float = Field(default=6 * 3600.0, ge=60)

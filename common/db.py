@@ -43,6 +43,17 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+@contextmanager
+def open_engine(url: str, echo: bool = False) -> Iterator[Engine]:
+    """An engine for one command's work, its connections closed on the way out whatever
+    happens (a short-lived process would otherwise leave them to the garbage collector)."""
+    engine = make_engine(url, echo)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     factory = sessionmaker(engine, expire_on_commit=False)
     track_index_changes(factory)

@@ -1,4 +1,9 @@
-"""Build states (DESIGN.md) and the classes of failure a build can end with."""
+"""Build states and the classes of failure a build can end with.
+
+As in Debian's wanna-build, a job goes pending (known, not yet queued) -> queued ->
+building -> built | failed | skipped; the database is the source of truth and the broker
+only carries work, so a job whose message or builder is lost is found and queued again.
+"""
 
 from __future__ import annotations
 

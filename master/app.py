@@ -607,7 +607,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
 
     @app.get("/api/v1/status")
     def api_status(db: DB) -> dict[str, Any]:
-        return status.collect(db)
+        return status.collect(db, settings.master.builder_timeout)
 
     @app.get("/logs/{job_id}")
     def build_log(job_id: JobId, db: DB) -> Response:

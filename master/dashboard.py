@@ -30,7 +30,7 @@ from common.config import Settings
 from common.models import AuditEvent, Builder, BuildJob, OutputFile, Project, Release
 from common.names import BadName, normalize_project
 from common.states import FINAL_STATES, FailureReason, JobState, SkipReason
-from master import index
+from master import index, liveness
 from master.api_deps import DB, MAX_JOB_ID
 from master.page_cache import PageCache
 from master.storage import Storage
@@ -54,12 +54,6 @@ AUDIT_SHOWN = 100
 LOG_TAIL_BYTES = 256 * 1024
 
 router = APIRouter()
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def human_age(seconds: float | None) -> str:
@@ -88,15 +82,13 @@ def human_size(size: int | None) -> str:
 
 
 def _utc(value: datetime | None) -> str:
-    aware = _aware(value)
-    return aware.strftime("%Y-%m-%d %H:%M:%S UTC") if aware else "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
 def _ago(value: datetime | None, now: datetime) -> str:
-    aware = _aware(value)
-    if aware is None:
+    if value is None:
         return "—"
-    return human_age((now - aware).total_seconds()) + " ago"
+    return human_age((now - value).total_seconds()) + " ago"
 
 
 def _one_line(text: str | None, limit: int = 200) -> str:
@@ -243,10 +235,10 @@ def _job_rows(session: Session, query: Any) -> list[JobRow]:
             state=job.state.value,
             reason=job.failure_reason.value if job.failure_reason else None,
             summary=job.summary,
-            created=_aware(job.created_at),
-            queued=_aware(job.queued_at),
-            started=_aware(job.started_at),
-            finished=_aware(job.finished_at),
+            created=job.created_at,
+            queued=job.queued_at,
+            started=job.started_at,
+            finished=job.finished_at,
             seconds=job.build_seconds,
             attempts=job.attempts,
             builder=builder,
@@ -332,7 +324,7 @@ def _queues(session: Session, settings: Settings, now: datetime) -> list[QueueRo
         .where(BuildJob.state.in_(WAITING_STATES))
         .group_by(BuildJob.arch)
     ):
-        rows.setdefault(arch, QueueRow(arch)).oldest = _aware(oldest)
+        rows.setdefault(arch, QueueRow(arch)).oldest = oldest
     return [row for row in rows.values() if row.arch in settings.enabled_targets() or row.depth]
 
 
@@ -390,19 +382,6 @@ def _recent_throughput(session: Session, now: datetime, cache: PageCache) -> lis
     )
 
 
-def _builder_counts(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
-    cutoff = now - timedelta(seconds=settings.master.builder_timeout)
-    online = Builder.last_seen_at >= cutoff
-    row = session.execute(
-        select(
-            func.count(case((online & Builder.current_job_id.is_(None), 1))),
-            func.count(case((online & Builder.current_job_id.is_not(None), 1))),
-            func.count(case((~online, 1))),
-        )
-    ).one()
-    return {"online": row[0], "busy": row[1], "offline": row[2]}
-
-
 def _overview(
     session: Session, settings: Settings, now: datetime, cache: PageCache
 ) -> dict[str, Any]:
@@ -438,7 +417,7 @@ def _overview(
         "queues": _queues(session, settings, now),
         "waiting": waiting,
         "running": running,
-        "builders": _builder_counts(session, settings, now),
+        "builders": liveness.count_by_state(session, now, settings.master.builder_timeout),
         "throughput": _recent_throughput(session, now, cache),
         "latest": latest,
         "failures": failures,
@@ -754,29 +733,26 @@ class BuilderRow:
     python_tags: Sequence[str]
     state: str
     current_job: int | None
-    last_seen: datetime | None
+    last_seen: datetime
     free_disk: int | None
     version: str
 
 
 @router.get("/builders", response_class=HTMLResponse)
 def builders_page(request: Request, db: DB) -> HTMLResponse:
-    now = datetime.now(UTC)
-    timeout = timedelta(seconds=_settings(request).master.builder_timeout)
+    now = _now()
+    timeout = _settings(request).master.builder_timeout
     rows = []
     for builder in db.scalars(select(Builder).order_by(Builder.name).limit(BUILDERS_SHOWN)):
-        seen = _aware(builder.last_seen_at)
-        online = seen is not None and now - seen < timeout
-        state = ("busy" if builder.current_job_id else "online") if online else "offline"
         rows.append(
             BuilderRow(
                 name=builder.name,
                 arch=builder.arch,
                 backend=builder.backend,
                 python_tags=builder.python_tags,
-                state=state,
+                state=liveness.state(builder, now, timeout),
                 current_job=builder.current_job_id,
-                last_seen=seen,
+                last_seen=builder.last_seen_at,
                 free_disk=builder.free_disk,
                 version=builder.version,
             )
@@ -789,5 +765,5 @@ def audit_page(db: DB) -> HTMLResponse:
     events = list(db.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(AUDIT_SHOWN)))
     return _page(
         "audit.html",
-        {"title": "armwheels — audit log", "events": events, "aware": _aware},
+        {"title": "armwheels — audit log", "events": events},
     )

@@ -60,8 +60,7 @@ def claim_key(started_at: datetime | None) -> str:
     """Names one claim of a job: each claim stamps `started_at` anew."""
     if started_at is None:
         return "unstarted"
-    aware = started_at.replace(tzinfo=UTC) if started_at.tzinfo is None else started_at
-    return aware.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ one, so the process's own metrics and tests never leak into or out of it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -25,13 +25,14 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
-from common.models import Builder, BuildJob, FeedCursor, IndexChange, OutputFile, WheelPush
+from common.models import BuildJob, FeedCursor, IndexChange, OutputFile, WheelPush
 from common.states import ACTIVE_STATES, FINAL_STATES, FailureReason, JobState
 from common.wheels import Check
+from master import liveness
 from master.pushes import FAILED as PUSH_FAILED
 from master.pushes import PENDING as PUSH_PENDING
 from master.pushes import PUSHED as PUSH_PUSHED
@@ -41,22 +42,16 @@ from master.pushes import PUSHED as PUSH_PUSHED
 # as the library's own Histogram writes them.
 DURATION_BUCKETS: tuple[float, ...] = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 WAITING_STATES: tuple[JobState, ...] = (JobState.PENDING, JobState.QUEUED)
-BUILDER_STATES: tuple[str, ...] = ("online", "busy", "offline")
 PUSH_STATES: tuple[str, ...] = (PUSH_PENDING, PUSH_PUSHED, PUSH_FAILED)
 # A failed job whose builder recorded no reason.
 UNKNOWN_REASON = "unknown"
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite gives datetimes back naive; the farm stores UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _age(now: datetime, then: datetime | None) -> float:
     """Seconds from `then` to `now`, never negative (masters' clocks may disagree a little)."""
     if then is None:
         return 0.0
-    return max(0.0, (now - _aware(then)).total_seconds())
+    return max(0.0, (now - then).total_seconds())
 
 
 class FarmCollector(Collector):
@@ -73,7 +68,7 @@ class FarmCollector(Collector):
         self.now = now
 
     def collect(self) -> Iterator[Metric]:
-        now = _aware(self.now).astimezone(UTC) if self.now else datetime.now(UTC)
+        now = self.now or datetime.now(UTC)
         with self.factory() as session:
             yield from self._jobs(session, now)
             yield from self._outcomes(session)
@@ -98,7 +93,6 @@ class FarmCollector(Collector):
             if state in WAITING_STATES:
                 waiting[arch] = waiting.get(arch, 0) + count
                 if first is not None:
-                    first = _aware(first)
                     oldest[arch] = min(oldest.get(arch, first), first)
             elif state == JobState.BUILDING:
                 running[arch] = running.get(arch, 0) + count
@@ -209,25 +203,15 @@ class FarmCollector(Collector):
         )
 
     def _builders(self, session: Session, now: datetime) -> Metric:
-        """Builders by state, with conditional counts: a builder is online while its
-        heartbeat is younger than master.builder_timeout, busy if it also has a job."""
-        cutoff = now - timedelta(seconds=self.settings.master.builder_timeout)
-        recent = Builder.last_seen_at > cutoff
-        has_job = Builder.current_job_id.is_not(None)
-        row = session.execute(
-            select(
-                func.count(case((and_(recent, ~has_job), Builder.id))),
-                func.count(case((and_(recent, has_job), Builder.id))),
-                func.count(case((~recent, Builder.id))),
-            )
-        ).one()
+        """Builders by state, as master/liveness.py counts them."""
+        counts = liveness.count_by_state(session, now, self.settings.master.builder_timeout)
         builders = GaugeMetricFamily(
             "armwheels_builders",
             "Registered builders by state: online (recent heartbeat, no job), busy (recent "
             "heartbeat, running a job), offline (no heartbeat within master.builder_timeout).",
             labels=["state"],
         )
-        for state, count in zip(BUILDER_STATES, row, strict=True):
+        for state, count in counts.items():
             builders.add_metric([state], count)
         return builders
 

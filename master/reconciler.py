@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.models import Builder, BuildJob
 from common.states import JobState
-from master import jobs
+from master import jobs, liveness
 from master.jobs import HandBack
 from master.live_logs import LiveLogs, keep_as_final_log
 
@@ -55,13 +55,12 @@ def reconcile(
 ) -> ReconcileOutcome:
     now = now or datetime.now(UTC)
     outcome = ReconcileOutcome()
-    silent_since = now - timedelta(seconds=settings.master.builder_timeout)
     orphans = session.scalars(
         select(BuildJob)
         .outerjoin(Builder, BuildJob.builder_id == Builder.id)
         .where(
             BuildJob.state == JobState.BUILDING,
-            or_(Builder.id.is_(None), Builder.last_seen_at < silent_since),
+            or_(Builder.id.is_(None), ~liveness.online(now, settings.master.builder_timeout)),
         )
         .with_for_update(of=BuildJob, skip_locked=True)
     ).all()

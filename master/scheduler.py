@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from celery import Celery
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.messages import BUILD_TASK, broker_priority, is_redis_broker, queue_name
 from common.models import Builder, BuildJob
 from common.states import JobState
-from master import jobs
+from master import jobs, liveness
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,11 @@ DISPATCH_BATCH = 500
 
 def served_targets(session: Session, builder_timeout: float) -> set[tuple[str, str]]:
     """(arch, python tag) pairs that a builder heard from recently has an interpreter for."""
-    since = datetime.now(UTC) - timedelta(seconds=builder_timeout)
     served: set[tuple[str, str]] = set()
     for arch, tags in session.execute(
-        select(Builder.arch, Builder.python_tags).where(Builder.last_seen_at >= since)
+        select(Builder.arch, Builder.python_tags).where(
+            liveness.online(datetime.now(UTC), builder_timeout)
+        )
     ):
         served.update((arch, tag) for tag in tags or [])
     return served

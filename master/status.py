@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -10,15 +10,11 @@ from sqlalchemy.orm import Session
 
 from common.models import Builder, BuildJob, FeedActionCount, FeedCursor, Project, Release
 from common.states import JobState
-
-BUILDER_OFFLINE_AFTER = timedelta(minutes=5)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+from master import liveness
 
 
-def collect(session: Session, recent: int = 20) -> dict[str, Any]:
+def collect(session: Session, builder_timeout: float, recent: int = 20) -> dict[str, Any]:
+    """Queues, builders (online as master.builder_timeout says), recent outcomes, feeds."""
     now = datetime.now(UTC)
     queues: dict[str, dict[str, int]] = {}
     for arch, state, count in session.execute(
@@ -27,19 +23,17 @@ def collect(session: Session, recent: int = 20) -> dict[str, Any]:
         queues.setdefault(arch, {s.value: 0 for s in JobState})[state.value] = count
     builders = []
     for builder in session.scalars(select(Builder).order_by(Builder.name)):
-        seen = _aware(builder.last_seen_at)
-        online = now - seen < BUILDER_OFFLINE_AFTER
         builders.append(
             {
                 "name": builder.name,
                 "arch": builder.arch,
                 "backend": builder.backend,
                 "python_tags": builder.python_tags,
-                "state": ("busy" if builder.current_job_id else "idle") if online else "offline",
+                "state": liveness.state(builder, now, builder_timeout),
                 "current_job": builder.current_job_id,
                 "reported_job": builder.reported_job_id,
                 "free_disk": builder.free_disk,
-                "last_seen": seen.isoformat(),
+                "last_seen": builder.last_seen_at.isoformat(),
             }
         )
     rows = session.execute(
@@ -61,7 +55,7 @@ def collect(session: Session, recent: int = 20) -> dict[str, Any]:
             "reason": job.failure_reason.value if job.failure_reason else None,
             "summary": job.summary,
             "seconds": job.build_seconds,
-            "finished": _aware(job.finished_at).isoformat() if job.finished_at else None,
+            "finished": job.finished_at.isoformat() if job.finished_at else None,
         }
         for job, version, name in rows
     ]
@@ -79,7 +73,7 @@ def _feeds(session: Session) -> dict[str, Any]:
     feeds: dict[str, Any] = {
         cursor.name: {
             "serial": cursor.serial,
-            "updated": _aware(cursor.updated_at).isoformat(),
+            "updated": cursor.updated_at.isoformat(),
             "actions": {},
         }
         for cursor in session.scalars(select(FeedCursor))

@@ -174,7 +174,7 @@ def test_following_the_changelog_reproduces_upstream(
         }
         assert building == expected_builds(state, settings)
         assert Counter(job_state for *_, job_state in jobs)[JobState.PENDING] == len(building)
-        status = collect(session)
+        status = collect(session, settings.master.builder_timeout)
     feed = status["feeds"]["cursors"][CHANGELOG_FEED]
     assert feed["serial"] == replay.journal[-1].serial
     assert sum(feed["actions"].values()) == EVENTS

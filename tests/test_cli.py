@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import load_settings
+from armwheels import cli
+from armwheels.cli import UsageError
+from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction
 from common.models import AuditEvent
 from tests.seed import add_release, publish_wheel
@@ -351,3 +354,15 @@ def test_operator_actions_on_jobs_and_wheels_are_audited(farm: Farm) -> None:
         (True, "requeue", f"job {job_id}"),
         (True, "remove-wheel", wheel),
     ]
+
+
+def test_a_command_closes_its_database_however_it_ends(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    closed: list[bool] = []
+    with pytest.raises(UsageError), cli._database(settings) as opened:
+        event.listen(opened.kw["bind"], "close", lambda *_: closed.append(True))
+        with opened() as session:
+            assert session.scalar(select(1)) == 1
+        raise UsageError("refused half way")
+    assert closed == [True]
