@@ -176,8 +176,8 @@ def project_serials(session: Session) -> dict[int, int]:
     """Every project's newest index change (its pages' `_last-serial`), by project id."""
     rows = session.execute(
         select(IndexChange.project_id, func.max(IndexChange.id)).group_by(IndexChange.project_id)
-    ).tuples()
-    return dict(rows.all())
+    )
+    return {project_id: serial for project_id, serial in rows}
 
 
 def render_project_json(name: str, files: list[IndexFile], serial: int = 0) -> str:
