@@ -461,7 +461,10 @@ def cmd_index_sync(args: argparse.Namespace) -> int:
 def cmd_fsck(args: argparse.Namespace) -> int:
     """Check that the database, the files, the static index and the hashes agree; exit 1
     while a problem is left (with --repair: one it could not mend)."""
-    from common.db import make_sessionmaker
+    import getpass
+
+    from common.db import make_sessionmaker, transaction
+    from master import audit
     from master.fsck import ADVICE, run_fsck
 
     settings = _settings(args)
@@ -470,9 +473,21 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     try:
         if not data_dir.is_dir():
             raise UsageError(f"no data directory at {data_dir} (master.data_dir)")
-        report = run_fsck(
-            make_sessionmaker(engine), data_dir, settings.index.static, repair=args.repair
-        )
+        factory = make_sessionmaker(engine)
+        report = run_fsck(factory, data_dir, settings.index.static, repair=args.repair)
+        repaired = [finding for finding in report.findings if finding.repaired]
+        if repaired:
+            with transaction(factory) as session:
+                audit.record(
+                    session,
+                    f"cli:{getpass.getuser()}",
+                    "operator",
+                    "fsck-repair",
+                    str(data_dir),
+                    repaired={f.path: f.kind.value for f in repaired},
+                    quarantine=report.quarantine,
+                    left=len(report.left),
+                )
     finally:
         engine.dispose()
     if args.json:
@@ -490,8 +505,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         console.print(f"no problems: checked {checked}")
         return 0
     table = Table(title=f"fsck of {data_dir}")
-    for column in ("kind", "path", "row", "detail", "repair"):
-        table.add_column(column)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("path", overflow="fold")  # whole: the operator acts on it
+    table.add_column("row", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    table.add_column("repair", no_wrap=True)
     for finding in report.findings:
         row = f"{finding.table} {finding.row}" if finding.row is not None else ""
         repair = "done" if finding.repaired else "possible" if finding.repairable else "no"

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from armwheels.cli import main
 from common.config import Settings, load_settings
 from common.db import make_engine, transaction, upgrade
-from common.models import BuildJob, OutputFile
+from common.models import AuditEvent, BuildJob, OutputFile
 from master.fsck import SETTLE_SECONDS, Kind, check, mend, run_fsck
 from master.static_index import StaticIndex
 from master.storage import Storage
@@ -333,6 +334,17 @@ def test_fsck_command_exit_codes_and_output(
     assert "wheel-hash-mismatch" in out and "1 repaired, 1 left" in out and "quarantine" in out
     assert "fsck repaired" in err and "quarantined=1" in err
     assert wheel.read_bytes() == good + b"rot"
+
+    with factory() as session:
+        [event] = session.scalars(select(AuditEvent)).all()
+    assert (event.action, event.role, event.subject) == (
+        "fsck-repair",
+        "operator",
+        str(seeded.data),
+    )
+    assert event.actor.startswith("cli:")
+    assert event.detail["repaired"] == {"files/beta/stray.bin": "unknown-file"}
+    assert event.detail["left"] == 1
 
     wheel.write_bytes(good)  # restored from a backup
     code, out, _ = cli("fsck", "--repair", "--json")
