@@ -486,7 +486,12 @@ def mend(
             log.warning("fsck repair failed", extra={"file": finding.path, "error": str(exc)})
     pages = [finding for finding in report.findings if finding.kind == Kind.STALE_PAGE]
     if pages:
-        _mend_static(factory, StaticIndex(data_dir), pages)
+        try:
+            _mend_static(factory, StaticIndex(data_dir), pages)
+        except OSError as exc:  # a full disk, say: the pages stay as they were found
+            for finding in pages:
+                finding.detail += f" (repair failed: {exc})"
+            log.warning("fsck repair failed", extra={"file": "simple", "error": str(exc)})
     log.info(
         "fsck repaired",
         extra={

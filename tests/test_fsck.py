@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -272,6 +273,14 @@ def test_an_unknown_file_never_overwrites_an_earlier_quarantine(
         places.append(seeded.data / report.quarantine / "files" / "beta" / "notes.txt")
     assert places[0] != places[1]
     assert [place.read_bytes() for place in places] == [b"first", b"second"]
+    # No quarantine to move to: the file stays where it is, reported as not repaired.
+    shutil.rmtree(seeded.data / "quarantine")
+    (seeded.data / "quarantine").write_text("in the way")
+    _old(stray, b"third")
+    report = run_fsck(factory, seeded.data, static=True, repair=True, now=LATER)
+    [finding] = report.left
+    assert finding.kind == Kind.UNKNOWN_FILE and "repair failed" in finding.detail
+    assert stray.read_bytes() == b"third"
 
 
 @pytest.fixture
