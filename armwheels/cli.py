@@ -434,6 +434,75 @@ def cmd_index_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Check that the database, the files, the static index and the hashes agree; exit 1
+    while a problem is left (with --repair: one it could not mend)."""
+    import getpass
+
+    from common.db import make_sessionmaker, transaction
+    from master import audit
+    from master.fsck import ADVICE, run_fsck
+
+    settings = _settings(args)
+    data_dir = settings.master.data_dir
+    engine = _engine(settings)
+    try:
+        if not data_dir.is_dir():
+            raise UsageError(f"no data directory at {data_dir} (master.data_dir)")
+        factory = make_sessionmaker(engine)
+        report = run_fsck(factory, data_dir, settings.index.static, repair=args.repair)
+        repaired = [finding for finding in report.findings if finding.repaired]
+        if repaired:
+            with transaction(factory) as session:
+                audit.record(
+                    session,
+                    f"cli:{getpass.getuser()}",
+                    "operator",
+                    "fsck-repair",
+                    str(data_dir),
+                    repaired={f.path: f.kind.value for f in repaired},
+                    quarantine=report.quarantine,
+                    left=len(report.left),
+                )
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 1 if report.left else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    checked = (
+        f"{report.wheels} wheels, {report.files} files, {report.pages} static pages"
+        f" ({report.hashed_bytes} bytes hashed)"
+    )
+    if not report.findings:
+        console.print(f"no problems: checked {checked}")
+        return 0
+    table = Table(title=f"fsck of {data_dir}")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("path", overflow="fold")  # whole: the operator acts on it
+    table.add_column("row", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    table.add_column("repair", no_wrap=True)
+    for finding in report.findings:
+        row = f"{finding.table} {finding.row}" if finding.row is not None else ""
+        repair = "done" if finding.repaired else "possible" if finding.repairable else "no"
+        table.add_row(finding.kind.value, finding.path, row, finding.detail, repair)
+    console.print(table)
+    left = report.left
+    console.print(
+        f"{len(report.findings)} problems, {len(report.findings) - len(left)} repaired,"
+        f" {len(left)} left; checked {checked}"
+    )
+    if report.quarantine is not None:
+        console.print(f"unknown files moved to the quarantine: {data_dir / report.quarantine}")
+    for kind in sorted({finding.kind for finding in left}):
+        console.print(f"{kind.value}: {ADVICE[kind]}")
+    return 1 if left else 0
+
+
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     """Validate a recipe file before the master picks it up (it keeps the last good one)."""
     from common.names import BadName, normalize_project
@@ -630,6 +699,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--arch", choices=ARCHES, required=True)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_image_build)
+
+    fsck = add("fsck", cmd_fsck, "check that the database, files, static index and hashes agree")
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="rewrite stale static pages and .metadata files, quarantine unknown files,"
+        " remove leftover temporary files (never touches a wheel a row refers to)",
+    )
+    fsck.add_argument("--json", action="store_true")
 
     index = sub.add_parser("index", help="the Simple index's static copy", parents=[common])
     index_sub = index.add_subparsers(dest="index_command", required=True, parser_class=_Parser)

@@ -172,6 +172,14 @@ def last_serial(session: Session, project_id: int | None = None) -> int:
     return session.scalar(query) or 0
 
 
+def project_serials(session: Session) -> dict[int, int]:
+    """Every project's newest index change (its pages' `_last-serial`), by project id."""
+    rows = session.execute(
+        select(IndexChange.project_id, func.max(IndexChange.id)).group_by(IndexChange.project_id)
+    )
+    return {project_id: serial for project_id, serial in rows}
+
+
 def render_project_json(name: str, files: list[IndexFile], serial: int = 0) -> str:
     versions = sorted({f.version for f in files}, key=Version)
     body = {

@@ -9,7 +9,6 @@ requests with growing gaps, not a stuck thread.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import logging
 import re
@@ -30,7 +29,7 @@ from common.db import transaction
 from common.models import OutputFile, WheelPush
 from common.wheels import BadWheel, parse_name, read_contents
 from master.backoff import RetryAfterError, raise_if_transient, upstream_http, wait_retry_after
-from master.storage import Storage
+from master.storage import Storage, file_sha256
 from master.upstream import SimpleClient, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -349,11 +348,7 @@ def _check_file(path: Path, sha256: str) -> _Outcome | None:
     """A failure if the file is gone or not the bytes that were published."""
     if not path.is_file():
         return _Outcome(FAILED, None, f"wheel file missing on disk: {path}")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256:
+    if file_sha256(path)[0] != sha256:
         return _Outcome(FAILED, None, f"wheel file on disk does not match its sha256: {path}")
     return None
 

@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +68,10 @@ class StaticIndex:
         self._names: tuple[tuple[int, int], list[str]] | None = None
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """One writer at a time per tree (the request that published, the master's loop,
-        an operator's `armwheels index sync`)."""
+        an operator's `armwheels index sync`); `armwheels fsck` holds it to compare pages
+        that no writer is changing. Not reentrant: the methods below take it themselves."""
         self.simple.mkdir(parents=True, exist_ok=True)
         with (self.simple / ".lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -89,7 +90,7 @@ class StaticIndex:
     def sync(self, session: Session) -> SyncReport:
         """Rewrite the projects changed since the serial the tree shows (all of them if
         there is no tree yet)."""
-        with self._locked():
+        with self.locked():
             shown = self.shown_serial()
             if shown is None:
                 return self._regenerate(session, None, None)
@@ -136,20 +137,49 @@ class StaticIndex:
     ) -> SyncReport:
         """Write the whole tree from the database; with `files_from` (the master's data
         directory) also link or copy every served wheel and metadata file into it."""
-        with self._locked():
+        with self.locked():
             return self._regenerate(session, files_from, progress)
+
+    def rewrite(self, session: Session, names: Iterable[str], root: bool = False) -> SyncReport:
+        """Rewrite these projects' pages (and with `root` the project list) from the
+        database now, whatever the serial says: how `armwheels fsck --repair` mends pages
+        found damaged or missing in a tree whose serial is current. The serial is left
+        as it is (the pages written are at least as new as it)."""
+        with self.locked():
+            report = SyncReport(self.shown_serial() or 0)
+            for name in sorted(set(names)):
+                project = session.scalar(select(Project).where(Project.name == name))
+                files = index.project_files(session, project) if project is not None else []
+                serial = index.last_serial(session, project.id) if project is not None else 0
+                self._write_project(name, files, serial, report)
+            if root:
+                self._write_root(index.published_projects(session), report)
+        log.info(
+            "static index pages rewritten",
+            extra={"projects": report.projects, "written": report.files_written},
+        )
+        return report
+
+    def project_pages(self, name: str, files: list[IndexFile], serial: int) -> dict[Path, str]:
+        """A served project's two pages, path and content, as the tree holds them."""
+        folder = self.simple / name
+        return {
+            folder / HTML_PAGE: index.render_project_html(name, files, serial),
+            folder / JSON_PAGE: index.render_project_json(name, files, serial),
+        }
+
+    def root_pages(self, names: list[str]) -> dict[Path, str]:
+        """The project list's two pages, path and content (`names` in code-point order)."""
+        return {
+            self.simple / HTML_PAGE: index.render_root_html(names),
+            self.simple / JSON_PAGE: index.render_root_json(names),
+        }
 
     def _regenerate(
         self, session: Session, files_from: Path | None, progress: Progress | None
     ) -> SyncReport:
         serial = index.last_serial(session)
-        serials = dict(
-            session.execute(
-                select(IndexChange.project_id, func.max(IndexChange.id)).group_by(
-                    IndexChange.project_id
-                )
-            ).all()
-        )
+        serials = index.project_serials(session)
         report = SyncReport(serial)
         names: list[str] = []
         for project_id, name, files in index.all_served_files(session):
@@ -196,16 +226,16 @@ class StaticIndex:
                 report.files_removed += 2
             return
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / HTML_PAGE, index.render_project_html(name, files, serial), durable)
-        _write_atomic(folder / JSON_PAGE, index.render_project_json(name, files, serial), durable)
+        for path, content in self.project_pages(name, files, serial).items():
+            _write_atomic(path, content, durable)
         if durable:
             fsync_dir(folder)
         report.files_written += 2
 
     def _write_root(self, names: list[str], report: SyncReport) -> None:
         self.simple.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.simple / HTML_PAGE, index.render_root_html(names))
-        _write_atomic(self.simple / JSON_PAGE, index.render_root_json(names))
+        for path, content in self.root_pages(names).items():
+            _write_atomic(path, content)
         stat = (self.simple / JSON_PAGE).stat()
         self._names = ((stat.st_mtime_ns, stat.st_size), list(names))
         report.files_written += 2
