@@ -439,17 +439,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     while a problem is left (with --repair: one it could not mend)."""
     import getpass
 
-    from common.db import make_sessionmaker, transaction
+    from common.db import transaction
     from master import audit
     from master.fsck import ADVICE, run_fsck
 
     settings = _settings(args)
     data_dir = settings.master.data_dir
-    engine = _engine(settings)
-    try:
+    with _database(settings) as factory:
         if not data_dir.is_dir():
             raise UsageError(f"no data directory at {data_dir} (master.data_dir)")
-        factory = make_sessionmaker(engine)
         report = run_fsck(factory, data_dir, settings.index.static, repair=args.repair)
         repaired = [finding for finding in report.findings if finding.repaired]
         if repaired:
@@ -464,8 +462,6 @@ def cmd_fsck(args: argparse.Namespace) -> int:
                     quarantine=report.quarantine,
                     left=len(report.left),
                 )
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 1 if report.left else 0
