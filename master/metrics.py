@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from fastapi import APIRouter
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -33,6 +35,7 @@ from common.models import BuildJob, FeedCursor, IndexChange, OutputFile, WheelPu
 from common.states import ACTIVE_STATES, FINAL_STATES, FailureReason, JobState
 from common.wheels import Check
 from master import liveness
+from master.context import MasterContext
 from master.pushes import FAILED as PUSH_FAILED
 from master.pushes import PENDING as PUSH_PENDING
 from master.pushes import PUSHED as PUSH_PUSHED
@@ -291,3 +294,16 @@ def render_metrics(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FarmCollector(factory, settings, now))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def router(ctx: MasterContext) -> APIRouter:
+    """GET /metrics, the Prometheus scrape."""
+    app = APIRouter()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus scrape: the farm's state read from the database at scrape time."""
+        body, content_type = render_metrics(ctx.factory, ctx.settings)
+        return Response(body, media_type=content_type)
+
+    return app

@@ -20,8 +20,9 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Builder, BuildJob
 from common.states import JobState, TokenRole
-from master.app import HAND_BACK_GRACE, create_app
+from master.app import create_app
 from master.auth import create_token
+from master.builder_api import HAND_BACK_GRACE
 from master.reconciler import reconcile
 from tests.seed import add_release
 
@@ -191,7 +192,7 @@ def test_a_cancelled_job_its_builder_still_runs_is_answered_stop(
     farm.claim("b1", "alpha")
     farm.claim("b2", "beta")
     farm.operate("cancel", "alpha")
-    with caplog.at_level(logging.INFO, logger="master.app"):
+    with caplog.at_level(logging.INFO, logger="master.builder_api"):
         answer = farm.beat("b1", {"job_id": farm.jobs["alpha"], "free_disk": 10})
         still = farm.beat("b2", {"job_id": farm.jobs["beta"]})
     assert answer == {

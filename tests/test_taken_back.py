@@ -191,7 +191,8 @@ def _quiet(url: str, job_id: int) -> bool:
 @pytest.fixture
 def caught(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     caplog.set_level(logging.INFO, logger="builder")
-    caplog.set_level(logging.INFO, logger="master.app")
+    caplog.set_level(logging.INFO, logger="master.builder_api")
+    caplog.set_level(logging.INFO, logger="master.jobs")
     yield caplog
 
 
