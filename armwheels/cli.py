@@ -89,7 +89,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from master.status import collect
+    from master.web.status import collect
 
     settings = _settings(args)
     with _database(settings) as factory, factory() as session:
@@ -156,7 +156,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     from common.db import transaction
     from master import audit
-    from master.rebuild import RebuildError, request_rebuild
+    from master.builds.rebuild import RebuildError, request_rebuild
 
     settings = _settings(args)
     try:
@@ -192,8 +192,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from common.names import BadName, normalize_project
-    from master.importer import ProjectListError, read_project_list, run_import
-    from master.json_api import JsonApiClient
+    from master.pypi.importer import ProjectListError, read_project_list, run_import
+    from master.pypi.json_api import JsonApiClient
 
     if args.top is not None and args.from_file is None:
         raise UsageError("--top needs --from FILE")
@@ -280,7 +280,7 @@ def cmd_skip_remove(args: argparse.Namespace) -> int:
 
 def cmd_job_cancel(args: argparse.Namespace) -> int:
     from master import operations
-    from master.live_logs import final_log_keeper
+    from master.builds.live_logs import final_log_keeper
 
     keep_log = final_log_keeper(_settings(args))
 
@@ -314,7 +314,7 @@ def cmd_wheel_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_skip_list(args: argparse.Namespace) -> int:
-    from master.skips import list_rules
+    from master.builds.skips import list_rules
 
     with _database(_settings(args)) as factory, factory() as session:
         rows = [
@@ -373,7 +373,7 @@ def _index_progress(label: str, session: Session) -> tuple[Progress, Callable[[i
     from sqlalchemy import func, select
 
     from common.models import OutputFile, Release
-    from master.index import SERVED
+    from master.index.pages import SERVED
 
     total = session.scalar(
         select(func.count())
@@ -389,7 +389,7 @@ def _index_progress(label: str, session: Session) -> tuple[Progress, Callable[[i
 
 def cmd_index_export(args: argparse.Namespace) -> int:
     """Write the whole index as static files (pages and the wheels they link to)."""
-    from master.static_index import StaticIndex
+    from master.index.static import StaticIndex
 
     target: Path = args.directory.absolute()
     if target.exists() and not target.is_dir():
@@ -416,7 +416,7 @@ def cmd_index_export(args: argparse.Namespace) -> int:
 
 def cmd_index_sync(args: argparse.Namespace) -> int:
     """Bring the master's static tree up to date now (the master does it on its own)."""
-    from master.static_index import StaticIndex
+    from master.index.static import StaticIndex
 
     settings = _settings(args)
     static = StaticIndex(settings.master.data_dir)
@@ -441,7 +441,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
     from common.db import transaction
     from master import audit
-    from master.fsck import ADVICE, run_fsck
+    from master.index.fsck import ADVICE, run_fsck
 
     settings = _settings(args)
     data_dir = settings.master.data_dir
@@ -525,7 +525,7 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def cmd_push_status(args: argparse.Namespace) -> int:
-    from master.pushes import push_summary
+    from master.index.pushes import push_summary
 
     settings = _settings(args)
     with _database(settings) as factory, factory() as session:
@@ -548,7 +548,7 @@ def cmd_push_status(args: argparse.Namespace) -> int:
 
 def cmd_push_retry(args: argparse.Namespace) -> int:
     from common.db import transaction
-    from master.pushes import has_pushes, retry_failed
+    from master.index.pushes import has_pushes, retry_failed
 
     settings = _settings(args)
     configured = [target.name for target in settings.push]

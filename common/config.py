@@ -145,7 +145,7 @@ class MasterSettings(_Section):
     rebuild_window: float = Field(default=3600.0, gt=0)
     # Seconds the dashboard overview's figures are shared between requests (0: never).
     overview_cache: float = Field(default=1.0, ge=0, le=60)
-    # Processes serving HTTP (see master/http_server.py); 0: one per core on PostgreSQL
+    # Processes serving HTTP (see master/web/http_server.py); 0: one per core on PostgreSQL
     # (at most 8), one on SQLite.
     http_workers: int = Field(default=0, ge=0, le=64)
     # Seconds a project's dashboard page is shared between requests (0: never).

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
-from sqlalchemy import ColumnElement, inspect, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
+from common.db import lock_rows
 from common.models import BuildJob, OutputFile, SkipRule, Token
 from common.names import BadName, normalize_project
 from common.states import JobState, TokenRole
-from master import audit, auth, jobs, skips
+from master import audit, auth
+from master.builds import jobs, skips
 
 
 class Refused(Exception):
@@ -28,28 +29,6 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def lock_rows(
-    session: Session, column: InstrumentedAttribute[Any], *where: ColumnElement[bool]
-) -> None:
-    """Lock the rows `where` selects of `column`'s table until the transaction ends, so
-    that a concurrent transaction doing the same waits and then reads what this one left.
-
-    A no-op UPDATE (`column = column`) does it on both databases: it row-locks on
-    PostgreSQL, and on SQLite, where FOR UPDATE means nothing, it takes the one write
-    lock before anything is read (call it before any other write in the transaction).
-    The session's copies of that table's rows are expired, to be read again."""
-    session.execute(
-        update(column.class_)
-        .where(*where)
-        .values({column: column})
-        .execution_options(synchronize_session=False)
-    )
-    table = column.property.parent.local_table
-    for stored in list(session.identity_map.values()):
-        if inspect(stored).mapper.local_table is table:
-            session.expire(stored)
 
 
 def _job(session: Session, job_id: int) -> BuildJob:
@@ -71,7 +50,7 @@ def cancel_job(
     """A waiting or running job stops being built. A builder still running it is told at
     its next heartbeat or live-log chunk, and kills the build (any result it still sends is
     refused: the job is no longer assigned to it). A running job's streamed log is kept as
-    its final log by `keep_log` (master.live_logs.final_log_keeper)."""
+    its final log by `keep_log` (master.builds.live_logs.final_log_keeper)."""
     job = _job(session, job_id)
     if not jobs.allowed(job.state, jobs.Event.CANCEL):
         raise Refused(409, f"job {job_id} is {job.state.value}: nothing to cancel")

@@ -11,8 +11,8 @@ from common.db import transaction
 from common.models import BuildJob, Release, SkipRule, SourceFile
 from common.states import JobState, SkipReason
 from common.tags import covering_wheel, supported_tags
-from master.build_plan import plan_builds, pure_python_wheel
-from master.releases import get_or_create_project
+from master.builds.build_plan import plan_builds, pure_python_wheel
+from master.pypi.releases import get_or_create_project
 
 
 def test_supported_tags_follow_the_policy() -> None:

@@ -275,7 +275,7 @@ def test_import_backfills_at_low_priority(farm: Farm) -> None:
     from sqlalchemy import func, select
 
     from common.models import BuildJob, Project, Release
-    from master.build_plan import PRIORITY_BACKFILL
+    from master.builds.build_plan import PRIORITY_BACKFILL
     from tests.pypi_replay import replay_server
 
     farm.upgraded()

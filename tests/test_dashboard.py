@@ -20,10 +20,10 @@ from common.db import transaction
 from common.models import BuildJob, Release
 from common.states import FailureReason, JobState, TokenRole
 from master import audit
-from master.app import create_app
 from master.auth import create_token
-from master.dashboard import human_age
 from master.storage import Storage
+from master.web.app import create_app
+from master.web.dashboard import human_age
 from tests.seed import add_builder, add_release, publish_wheel
 
 SCRIPT = "<script>alert('owned')</script>"

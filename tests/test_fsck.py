@@ -24,8 +24,8 @@ from armwheels.cli import main
 from common.config import Settings, load_settings
 from common.db import make_engine, transaction, upgrade
 from common.models import AuditEvent, BuildJob, OutputFile
-from master.fsck import SETTLE_SECONDS, Kind, check, mend, run_fsck
-from master.static_index import StaticIndex
+from master.index.fsck import SETTLE_SECONDS, Kind, check, mend, run_fsck
+from master.index.static import StaticIndex
 from master.storage import Storage
 from tests.seed import publish_wheel
 from tests.test_cli import Farm, assert_usage_error

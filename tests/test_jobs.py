@@ -1,4 +1,4 @@
-"""A build job's life (master.jobs): every allowed transition does what it says, every
+"""A build job's life (master.builds.jobs): every allowed transition does what it says, every
 other (state, event) pair raises and leaves the database as it was, on SQLite and on
 PostgreSQL; and the defects that the one table fixed stay fixed."""
 
@@ -18,18 +18,18 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Builder, BuildJob
 from common.states import FailureReason, JobState, SkipReason, TokenRole
-from master import jobs
-from master.app import create_app
 from master.auth import create_token
-from master.jobs import Event, HandBack, IllegalTransition, ResultReport
-from master.reconciler import reconcile
-from master.skips import add_rule, remove_rule
+from master.builds import jobs
+from master.builds.jobs import Event, HandBack, IllegalTransition, ResultReport
+from master.builds.reconciler import reconcile
+from master.builds.skips import add_rule, remove_rule
+from master.web.app import create_app
 from tests.seed import add_builder, add_release
 
 P, Q, B = JobState.PENDING, JobState.QUEUED, JobState.BUILDING
 BUILT, FAILED, SKIPPED = JobState.BUILT, JobState.FAILED, JobState.SKIPPED
 
-# The specification, written out independently of master.jobs.TRANSITIONS:
+# The specification, written out independently of master.builds.jobs.TRANSITIONS:
 # event -> {state it may leave: state it enters}.
 EXPECTED: dict[Event, dict[JobState, JobState]] = {
     Event.QUEUE: {P: Q},
@@ -172,7 +172,7 @@ def test_what_each_transition_records(
 ) -> None:
     session, job, builder = one_job(P)
     job.attempts = 0
-    caplog.set_level(logging.INFO, logger="master.jobs")
+    caplog.set_level(logging.INFO, logger="master.builds.jobs")
     jobs.claim(job, builder)
     assert (job.attempts, job.builder_id, builder.current_job_id) == (1, builder.id, job.id)
     assert job.started_at is not None

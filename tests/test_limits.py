@@ -31,11 +31,11 @@ from common.db import transaction
 from common.models import BuildJob
 from common.protocol import MAX_CHUNK_BYTES, ResultForm
 from common.states import JobState, TokenRole
-from master.api_deps import MAX_JSON_BYTES
-from master.app import create_app
 from master.auth import create_token
-from master.auth_throttle import AuthThrottle, client_key
 from master.storage import STALE_PART_SECONDS
+from master.web.api_deps import MAX_JSON_BYTES
+from master.web.app import create_app
+from master.web.auth_throttle import AuthThrottle, client_key
 from tests.conftest import make_wheel
 from tests.seed import add_release
 from tests.servers import free_port, redis_database, serve_app, stop_process, wait_until
@@ -334,7 +334,7 @@ def test_failed_authentications_are_throttled_and_logged(
     wrong = "aw_" + "w" * 40
     with (
         running_farm(settings, factory) as farm,
-        caplog.at_level(logging.INFO, logger="master.request_guard"),
+        caplog.at_level(logging.INFO, logger="master.web.request_guard"),
     ):
         heartbeat = f"{farm.url}/api/v1/builders/heartbeat"
         for headers in ({"Authorization": f"Bearer {wrong}"}, {}, farm.auth(farm.operator)):

@@ -15,11 +15,12 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Builder, BuildJob
 from common.states import JobState
-from master import liveness, status
-from master.app import create_app
-from master.metrics import render_metrics
-from master.reconciler import reconcile
-from master.scheduler import served_targets
+from master.builds import liveness
+from master.builds.reconciler import reconcile
+from master.builds.scheduler import served_targets
+from master.web import status
+from master.web.app import create_app
+from master.web.metrics import render_metrics
 from tests.seed import add_builder, add_release
 from tests.test_dashboard import Page
 

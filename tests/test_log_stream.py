@@ -32,10 +32,10 @@ from common.log_cap import omitted_marker
 from common.models import BuildJob
 from common.protocol import HeartbeatAnswer
 from common.states import FailureReason, JobState, TokenRole
-from master.app import create_app
 from master.auth import create_token
 from master.operations import cancel_job
 from master.storage import Storage
+from master.web.app import create_app
 from tests.seed import add_release
 from tests.servers import free_port, serve_app, wait_until
 

@@ -41,8 +41,8 @@ from common.protocol import (
 )
 from common.states import ARCHES, Arch, FailureReason, TokenRole
 from common.version import UNKNOWN, VERSION, installed_version
-from master.app import create_app
 from master.auth import create_token
+from master.web.app import create_app
 from tests.conftest import make_wheel
 from tests.seed import add_release
 

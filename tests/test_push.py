@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import PushTarget, Settings, load_settings
 from common.db import transaction
 from common.models import WheelPush
-from master.pushes import PushRound, push_due, simple_url, upload_fields
+from master.index.pushes import PushRound, push_due, simple_url, upload_fields
+from master.index.uploads import accept_wheel
 from master.storage import Storage
-from master.uploads import accept_wheel
 from tests.seed import add_release
 from tests.servers import PIP_TARGET, free_port, pypiserver, run_pip
 from tests.test_cli import COMMAND, assert_usage_error

@@ -38,7 +38,7 @@ SERVE = (
     "from pathlib import Path\n"
     "from common.config import load_settings\n"
     "from common.logs import setup_logging\n"
-    "from master.http_server import serve_http\n"
+    "from master.web.http_server import serve_http\n"
     "setup_logging()\n"
     "serve_http(load_settings(Path(sys.argv[1])), int(sys.argv[2]))\n"
 )
