@@ -40,7 +40,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.models import Builder, BuildJob, Release, SourceFile
-from common.states import FINAL_STATES, FailureReason, JobState, SkipReason
+from common.states import ACTIVE_STATES, FINAL_STATES, FailureReason, JobState, SkipReason
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Event(StrEnum):
 # the record. Every other transition leaves the job linked to no builder.
 _KEEPS_BUILDER = frozenset({Event.CLAIM, Event.BUILD, Event.FAIL, Event.COVER})
 
-_ACTIVE = frozenset({JobState.PENDING, JobState.QUEUED, JobState.BUILDING})
+_ACTIVE = frozenset(ACTIVE_STATES)
 _WAITING = frozenset({JobState.PENDING, JobState.QUEUED})
 _BUILDING = frozenset({JobState.BUILDING})
 
