@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import httpx
 import pytest
 import redis
 import uvicorn
+
+from common.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +100,80 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# `armwheels master`'s HTTP server without its feed loop: serve_http(config, workers).
+_SERVE_MASTER = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from common.config import load_settings\n"
+    "from common.logs import setup_logging\n"
+    "from master.web.http_server import serve_http\n"
+    "setup_logging()\n"
+    "serve_http(load_settings(Path(sys.argv[1])), int(sys.argv[2]))\n"
+)
+# Connections opened at once to see every HTTP worker of a master answer.
+_PROBES = 8
+
+
+@contextmanager
+def http_master(
+    settings: Settings,
+    tmp_path: Path,
+    workers: int = 2,
+    name: str = "race-master",
+    master: Mapping[str, int | float | str] | None = None,
+) -> Iterator[str]:
+    """The master's HTTP server as `armwheels master` runs it (`workers` processes on one
+    port), without its feed loop, on `settings`' database and data directory with the
+    `[master]` settings given; yields its base URL. Its config and log are
+    `tmp_path/<name>.toml` and `.log`. On leaving, fails the test if it logged an error
+    (a 500 logs its traceback)."""
+    port = free_port()
+    config = tmp_path / f"{name}.toml"
+    options = "".join(f"{key} = {value!r}\n" for key, value in (master or {}).items())
+    config.write_text(
+        f'[database]\nurl = "{settings.database.url}"\n'
+        f'[master]\nport = {port}\ndata_dir = "{settings.master.data_dir}"\n{options}'
+    )
+    log = tmp_path / f"{name}.log"
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_MASTER, str(config), str(workers)],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Fresh connections are spread over the workers' sockets: when all of a burst are
+        # answered, every worker serves.
+        wait_until(lambda: _all_answer(url), 60, f"{workers} http workers", step=0.2)
+        yield url
+    finally:
+        stop_process(process)
+        errors = [
+            _last_error(line) for line in log.read_text().splitlines() if "level=error" in line
+        ]
+        assert not errors, "\n".join(errors)
+
+
+def _last_error(line: str) -> str:
+    """The exception a log line's traceback ends with (or the message if none)."""
+    found = re.findall(r"\\n(\w[\w.]*(?:Error|Exception)[^\\]*)", line)
+    return found[-1][:300] if found else line[:300]
+
+
+def _all_answer(url: str) -> bool:
+    def one(_: int) -> bool:
+        try:
+            return httpx.get(f"{url}/api/v1/status", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with ThreadPoolExecutor(_PROBES) as pool:
+        return all(pool.map(one, range(_PROBES)))
 
 
 # pip's options for a CPython 3.11 target other than this host (wheels only).

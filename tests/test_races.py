@@ -4,16 +4,11 @@ JSON 409/404 or the duplicate answer), never twice and never with a 500."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,80 +16,17 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import Settings, load_settings
+from common.config import load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.models import AuditEvent, BuildJob, OutputFile, SkipRule, Token
 from common.states import ACTIVE_STATES, FailureReason, JobState, TokenRole
 from master.auth import create_token
 from tests.conftest import _postgres_database
 from tests.seed import add_release, publish_wheel
-from tests.servers import free_port, stop_process, wait_until
+from tests.servers import http_master
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
 CALLERS = 8
-SERVE = (
-    "import sys\n"
-    "from pathlib import Path\n"
-    "from common.config import load_settings\n"
-    "from common.logs import setup_logging\n"
-    "from master.web.http_server import serve_http\n"
-    "setup_logging()\n"
-    "serve_http(load_settings(Path(sys.argv[1])), int(sys.argv[2]))\n"
-)
-
-
-@contextmanager
-def http_master(settings: Settings, tmp_path: Path, workers: int = WORKERS) -> Iterator[str]:
-    """The master's HTTP server as `armwheels master` runs it (`workers` processes on one
-    port), without its feed loop; yields its base URL."""
-    port = free_port()
-    config = tmp_path / "race-master.toml"
-    config.write_text(
-        f'[database]\nurl = "{settings.database.url}"\n'
-        f'[master]\nport = {port}\ndata_dir = "{settings.master.data_dir}"\n'
-        # Each token may ask for CALLERS rebuilds: every caller of a race passes the limit
-        # unless its token asked before (test_the_rebuild_limit_holds_under_a_race).
-        f"rebuild_limit = {CALLERS}\n"
-    )
-    log = tmp_path / "race-master.log"
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(config), str(workers)],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # Fresh connections are spread over the workers' sockets: when all of a burst are
-        # answered, every worker serves.
-        wait_until(lambda: _all_answer(url), 60, f"{workers} http workers", step=0.2)
-        yield url
-    finally:
-        stop_process(process)
-        errors = [
-            _last_error(line) for line in log.read_text().splitlines() if "level=error" in line
-        ]
-        assert not errors, "\n".join(errors)
-
-
-def _last_error(line: str) -> str:
-    """The exception a log line's traceback ends with (or the message if none)."""
-    found = re.findall(r"\\n(\w[\w.]*(?:Error|Exception)[^\\]*)", line)
-    return found[-1][:300] if found else line[:300]
-
-
-def _all_answer(url: str) -> bool:
-    def one(_: int) -> bool:
-        try:
-            return httpx.get(f"{url}/api/v1/status", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    with ThreadPoolExecutor(CALLERS) as pool:
-        return all(pool.map(one, range(CALLERS)))
 
 
 @dataclass
@@ -194,7 +126,10 @@ def farm(
             hasty = create_token(session, "bob", TokenRole.MAINTAINER, ["demo"])
             create_token(session, "doomed", TokenRole.BUILDER)
             ids = (wheel.filename, waiting.id, failed.id)
-        base = stack.enter_context(http_master(settings, tmp_path))
+        # Each token may ask for CALLERS rebuilds: every caller of a race passes the limit
+        # unless its token asked before (test_the_rebuild_limit_holds_under_a_race).
+        master = {"rebuild_limit": CALLERS}
+        base = stack.enter_context(http_master(settings, tmp_path, WORKERS, master=master))
         yield Farm(
             base,
             factory,
