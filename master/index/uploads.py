@@ -20,7 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.config import PushTarget
-from common.models import Builder, BuildJob, OutputFile
+from common.db import lock_rows
+from common.models import Builder, BuildJob, OutputFile, Release
 from common.states import FailureReason, JobState, SkipReason
 from common.tags import installs_on
 from common.wheels import (
@@ -166,6 +167,11 @@ def accept_wheel(
     notes on the job which check refused it), leaving nothing published."""
     try:
         wheel = check_wheel_name(job, filename)
+        # One wheel of a release is checked, written and recorded at a time: the jobs of
+        # two CPythons uploading the one stable-ABI wheel they both build would both find
+        # it unpublished, the second would write over the first's file, and its row would
+        # fail the unique filename. The second now waits, then finds it served.
+        lock_rows(session, Release.yanked_reason, Release.id == job.release_id)
         check_not_published(session, job, filename)
         try:
             spooled, sha256, size = storage.spool(source, limit)
