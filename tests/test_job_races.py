@@ -1,6 +1,6 @@
-"""Races between the master's own workers on one PostgreSQL database, the results of
-two builders for one release above all: each wheel is published once, and its file is
-the bytes its row hashes."""
+"""Races between the master's own workers on one PostgreSQL database over one release:
+each wheel is published once, its file is the bytes its row hashes, and a claim that
+commits while a wheel is published stands."""
 
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, TargetSettings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
-from common.models import BuildJob, OutputFile, Release, SourceFile
+from common.models import Builder, BuildJob, OutputFile, Release, SourceFile
+from common.states import JobState
+from master.builds import jobs
 from master.builds.build_plan import create_jobs
 from master.index.uploads import AlreadyServed, accept_wheel
 from master.pypi.releases import get_or_create_project
 from master.storage import Storage, file_sha256
 from tests.conftest import _postgres_database
+from tests.seed import add_builder
 from tests.servers import wait_until
 from tests.wheels import make_wheel
 
@@ -150,3 +153,58 @@ def _waiting_for_a_lock(factory: sessionmaker[Session]) -> bool:
             )
         )
     return bool(waiting)
+
+
+def test_a_wheel_published_while_its_sibling_is_claimed_leaves_that_build_be(
+    tmp_path: Path,
+) -> None:
+    """A stable-ABI wheel is published (for cp311) while a builder claims the cp312 job it
+    also serves: the claim stands and the build goes on (its upload will find the wheel
+    served), rather than the publish ending as `skipped` a job that is building and
+    leaving its builder linked to it."""
+    with _database(tmp_path) as (settings, factory):
+        with transaction(factory) as session:
+            built, sibling = _add_releases(session, settings, 1).values()
+            first, second = (
+                add_builder(session, "a", python_tags=TAGS),
+                add_builder(session, "b", python_tags=TAGS),
+            )
+            job = session.get(BuildJob, built.id)
+            assert job is not None
+            jobs.claim(job, first)
+            ids = first.id, second.id
+        filename = built.wheel_name()
+        body = make_wheel(filename, modules=(built.project,))
+        failures: list[BaseException] = []
+
+        def publish() -> None:
+            try:
+                with transaction(factory) as session:
+                    job = session.get(BuildJob, built.id)
+                    assert job is not None
+                    sha256 = hashlib.sha256(body).hexdigest()
+                    storage = Storage(settings.master.data_dir)
+                    limit = settings.master.max_upload_bytes
+                    accept_wheel(session, storage, job, filename, sha256, io.BytesIO(body), limit)
+            except BaseException as exc:
+                failures.append(exc)
+
+        with factory() as session:
+            # The claim of the sibling, as POST /api/v1/jobs/{id}/claim makes it.
+            job = session.get(BuildJob, sibling.id, with_for_update=True)
+            claimer = session.get(Builder, ids[1])
+            assert job is not None and claimer is not None
+            jobs.claim(job, claimer)
+            session.flush()
+            publisher = threading.Thread(target=publish)
+            publisher.start()
+            wait_until(lambda: _waiting_for_a_lock(factory), 30, "the publish to wait")
+            session.commit()
+        publisher.join(30)
+        assert not failures, failures
+        with factory() as session:
+            job = session.get(BuildJob, sibling.id)
+            claimer = session.get(Builder, ids[1])
+            assert job is not None and claimer is not None
+            assert (job.state, job.builder_id) == (JobState.BUILDING, claimer.id), job.summary
+            assert claimer.current_job_id == job.id

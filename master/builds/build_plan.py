@@ -129,13 +129,18 @@ def served_wheels(session: Session, release_id: int) -> list[str]:
 def settle_covered_jobs(session: Session, job: BuildJob, filename: str) -> list[BuildJob]:
     """A newly published wheel ends the release's waiting jobs that it already serves:
     an abi3 wheel built for cp311 makes the cp312 job of the same arch and policy moot.
-    A build under way is left to finish; its upload then finds the wheel published."""
+    A build under way is left to finish; its upload then finds the wheel published.
+    The waiting jobs are locked and read again: one a builder claims meanwhile is
+    building once the claim commits, and is left be."""
     siblings = session.scalars(
-        select(BuildJob).where(
+        select(BuildJob)
+        .where(
             BuildJob.release_id == job.release_id,
             BuildJob.id != job.id,
             BuildJob.state.in_((JobState.PENDING, JobState.QUEUED)),
         )
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     settled = []
     for sibling in siblings:
