@@ -1,6 +1,7 @@
-"""Races between the master's own workers on one PostgreSQL database over one release:
-each wheel is published once, its file is the bytes its row hashes, and a claim that
-commits while a wheel is published stands."""
+"""Races between the master's own workers on one PostgreSQL database: each wheel is
+published once and its file is the bytes its row hashes, a claim that commits while a
+wheel is published stands, and a builder registering while the reconciler takes its job
+back does not deadlock."""
 
 from __future__ import annotations
 
@@ -8,23 +9,30 @@ import hashlib
 import io
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from fastapi.testclient import TestClient
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, TargetSettings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.models import Builder, BuildJob, OutputFile, Release, SourceFile
-from common.states import JobState
+from common.states import JobState, TokenRole
+from master.auth import create_token
 from master.builds import jobs
 from master.builds.build_plan import create_jobs
+from master.builds.reconciler import reconcile
 from master.index.uploads import AlreadyServed, accept_wheel
 from master.pypi.releases import get_or_create_project
 from master.storage import Storage, file_sha256
+from master.web.app import create_app
 from tests.conftest import _postgres_database
 from tests.seed import add_builder
 from tests.servers import wait_until
@@ -208,3 +216,58 @@ def test_a_wheel_published_while_its_sibling_is_claimed_leaves_that_build_be(
             assert job is not None and claimer is not None
             assert (job.state, job.builder_id) == (JobState.BUILDING, claimer.id), job.summary
             assert claimer.current_job_id == job.id
+
+
+def test_a_builder_registering_while_the_reconciler_takes_its_job_back(
+    tmp_path: Path,
+) -> None:
+    """The reconciler has locked the job of a builder gone silent and is about to free
+    the builder, when the builder registers again: both end, one after the other, and
+    the job is handed back once (no deadlock, no 500)."""
+    with _database(tmp_path) as (settings, factory):
+        with transaction(factory) as session:
+            [info, _] = _add_releases(session, settings, 1).values()
+            secret = create_token(session, "a", TokenRole.BUILDER)
+        app = create_app(settings, factory)
+        registration = {"arch": "aarch64", "backend": "docker", "python_tags": list(TAGS)}
+        with TestClient(app, headers={"Authorization": f"Bearer {secret}"}) as client:
+            assert client.post("/api/v1/builders/register", json=registration).status_code == 200
+            assert client.post(f"/api/v1/jobs/{info.id}/claim").status_code == 200
+            # The reconciler (its own engine) stops once it holds the job's row lock.
+            engine = make_engine(settings.database.url)
+            locked, go = threading.Event(), threading.Event()
+
+            @event.listens_for(engine, "after_cursor_execute")
+            def pause(*args: Any) -> None:
+                if "FOR UPDATE" in args[2] and not locked.is_set():
+                    locked.set()
+                    go.wait(30)
+
+            failures: list[BaseException] = []
+
+            def reconciler() -> None:
+                try:
+                    with transaction(make_sessionmaker(engine)) as session:
+                        silent = timedelta(seconds=2 * settings.master.builder_timeout)
+                        reconcile(session, settings, now=datetime.now(UTC) + silent)
+                except BaseException as exc:
+                    failures.append(exc)
+
+            thread = threading.Thread(target=reconciler)
+            thread.start()
+            assert locked.wait(30)
+            with ThreadPoolExecutor(1) as pool:
+                registered = pool.submit(
+                    client.post, "/api/v1/builders/register", json=registration
+                )
+                wait_until(lambda: _waiting_for_a_lock(factory), 30, "the registration to wait")
+                go.set()
+                answer = registered.result(60)
+            thread.join(60)
+            engine.dispose()
+        assert answer.status_code == 200, answer.text
+        assert not failures, failures
+        with factory() as session:
+            job = session.get(BuildJob, info.id)
+            assert job is not None
+            assert (job.state, job.attempts, job.builder_id) == (JobState.PENDING, 1, None)

@@ -139,6 +139,21 @@ def router(ctx: MasterContext) -> APIRouter:
     @app.post("/api/v1/builders/register")
     def register(reg: Registration, db: DB, token: BuilderToken) -> Registered:
         found = builder_for(db, token)
+        # A builder that registers again has lost whatever it was doing.
+        # The attempt counts (a board that keeps rebooting mid-build is the build's
+        # trouble too): past the cap the job is lost, keeping what was streamed of it.
+        # Its jobs are locked before its row is written, in the order the reconciler and
+        # claims take them (job, then builder): the other order deadlocked with the
+        # reconciler handing back the same job.
+        orphaned = (
+            []
+            if found is None
+            else db.scalars(
+                select(BuildJob)
+                .where(BuildJob.builder_id == found.id, BuildJob.state == JobState.BUILDING)
+                .with_for_update()
+            ).all()
+        )
         if found is None:
             found = Builder(name=token.name, token_id=token.id, arch=reg.arch, backend=reg.backend)
             db.add(found)
@@ -146,14 +161,6 @@ def router(ctx: MasterContext) -> APIRouter:
         found.python_tags, found.version = reg.python_tags, reg.version
         found.free_disk, found.reported_job_id = reg.free_disk, None
         found.last_seen_at = utcnow()
-        # A builder that registers again has lost whatever it was doing.
-        # The attempt counts (a board that keeps rebooting mid-build is the build's
-        # trouble too): past the cap the job is lost, keeping what was streamed of it.
-        orphaned = db.scalars(
-            select(BuildJob)
-            .where(BuildJob.builder_id == found.id, BuildJob.state == JobState.BUILDING)
-            .with_for_update()
-        ).all()
         stale = []
         for job in orphaned:
             claim = claim_key(job.started_at)
