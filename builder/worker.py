@@ -153,11 +153,9 @@ class JobRunner:
         if self.stopping.is_set():
             self.backend.cancel()  # stop() came while the backend was being reset
         work_root = self.settings.builder.work_dir
-        work_root.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=work_root))
-        log_path = workdir / "build.log"
         started = time.monotonic()
         fault: FarmFault | None = None
+        workdir: Path | None = None
         log.info(
             "job started",
             extra={
@@ -168,30 +166,14 @@ class JobRunner:
             },
         )
         try:
-            with log_path.open("wb") as sink:
-                note(
-                    sink,
-                    f"job {job_id} attempt {spec.attempt}: {spec.project} {spec.version}"
-                    f" for {spec.arch} {spec.python_tag} ({spec.policy})"
-                    f" on {self.backend.name} backend",
-                )
-                # The log goes to the master as it grows; the report waits for its end.
-                # A refusal saying the job is no longer ours abandons it at once.
-                streamer = LogStreamer(self.client, job_id, log_path, on_taken_back=self.abandon)
-                streamer.start()
-                try:
-                    outcome = self._build(spec, workdir, sink)
-                    note(
-                        sink,
-                        f"outcome: {'built' if outcome.built else outcome.reason}:"
-                        f" {outcome.summary}",
-                    )
-                except FarmFault as exc:
-                    fault = exc
-                    note(sink, f"the farm failed this build ({exc}): the job is handed back")
-                finally:
-                    cut_short = self.stopping.is_set() or self.taken_back is not None
-                    streamer.stop(flush=not cut_short)
+            try:
+                work_root.mkdir(parents=True, exist_ok=True)
+                workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=work_root))
+                log_path = workdir / "build.log"
+                outcome, fault = self._build_logged(spec, workdir, log_path)
+            except OSError as exc:
+                # The builder's own disk failed it (full, unwritable): not the sdist's doing.
+                fault = FarmFault(f"the builder's work directory failed: {exc}")
             with self._lock:
                 self._settled = True
             if self.taken_back is not None:
@@ -206,10 +188,42 @@ class JobRunner:
         finally:
             with self._lock:
                 self.current_job = None
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
         self.faults_in_a_row = self.faults_in_a_row + 1 if fault is not None else 0
         if fault is not None:
             self.stopping.wait(self.pause_after_fault())
+
+    def _build_logged(
+        self, spec: JobSpec, workdir: Path, log_path: Path
+    ) -> tuple[BuildOutcome, FarmFault | None]:
+        """Build with the log streamed to the master as it grows; the outcome, or the
+        farm's fault that stopped the build (the outcome then says nothing)."""
+        job_id = spec.job_id
+        with log_path.open("wb") as sink:
+            note(
+                sink,
+                f"job {job_id} attempt {spec.attempt}: {spec.project} {spec.version}"
+                f" for {spec.arch} {spec.python_tag} ({spec.policy})"
+                f" on {self.backend.name} backend",
+            )
+            # The log goes to the master as it grows; the report waits for its end.
+            # A refusal saying the job is no longer ours abandons it at once.
+            streamer = LogStreamer(self.client, job_id, log_path, on_taken_back=self.abandon)
+            streamer.start()
+            try:
+                outcome = self._build(spec, workdir, sink)
+                note(
+                    sink,
+                    f"outcome: {'built' if outcome.built else outcome.reason}: {outcome.summary}",
+                )
+                return outcome, None
+            except FarmFault as exc:
+                note(sink, f"the farm failed this build ({exc}): the job is handed back")
+                return cancelled_outcome(), exc
+            finally:
+                cut_short = self.stopping.is_set() or self.taken_back is not None
+                streamer.stop(flush=not cut_short)
 
     def pause_after_fault(self) -> float:
         """Seconds to wait before the next job, doubling with each fault in a row."""

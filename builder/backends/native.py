@@ -31,6 +31,7 @@ not meet the target is repaired to the most compatible policy it does meet (audi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -106,6 +107,18 @@ PUMP_JOIN_SECONDS = 30.0
 READ_BYTES = 64 * 1024
 # Inside the sandbox's own /run: where the host's folders are seen while being masked.
 HOST_VIEW = "/run/armwheels-host"
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_builder() -> None:
+    """In the sandbox's first process (unshare, as root), before it starts: killed when the
+    builder's thread that started it dies, a kill -9 of the builder included. Its
+    --kill-child then takes the namespace's init, and with it every process of the build,
+    instead of a build running on unwatched, its result for no one."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class NativeUnavailable(RuntimeError):
@@ -408,6 +421,7 @@ class NativeBackend:
             cwd=cwd,
             start_new_session=True,
             umask=0o022,
+            preexec_fn=_die_with_builder,  # one prctl() call: safe with threads
         )
         self._current = process
         if self._cancelled.is_set():
