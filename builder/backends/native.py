@@ -322,7 +322,8 @@ class NativeBackend:
             inside = [path for path in needed if path.is_relative_to(folder)]
             view = f"{HOST_VIEW}/{index}"
             if inside:
-                lines += [f"mkdir {view}", f"{q(mount)} --bind {q(folder)} {view}"]
+                # Recursive: a needed folder may be a file system of its own under it.
+                lines += [f"mkdir {view}", f"{q(mount)} --rbind {q(folder)} {view}"]
             lines.append(f"{tmpfs},mode=1777 armwheels-tmp {q(folder)}")
             for path in inside:
                 source = f"{view}/{q(str(path.relative_to(folder)))}"
@@ -330,7 +331,7 @@ class NativeBackend:
                     lines.append(f"mkdir -p {q(str(path))}")
                 else:
                     lines.append(f"mkdir -p {q(str(path.parent))}; touch {q(str(path))}")
-                lines.append(f"{q(mount)} --bind {source} {q(str(path))}")
+                lines.append(f"{q(mount)} --rbind {source} {q(str(path))}")
             if inside:
                 lines.append(f"{q(mount.removesuffix('mount'))}umount -l {view}")
         return lines
