@@ -1,0 +1,89 @@
+"""The fault suite's own checks can fail: run_fsck finds each kind of disagreement between
+the database, the files and the static index, and compare() counts a job that did not end
+as in the undisturbed run as lost and a second wheel of one job as a duplicate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.config import Settings
+from common.db import transaction
+from common.models import BuildJob, OutputFile
+from common.states import FailureReason, JobState
+from master.static_index import StaticIndex
+from tests.faults.check import FaultResult, Outcome, compare, format_table, outcomes, run_fsck
+from tests.seed import publish_wheel
+
+
+def _farm_with_a_wheel(
+    settings: Settings, factory: sessionmaker[Session]
+) -> tuple[Path, OutputFile]:
+    data = settings.master.data_dir
+    with transaction(factory) as session:
+        wheel = publish_wheel(session, settings)
+        session.flush()
+        session.expunge(wheel)
+    with factory() as session:
+        StaticIndex(data).sync(session)
+    return data, wheel
+
+
+def test_fsck_finds_every_kind_of_disagreement(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    data, wheel = _farm_with_a_wheel(settings, factory)
+    assert run_fsck(data, factory).problems() == []
+    served = data / "files" / "demo" / wheel.filename
+    # A wheel no row names (the master died between writing it and its commit).
+    (served.parent / "demo-1.1-cp311-cp311-manylinux2014_aarch64.whl").write_bytes(b"x")
+    # The served bytes differ from the row's hash.
+    served.write_bytes(served.read_bytes() + b"\0")
+    # A page no longer what the master would serve.
+    page = data / "simple" / "demo" / "index.json"
+    page.write_text(page.read_text().replace("demo", "dem0"))
+    report = run_fsck(data, factory)
+    assert report.files_without_row == [
+        "demo: demo-1.1-cp311-cp311-manylinux2014_aarch64.whl has no row"
+    ]
+    assert report.hash_mismatches == [f"demo: {wheel.filename} is not the row's bytes"]
+    assert report.stale_pages == ["demo: simple/demo/index.json differs from the index"]
+    assert report.problems(["other"]) == [] and len(report.problems(["demo"])) == 3
+    served.unlink()
+    assert run_fsck(data, factory).rows_without_file == [f"demo: row {wheel.filename} has no file"]
+
+
+def test_compare_counts_lost_jobs_and_second_wheels(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    data, wheel = _farm_with_a_wheel(settings, factory)
+    with transaction(factory) as session:
+        job = session.get(BuildJob, wheel.job_id)
+        assert job is not None
+        job.state = JobState.BUILT
+    with factory() as session:
+        [expected] = outcomes(session, [wheel.job_id]).values()
+    assert expected == Outcome("built", ("cp311-cp311-manylinux2014_aarch64.whl",))
+    calm = compare(FaultResult("calm", 1), expected, factory, data, [wheel.job_id], ["demo"])
+    assert calm.survived and (calm.jobs_lost, calm.duplicate_or_partial) == (0, 0)
+    with transaction(factory) as session:
+        job = session.get(BuildJob, wheel.job_id)
+        assert job is not None
+        job.state, job.failure_reason = JobState.FAILED, FailureReason.LOST
+    lost = compare(FaultResult("lost", 1), expected, factory, data, [wheel.job_id], ["demo"])
+    assert (lost.survived, lost.jobs_lost) == (False, 1)
+    assert lost.problems == [f"job {wheel.job_id} ended failed (lost), not built"]
+    with transaction(factory) as session:
+        job = session.get(BuildJob, wheel.job_id)
+        assert job is not None
+        job.state, job.failure_reason = JobState.BUILT, None
+        other = OutputFile(**{
+            column: getattr(session.get(OutputFile, wheel.id), column)
+            for column in ("job_id", "release_id", "sha256", "size", "python_tag", "abi_tag",
+                           "platform_tag", "metadata_sha256")
+        }, filename="demo-1.0-cp311-cp311-manylinux_2_17_aarch64.whl")  # fmt: skip
+        session.add(other)
+    twice = compare(FaultResult("twice", 1), expected, factory, data, [wheel.job_id], ["demo"])
+    assert not twice.survived and twice.duplicate_or_partial >= 1
+    assert "NO" in format_table([twice]) and "yes" in format_table([calm])
