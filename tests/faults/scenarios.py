@@ -9,6 +9,7 @@ them and benchmarks/faults.py prints them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -161,6 +162,27 @@ def kill_master_mid_upload(farm: Farm, expected: Outcome) -> FaultResult:
     return _result(farm, "kill -9 master mid-upload", expected, batch, 1)
 
 
+def kill_master_mid_static_write(farm: Farm, expected: Outcome) -> FaultResult:
+    """kill -9 of the master while it updates the static index for a wheel it has just
+    committed: the suite holds the tree's lock, so the update waits inside it. The
+    restarted master's loop brings the tree up to date."""
+    assert farm.master is not None
+    batch = farm.add_batch("killed-static", 1)
+    job = batch.jobs[0]
+    _building(farm, job)  # dispatched: the master's loop waits on the lock from now on too
+    lock = farm.data_dir / "simple" / ".lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            farm.wait_state(job, JobState.BUILT, SETTLE)
+            time.sleep(0.5)  # the request goes on from its commit to the tree's lock
+            farm.master.kill9()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    farm.start_master()
+    return _result(farm, "kill -9 master mid-static-index write", expected, batch, 1)
+
+
 def _states(farm: Farm, batch: Batch) -> list[JobState]:
     return [job.state for job in farm.states(batch.jobs).values()]
 
@@ -310,6 +332,7 @@ MEANWHILE: list[tuple[str, Scenario]] = [
     ("kill -9 builder mid-build", kill_builder_mid_build),
     ("kill -9 builder mid-upload", kill_builder_mid_upload),
     ("kill -9 master mid-upload", kill_master_mid_upload),
+    ("kill -9 master mid-static-index write", kill_master_mid_static_write),
     ("builder-master link stalled, dropped", network_stalled_and_dropped),
     ("PostgreSQL restarted mid-dispatch", postgres_restarted_mid_dispatch),
 ]
