@@ -1,11 +1,12 @@
 """The fault suite: a real farm (its own redis-server and PostgreSQL cluster, a master
 and two native builders as processes, each builder behind a proxy) takes one fault after
 another while its jobs build: kill -9 of a builder mid-build and mid-upload and of the
-master mid-upload and mid-static-index write, Redis flushed and restarted, PostgreSQL restarted mid-dispatch, the
-builder-master link stalled and dropped, two builders claiming one job at once, the
-master's data disk and the builders' work disk full. After each, every job of that
-fault ended as in an undisturbed run, no wheel was published twice or in part, and the
-database, the files and the static index agree (tests/faults/scenarios.py).
+master mid-upload and mid-static-index write, Redis flushed and restarted, PostgreSQL
+restarted mid-dispatch, the builder-master link stalled and dropped, two builders
+claiming one job at once, the master's data disk and the builders' work disk full. After
+each, every job of that fault ended as in an undisturbed run, no wheel was published
+twice or in part, and the database, the files and the static index agree
+(tests/faults/scenarios.py).
 
 Written for an x86_64 host running as root (the native backend's sandbox), as CI is.
 """
