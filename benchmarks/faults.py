@@ -31,7 +31,7 @@ def main() -> int:
     ):
         results = run_scenarios(farm)
         assert farm.factory is not None
-        whole_farm = run_fsck(farm.data_dir, farm.factory).problems()
+        whole_farm = run_fsck(farm.factory, farm.data_dir).problems()
     table = Table(title="Faults injected with work in flight")
     for column in COLUMNS:
         table.add_column(column)

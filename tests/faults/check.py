@@ -47,9 +47,11 @@ class FsckReport:
         return [line for line in found if line.split(":", 1)[0] in wanted]
 
 
-def run_fsck(data_dir: Path, factory: sessionmaker[Session]) -> FsckReport:
+def run_fsck(factory: sessionmaker[Session], data_dir: Path) -> FsckReport:
     """No wheel without a row, no row without its file, every served hash the file's, and
-    every static page what the master would serve now."""
+    every static page what the master would serve now. (master/fsck.py's check() takes
+    the same arguments; it leaves out files younger than its settling time, so a swap
+    passes it a `now` past them: the suite checks right after its faults.)"""
     report = FsckReport()
     files = data_dir / "files"
     with factory() as session:
@@ -176,7 +178,7 @@ def compare(
             elif outcome.wheel_tags != expected.wheel_tags:
                 result.jobs_lost += 1
                 result.problems.append(f"job {job_id} built {outcome.wheel_tags}")
-    fsck = run_fsck(data_dir, factory).problems(projects)
+    fsck = run_fsck(factory, data_dir).problems(projects)
     result.duplicate_or_partial += len(fsck)
     result.problems += fsck
     return result

@@ -34,7 +34,7 @@ def test_fsck_finds_every_kind_of_disagreement(
     settings: Settings, factory: sessionmaker[Session]
 ) -> None:
     data, wheel = _farm_with_a_wheel(settings, factory)
-    assert run_fsck(data, factory).problems() == []
+    assert run_fsck(factory, data).problems() == []
     served = data / "files" / "demo" / wheel.filename
     # A wheel no row names (the master died between writing it and its commit).
     (served.parent / "demo-1.1-cp311-cp311-manylinux2014_aarch64.whl").write_bytes(b"x")
@@ -43,7 +43,7 @@ def test_fsck_finds_every_kind_of_disagreement(
     # A page no longer what the master would serve.
     page = data / "simple" / "demo" / "index.json"
     page.write_text(page.read_text().replace("demo", "dem0"))
-    report = run_fsck(data, factory)
+    report = run_fsck(factory, data)
     assert report.files_without_row == [
         "demo: demo-1.1-cp311-cp311-manylinux2014_aarch64.whl has no row"
     ]
@@ -51,7 +51,7 @@ def test_fsck_finds_every_kind_of_disagreement(
     assert report.stale_pages == ["demo: simple/demo/index.json differs from the index"]
     assert report.problems(["other"]) == [] and len(report.problems(["demo"])) == 3
     served.unlink()
-    assert run_fsck(data, factory).rows_without_file == [f"demo: row {wheel.filename} has no file"]
+    assert run_fsck(factory, data).rows_without_file == [f"demo: row {wheel.filename} has no file"]
 
 
 def test_compare_counts_lost_jobs_and_second_wheels(

@@ -38,7 +38,7 @@ def test_no_fault_loses_a_job_or_publishes_a_wheel_twice_or_in_part(tmp_path: Pa
     with running_farm(tmp_path) as farm:
         results = run_scenarios(farm)
         assert farm.factory is not None
-        whole_farm = run_fsck(farm.data_dir, farm.factory).problems()
+        whole_farm = run_fsck(farm.factory, farm.data_dir).problems()
     table = format_table(results)
     print(f"\n{table}")
     assert [r for r in results if not r.survived and not r.skipped] == [], table
