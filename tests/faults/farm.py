@@ -457,10 +457,10 @@ def running_farm(root: Path, builders: int = 2) -> Iterator[Farm]:
             upgrade(engine)
             farm.factory = make_sessionmaker(engine)
             farm.write_config()
-            farm.start_master()
-            for number in range(1, builders + 1):
-                farm.add_builder(f"b{number}")
             try:
+                farm.start_master()
+                for number in range(1, builders + 1):
+                    farm.add_builder(f"b{number}")
                 yield farm
             finally:
                 farm.stop()
