@@ -211,7 +211,9 @@ def postgres_restarted_mid_dispatch(farm: Farm, expected: Outcome) -> FaultResul
     """PostgreSQL stopped as a crash would stop it while jobs are dispatched and claimed,
     started again 2 s later (with crash recovery)."""
     batch = farm.add_batch("postgres", 2)
-    wait_until(lambda: JobState.QUEUED in _states(farm, batch), 30, "a dispatch", 0.02)
+    # Sent, or already claimed: a builder may claim a job before its queued mark commits.
+    dispatched = (JobState.QUEUED, JobState.BUILDING)
+    wait_until(lambda: any(s in dispatched for s in _states(farm, batch)), 30, "a dispatch", 0.02)
     farm.postgres.stop("immediate")
     time.sleep(2)
     farm.postgres.start()
