@@ -1,3 +1,5 @@
 """The `armwheels` command: ties master and builder nodes together for operators."""
 
-__version__ = "0.1.0"
+from common.version import VERSION as __version__
+
+__all__ = ["__version__"]

@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -16,8 +17,7 @@ from common.states import ARCHES, TokenRole
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-    from sqlalchemy import Engine
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("armwheels")
 
@@ -35,24 +35,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def _engine(settings: Settings) -> Engine:
-    """An engine on a database whose schema is current, else a one-line UsageError."""
-    from common.db import is_up_to_date, make_engine
+@contextmanager
+def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a database whose schema is current, else a one-line UsageError; the
+    engine is disposed when the block ends, however it ends."""
+    from common.db import is_up_to_date, make_sessionmaker, open_engine
 
-    engine = make_engine(settings.database.url)
-    if not is_up_to_date(engine):
-        engine.dispose()
-        raise UsageError("database schema is not current: run `armwheels db upgrade`")
-    return engine
+    with open_engine(settings.database.url) as engine:
+        if not is_up_to_date(engine):
+            raise UsageError("database schema is not current: run `armwheels db upgrade`")
+        yield make_sessionmaker(engine)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from common.db import make_engine, upgrade
+    from common.db import open_engine, upgrade
 
     settings = _settings(args)
-    engine = make_engine(settings.database.url)
-    upgrade(engine)
-    engine.dispose()
+    with open_engine(settings.database.url) as engine:
+        upgrade(engine)
     print(f"database at head: {settings.database.url.split('@')[-1]}")
     return 0
 
@@ -89,14 +89,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker
-    from master.status import collect
+    from master.web.status import collect
 
     settings = _settings(args)
-    engine = _engine(settings)
-    with make_sessionmaker(engine)() as session:
-        data = collect(session)
-    engine.dispose()
+    with _database(settings) as factory, factory() as session:
+        data = collect(session, settings.master.builder_timeout)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -157,14 +154,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     import getpass
 
-    from common.db import make_sessionmaker, transaction
+    from common.db import transaction
     from master import audit
-    from master.rebuild import RebuildError, request_rebuild
+    from master.builds.rebuild import RebuildError, request_rebuild
 
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with transaction(make_sessionmaker(engine)) as session:
+        with _database(settings) as factory, transaction(factory) as session:
             actor = f"cli:{getpass.getuser()}"
             outcome = request_rebuild(
                 session, settings, args.project, args.version, args.arch, requested_by=actor
@@ -183,8 +179,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             )
     except RebuildError as exc:
         raise UsageError(str(exc)) from exc
-    finally:
-        engine.dispose()
     for job_id, arch, tag, state in waiting:
         print(f"job {job_id} already {state}: {args.project} {arch} {tag}")
     if not created:
@@ -197,10 +191,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from common.db import make_sessionmaker
     from common.names import BadName, normalize_project
-    from master.importer import ProjectListError, read_project_list, run_import
-    from master.json_api import JsonApiClient
+    from master.pypi.importer import ProjectListError, read_project_list, run_import
+    from master.pypi.json_api import JsonApiClient
 
     if args.top is not None and args.from_file is None:
         raise UsageError("--top needs --from FILE")
@@ -214,28 +207,27 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     names = list(dict.fromkeys(names))
     settings = _settings(args)
-    engine = _engine(settings)
-    client = JsonApiClient(settings.upstream.json_url, settings.upstream.timeout)
     columns = (
         TextColumn("importing"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[project]}"),
     )
-    try:
-        with Progress(*columns, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("import", total=len(names), project="")
-            outcome = run_import(
-                make_sessionmaker(engine),
-                client,
-                settings,
-                names,
-                all_releases=args.all_releases,
-                advance=lambda name: progress.update(task, advance=1, project=name),
-            )
-    finally:
-        client.close()
-        engine.dispose()
+    with _database(settings) as factory:
+        client = JsonApiClient(settings.upstream.json_url, settings.upstream.timeout)
+        try:
+            with Progress(*columns, disable=not sys.stderr.isatty()) as progress:
+                task = progress.add_task("import", total=len(names), project="")
+                outcome = run_import(
+                    factory,
+                    client,
+                    settings,
+                    names,
+                    all_releases=args.all_releases,
+                    advance=lambda name: progress.update(task, advance=1, project=name),
+                )
+        finally:
+            client.close()
     for name, error in outcome.failed.items():
         print(f"not imported: {name}: {error}", file=sys.stderr)
     print(
@@ -250,18 +242,15 @@ def _operate(args: argparse.Namespace, action: Callable[[Session, str], str]) ->
     usage error (exit 2, one line)."""
     import getpass
 
-    from common.db import make_sessionmaker, transaction
+    from common.db import transaction
     from master.operations import Refused
 
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with transaction(make_sessionmaker(engine)) as session:
+        with _database(settings) as factory, transaction(factory) as session:
             message = action(session, f"cli:{getpass.getuser()}")
     except Refused as exc:
         raise UsageError(exc.message) from exc
-    finally:
-        engine.dispose()
     print(message)
     return 0
 
@@ -291,7 +280,7 @@ def cmd_skip_remove(args: argparse.Namespace) -> int:
 
 def cmd_job_cancel(args: argparse.Namespace) -> int:
     from master import operations
-    from master.live_logs import final_log_keeper
+    from master.builds.live_logs import final_log_keeper
 
     keep_log = final_log_keeper(_settings(args))
 
@@ -325,17 +314,13 @@ def cmd_wheel_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_skip_list(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker
-    from master.skips import list_rules
+    from master.builds.skips import list_rules
 
-    settings = _settings(args)
-    engine = _engine(settings)
-    with make_sessionmaker(engine)() as session:
+    with _database(_settings(args)) as factory, factory() as session:
         rows = [
             (r.project, r.version or "*", r.reason, r.created_by, r.created_at.isoformat())
             for r in list_rules(session)
         ]
-    engine.dispose()
     if args.json:
         keys = ("project", "version", "reason", "created_by", "created_at")
         print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
@@ -388,7 +373,7 @@ def _index_progress(label: str, session: Session) -> tuple[Progress, Callable[[i
     from sqlalchemy import func, select
 
     from common.models import OutputFile, Release
-    from master.index import SERVED
+    from master.index.pages import SERVED
 
     total = session.scalar(
         select(func.count())
@@ -404,8 +389,7 @@ def _index_progress(label: str, session: Session) -> tuple[Progress, Callable[[i
 
 def cmd_index_export(args: argparse.Namespace) -> int:
     """Write the whole index as static files (pages and the wheels they link to)."""
-    from common.db import make_sessionmaker
-    from master.static_index import StaticIndex
+    from master.index.static import StaticIndex
 
     target: Path = args.directory.absolute()
     if target.exists() and not target.is_dir():
@@ -413,9 +397,8 @@ def cmd_index_export(args: argparse.Namespace) -> int:
     if target.is_dir() and any(target.iterdir()) and not (target / "simple" / ".serial").exists():
         raise UsageError(f"{target} is not empty and holds no earlier export")
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with make_sessionmaker(engine)() as session:
+        with _database(settings) as factory, factory() as session:
             progress, advance = _index_progress("exporting", session)
             with progress:
                 report = StaticIndex(target).regenerate(
@@ -424,8 +407,6 @@ def cmd_index_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        engine.dispose()
     print(
         f"exported {report.projects} projects at serial {report.serial} to {target}:"
         f" {report.files_written} pages written, {report.files_linked} files linked or copied"
@@ -435,27 +416,87 @@ def cmd_index_export(args: argparse.Namespace) -> int:
 
 def cmd_index_sync(args: argparse.Namespace) -> int:
     """Bring the master's static tree up to date now (the master does it on its own)."""
-    from common.db import make_sessionmaker
-    from master.static_index import StaticIndex
+    from master.index.static import StaticIndex
 
     settings = _settings(args)
-    engine = _engine(settings)
     static = StaticIndex(settings.master.data_dir)
-    try:
-        with make_sessionmaker(engine)() as session:
-            if args.full:
-                progress, advance = _index_progress("regenerating", session)
-                with progress:
-                    report = static.regenerate(session, progress=advance)
-            else:
-                report = static.sync(session)
-    finally:
-        engine.dispose()
+    with _database(settings) as factory, factory() as session:
+        if args.full:
+            progress, advance = _index_progress("regenerating", session)
+            with progress:
+                report = static.regenerate(session, progress=advance)
+        else:
+            report = static.sync(session)
     print(
         f"static index at serial {report.serial}: {report.projects} projects rewritten,"
         f" {report.files_written} files written, {report.files_removed} removed"
     )
     return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Check that the database, the files, the static index and the hashes agree; exit 1
+    while a problem is left (with --repair: one it could not mend)."""
+    import getpass
+
+    from common.db import transaction
+    from master import audit
+    from master.index.fsck import ADVICE, run_fsck
+
+    settings = _settings(args)
+    data_dir = settings.master.data_dir
+    with _database(settings) as factory:
+        if not data_dir.is_dir():
+            raise UsageError(f"no data directory at {data_dir} (master.data_dir)")
+        report = run_fsck(factory, data_dir, settings.index.static, repair=args.repair)
+        repaired = [finding for finding in report.findings if finding.repaired]
+        if repaired:
+            with transaction(factory) as session:
+                audit.record(
+                    session,
+                    f"cli:{getpass.getuser()}",
+                    "operator",
+                    "fsck-repair",
+                    str(data_dir),
+                    repaired={f.path: f.kind.value for f in repaired},
+                    quarantine=report.quarantine,
+                    left=len(report.left),
+                )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 1 if report.left else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    checked = (
+        f"{report.wheels} wheels, {report.files} files, {report.pages} static pages"
+        f" ({report.hashed_bytes} bytes hashed)"
+    )
+    if not report.findings:
+        console.print(f"no problems: checked {checked}")
+        return 0
+    table = Table(title=f"fsck of {data_dir}")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("path", overflow="fold")  # whole: the operator acts on it
+    table.add_column("row", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    table.add_column("repair", no_wrap=True)
+    for finding in report.findings:
+        row = f"{finding.table} {finding.row}" if finding.row is not None else ""
+        repair = "done" if finding.repaired else "possible" if finding.repairable else "no"
+        table.add_row(finding.kind.value, finding.path, row, finding.detail, repair)
+    console.print(table)
+    left = report.left
+    console.print(
+        f"{len(report.findings)} problems, {len(report.findings) - len(left)} repaired,"
+        f" {len(left)} left; checked {checked}"
+    )
+    if report.quarantine is not None:
+        console.print(f"unknown files moved to the quarantine: {data_dir / report.quarantine}")
+    for kind in sorted({finding.kind for finding in left}):
+        console.print(f"{kind.value}: {ADVICE[kind]}")
+    return 1 if left else 0
 
 
 def cmd_recipe_check(args: argparse.Namespace) -> int:
@@ -484,14 +525,11 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def cmd_push_status(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker
-    from master.pushes import push_summary
+    from master.index.pushes import push_summary
 
     settings = _settings(args)
-    engine = _engine(settings)
-    with make_sessionmaker(engine)() as session:
+    with _database(settings) as factory, factory() as session:
         rows = push_summary(session, [target.name for target in settings.push])
-    engine.dispose()
     from rich.console import Console
     from rich.table import Table
 
@@ -509,8 +547,8 @@ def cmd_push_status(args: argparse.Namespace) -> int:
 
 
 def cmd_push_retry(args: argparse.Namespace) -> int:
-    from common.db import make_sessionmaker, transaction
-    from master.pushes import has_pushes, retry_failed
+    from common.db import transaction
+    from master.index.pushes import has_pushes, retry_failed
 
     settings = _settings(args)
     configured = [target.name for target in settings.push]
@@ -518,14 +556,10 @@ def cmd_push_retry(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no push target named {args.target!r} (configured: {', '.join(configured) or 'none'})"
         )
-    engine = _engine(settings)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            if args.file is not None and not has_pushes(session, args.file):
-                raise UsageError(f"no pushes of {args.file!r}")
-            count = retry_failed(session, [args.target] if args.target else configured, args.file)
-    finally:
-        engine.dispose()
+    with _database(settings) as factory, transaction(factory) as session:
+        if args.file is not None and not has_pushes(session, args.file):
+            raise UsageError(f"no pushes of {args.file!r}")
+        count = retry_failed(session, [args.target] if args.target else configured, args.file)
     print(f"{count} failed pushes pending again" if count else "no failed pushes to retry")
     return 0
 
@@ -661,6 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--arch", choices=ARCHES, required=True)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_image_build)
+
+    fsck = add("fsck", cmd_fsck, "check that the database, files, static index and hashes agree")
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="rewrite stale static pages and .metadata files, quarantine unknown files,"
+        " remove leftover temporary files (never touches a wheel a row refers to)",
+    )
+    fsck.add_argument("--json", action="store_true")
 
     index = sub.add_parser("index", help="the Simple index's static copy", parents=[common])
     index_sub = index.add_subparsers(dest="index_command", required=True, parser_class=_Parser)

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from common.config import Settings, load_settings
-from common.db import make_engine, make_sessionmaker, transaction, upgrade
+from common.db import make_sessionmaker, open_engine, transaction, upgrade
 from common.states import TokenRole
 
 log = logging.getLogger("armwheels.up")
@@ -49,15 +49,13 @@ def _backend_for(settings: Settings, arch: str) -> str:
 def _issue_builder_tokens(settings: Settings) -> dict[str, str]:
     from master.auth import rotate_token
 
-    engine = make_engine(settings.database.url)
-    upgrade(engine)
-    with transaction(make_sessionmaker(engine)) as session:
-        tokens = {
-            arch: rotate_token(session, f"local-{arch}", TokenRole.BUILDER)
-            for arch in settings.enabled_targets()
-        }
-    engine.dispose()
-    return tokens
+    with open_engine(settings.database.url) as engine:
+        upgrade(engine)
+        with transaction(make_sessionmaker(engine)) as session:
+            return {
+                arch: rotate_token(session, f"local-{arch}", TokenRole.BUILDER)
+                for arch in settings.enabled_targets()
+            }
 
 
 def run_up(config: Path | None) -> int:

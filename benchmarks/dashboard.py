@@ -2,7 +2,7 @@
 
 Fills a scratch database (100,000 projects, 1,000,000 finished builds spread over two
 years, one a minute, with one in ten failed, plus waiting and running jobs and builders),
-starts the master's HTTP server as `armwheels master` runs it (master/http_server.py,
+starts the master's HTTP server as `armwheels master` runs it (master/web/http_server.py,
 `master.http_workers` processes: one per core here), and loads each page with wrk, a
 C load generator (Debian's package; scripts/setup installs it), from CLIENTS
 connections for SECONDS each, every client asking again as soon as it has its answer.
@@ -36,8 +36,8 @@ from sqlalchemy import text
 from benchmarks.index import fill
 from common.config import load_settings
 from common.db import make_engine, make_sessionmaker, upgrade
-from master import dashboard
-from master.page_cache import PageCache
+from master.web import dashboard
+from master.web.page_cache import PageCache
 from tests.conftest import _postgres_database
 from tests.servers import free_port, stop_process, wait_until
 
@@ -70,7 +70,7 @@ HISTORY = [
 def serve(url: str, data_dir: str, port: int, workers: int) -> None:
     """The master's HTTP server alone, as `armwheels master` serves it."""
     from common.logs import setup_logging
-    from master.http_server import http_workers, serve_http
+    from master.web.http_server import http_workers, serve_http
 
     setup_logging()
     settings = load_settings(

@@ -30,12 +30,12 @@ from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.messages import make_celery
 from common.models import BuildJob
 from common.states import JobState
-from master.changelog import ChangelogClient
-from master.feed import BATCH_EVENTS, apply_events, follow_changelog
-from master.journal import JournalEvent
-from master.json_api import JsonApiClient
-from master.refresh import refresh_marked
-from master.scheduler import dispatch_pending
+from master.builds.scheduler import dispatch_pending
+from master.pypi.changelog import ChangelogClient
+from master.pypi.feed import BATCH_EVENTS, apply_events, follow_changelog
+from master.pypi.journal import JournalEvent
+from master.pypi.json_api import JsonApiClient
+from master.pypi.refresh import refresh_marked
 from tests.conftest import _postgres_database
 from tests.pypi_replay import replay_server
 

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, text
 
 from common.config import load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
-from master.static_index import StaticIndex
+from master.index.static import StaticIndex
 from tests.conftest import _postgres_database
 from tests.seed import publish_wheel
 

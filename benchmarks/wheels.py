@@ -68,8 +68,8 @@ def upload_child(bomb: Path, data_dir: Path) -> None:
     from common.config import load_settings
     from common.db import make_engine, make_sessionmaker, transaction, upgrade
     from common.states import TokenRole
-    from master.app import create_app
     from master.auth import create_token
+    from master.web.app import create_app
     from tests.seed import add_release
 
     settings = load_settings(

@@ -76,7 +76,8 @@ def classify(
 
 
 def is_transient(reason: FailureReason, text: str | bytes = "") -> bool:
-    """Whether retrying the same build could help (DESIGN: retry transient ones, capped).
+    """Whether retrying the same build could help: the master queues a transient failure
+    again, up to master.max_attempts, instead of waiting for a human to re-queue it.
 
     `text` is the summary or the log; it lets a builder problem such as a full disk or an
     emulator crash count as transient while other failures of that class do not.

@@ -1,9 +1,9 @@
-"""The builder's HTTP client of the master, authenticated with the builder token."""
+"""The builder's HTTP client of the master, authenticated with the builder token. The
+bodies it sends and reads are those of common/protocol.py."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,22 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from common.job_spec import JobSpec
+from common.protocol import (
+    LOG_PART,
+    WHEEL_PART,
+    ErrorBody,
+    Heartbeat,
+    HeartbeatAnswer,
+    JobSpec,
+    LogAccepted,
+    LogGap,
+    LogRefusal,
+    Registered,
+    Registration,
+    ResultAnswer,
+    ResultForm,
+)
+from common.states import Arch
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +65,6 @@ class LogRefused(Exception):
     def __init__(self, message: str, taken_back: str | None = None) -> None:
         super().__init__(message)
         self.taken_back = taken_back
-
-
-@dataclass(frozen=True)
-class HeartbeatAnswer:
-    """What the master answers a heartbeat: jobs it took back from this builder because
-    the heartbeat did not name them, and the named job if it is no longer ours (`stop`,
-    with `why`). What a master leaves out (one that predates `stop`) reads as empty."""
-
-    handed_back: list[int]
-    stop: list[int]
-    why: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any) -> HeartbeatAnswer:
-        if not isinstance(data, dict):
-            return cls([], [])
-        why = data.get("why")
-        return cls(
-            [int(job) for job in data.get("handed_back") or []],
-            [int(job) for job in data.get("stop") or []],
-            str(why) if why is not None else None,
-        )
 
 
 # A live-log chunk is best effort: it must not hold up the build for a minute.
@@ -143,29 +136,11 @@ _retrying_report = retry(
 
 
 def _error(response: httpx.Response) -> str:
+    """What a refusal says: its `error`, else its text (a proxy's page, say)."""
     try:
-        return str(response.json().get("error", response.text))
+        return ErrorBody.from_bytes(response.content).error
     except ValueError:
         return response.text[:200]
-
-
-def _taken_back(response: httpx.Response) -> str | None:
-    """Why the master refused because the job is no longer ours (None: another refusal)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    if not isinstance(body, dict) or body.get("stop") is not True:
-        return None
-    return str(body.get("why") or body.get("state") or body.get("error") or "taken back")
-
-
-def _expected_offset(response: httpx.Response) -> int | None:
-    try:
-        expected = response.json().get("expected")
-    except (ValueError, AttributeError):
-        return None
-    return expected if isinstance(expected, int) and expected >= 0 else None
 
 
 class MasterClient:
@@ -182,35 +157,31 @@ class MasterClient:
     @_retrying
     def register(
         self,
-        arch: str,
+        arch: Arch,
         backend: str,
         python_tags: list[str],
         version: str,
         free_disk: int | None = None,
-    ) -> Any:
-        response = self.http.post(
-            "/api/v1/builders/register",
-            json={
-                "arch": arch,
-                "backend": backend,
-                "python_tags": python_tags,
-                "version": version,
-                "free_disk": free_disk,
-            },
+    ) -> Registered:
+        """Say what this builder builds; ProtocolError when the answer is not understood."""
+        body = Registration(
+            arch=arch,
+            backend=backend,
+            python_tags=python_tags,
+            version=version,
+            free_disk=free_disk,
         )
+        response = self.http.post("/api/v1/builders/register", json=body.model_dump(mode="json"))
         response.raise_for_status()
-        return response.json()
+        return Registered.from_bytes(response.content)
 
     def heartbeat(self, job_id: int | None = None, free_disk: int | None = None) -> HeartbeatAnswer:
-        """Say the builder lives and which job it runs; the answer may take that job back."""
-        body = {"job_id": job_id, "free_disk": free_disk}
-        response = self.http.post("/api/v1/builders/heartbeat", json=body)
+        """Say the builder lives and which job it runs; the answer may take that job back.
+        ProtocolError when the answer is not understood (nothing to act on)."""
+        body = Heartbeat(job_id=job_id, free_disk=free_disk)
+        response = self.http.post("/api/v1/builders/heartbeat", json=body.model_dump(mode="json"))
         response.raise_for_status()
-        try:
-            return HeartbeatAnswer.from_json(response.json())
-        except (TypeError, ValueError):  # not the answer a master gives: nothing to act on
-            log.warning("heartbeat answer not understood: %s", response.text[:200])
-            return HeartbeatAnswer([], [])
+        return HeartbeatAnswer.from_bytes(response.content)
 
     @_retrying
     def claim(self, job_id: int) -> JobSpec:
@@ -241,51 +212,42 @@ class MasterClient:
             timeout=LOG_TIMEOUT,
         )
         if response.status_code == 409:
-            expected = _expected_offset(response)
-            if expected is not None:
-                raise LogOffsetMismatch(expected)
+            try:
+                gap: LogGap | None = LogGap.from_bytes(response.content)
+            except ValueError:
+                gap = None  # another refusal
+            if gap is not None:
+                raise LogOffsetMismatch(gap.expected)
         if 400 <= response.status_code < 500:
-            raise LogRefused(_error(response), _taken_back(response))
+            try:
+                refusal = LogRefusal.from_bytes(response.content)
+            except ValueError:  # not the master's (a proxy's page): not a taken-back job
+                raise LogRefused(response.text[:200]) from None
+            raise LogRefused(refusal.error, refusal.taken_back())
         response.raise_for_status()
-        return int(response.json()["total"])
+        return LogAccepted.from_bytes(response.content).total
 
     @_retrying_report
     def report(
-        self,
-        job_id: int,
-        outcome: str,
-        log_path: Path,
-        reason: str | None,
-        summary: str,
-        build_seconds: float,
-        wheel: Path | None = None,
-        wheel_sha256: str | None = None,
-        transient: bool = False,
-    ) -> Any:
-        data: dict[str, str] = {
-            "outcome": outcome,
-            "summary": summary,
-            "build_seconds": f"{build_seconds:.3f}",
-        }
-        if transient:
-            data["transient"] = "true"
-        if reason:
-            data["reason"] = reason
-        if wheel_sha256:
-            data["wheel_sha256"] = wheel_sha256
+        self, job_id: int, form: ResultForm, log_path: Path, wheel: Path | None = None
+    ) -> ResultAnswer:
+        """Send a result: the form, the build log and the wheel (when built). The answer
+        says what the master made of it; ProtocolError when it is not understood."""
         with log_path.open("rb") as log_handle:
             files: dict[str, tuple[str, Any, str]] = {
-                "log": ("build.log", log_handle, "text/plain")
+                LOG_PART: ("build.log", log_handle, "text/plain")
             }
             if wheel is not None:
                 wheel_handle = wheel.open("rb")
-                files["wheel"] = (wheel.name, wheel_handle, "application/octet-stream")
+                files[WHEEL_PART] = (wheel.name, wheel_handle, "application/octet-stream")
             try:
-                response = self.http.post(f"/api/v1/jobs/{job_id}/result", data=data, files=files)
+                response = self.http.post(
+                    f"/api/v1/jobs/{job_id}/result", data=form.fields(), files=files
+                )
             finally:
                 if wheel is not None:
                     wheel_handle.close()
         if 400 <= response.status_code < 500:
             raise ReportRejected(_error(response))
         response.raise_for_status()
-        return response.json()
+        return ResultAnswer.from_bytes(response.content)

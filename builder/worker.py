@@ -24,13 +24,15 @@ from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
 from common.config import Settings
 from common.job_spec import JobSpec
 from common.messages import BUILD_TASK, declare_queues, make_celery, queue_name
-from common.states import FailureReason
+from common.protocol import HEARTBEAT_SECONDS, MAX_SUMMARY_CHARS, ProtocolError, ResultForm
+from common.states import Arch, FailureReason
+from common.version import VERSION
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 30.0
-# While a job runs the builder beats more often: the answer is how a quiet build (no new
-# log to stream) learns that the master took its job back (cancelled, requeued).
+# Idle, the builder beats every HEARTBEAT_SECONDS; while a job runs it beats more often:
+# the answer is how a quiet build (no new log to stream) learns that the master took its
+# job back (cancelled, requeued).
 BUSY_HEARTBEAT_SECONDS = 5.0
 # After the farm failed a build (FarmFault) the builder waits before its next job, longer
 # after each fault in a row: a builder whose engine is broken does not run through the
@@ -274,28 +276,26 @@ class JobRunner:
         wheel_sha256 = None
         if outcome.wheel is not None:
             wheel_sha256 = hashlib.sha256(outcome.wheel.read_bytes()).hexdigest()
+        form = ResultForm(
+            outcome="built" if outcome.built else "failed",
+            reason=outcome.reason,
+            summary=outcome.summary[:MAX_SUMMARY_CHARS],
+            build_seconds=seconds,
+            wheel_sha256=wheel_sha256,
+            transient=outcome.transient,
+        )
         try:
             answer = self.client.report(
-                job_id,
-                "built" if outcome.built else "failed",
-                log_path,
-                outcome.reason.value if outcome.reason else None,
-                outcome.summary,
-                seconds,
-                outcome.wheel if outcome.built else None,
-                wheel_sha256,
-                transient=outcome.transient,
+                job_id, form, log_path, outcome.wheel if outcome.built else None
             )
             log.info(
                 "job reported",
-                extra={
-                    "job_id": job_id,
-                    "state": answer.get("state"),
-                    "seconds": round(seconds, 1),
-                },
+                extra={"job_id": job_id, "state": answer.state, "seconds": round(seconds, 1)},
             )
         except ReportRejected as exc:
             log.error("result rejected by master: %s", exc, extra={"job_id": job_id})
+        except ProtocolError as exc:  # stored (a 2xx), only its answer not understood
+            log.warning("result answer not understood: %s", exc, extra={"job_id": job_id})
 
 
 def free_disk(settings: Settings) -> int | None:
@@ -355,7 +355,7 @@ class Heartbeats(threading.Thread):
         self._done.set()
 
 
-def run_builder(settings: Settings, arch: str, config_file: Path | None = None) -> int:
+def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None) -> int:
     token = settings.builder.token.get_secret_value()
     if not token:
         raise NoBackend("builder.token is not set (ARMWHEELS_BUILDER__TOKEN)")
@@ -366,10 +366,8 @@ def run_builder(settings: Settings, arch: str, config_file: Path | None = None) 
     name = identity.name
     backend = choose_backend(settings, arch, identity, config_file)
     client = MasterClient(settings.builder.master_url, token)
-    from armwheels import __version__
-
     tags = backend.python_tags()
-    client.register(arch, backend.name, tags, __version__, free_disk(settings))
+    client.register(arch, backend.name, tags, VERSION, free_disk(settings))
     log.info(
         "builder registered",
         extra={

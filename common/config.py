@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from common.names import BadName, normalize_project, python_version_of_tag
+from common.protocol import HEARTBEAT_SECONDS
 from common.recipes import parse_recipes
 from common.states import ARCHES
 
@@ -127,8 +128,9 @@ class MasterSettings(_Section):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_log_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     dispatch_interval: float = Field(default=5.0, gt=0)
-    # A builder silent for this long has died: its job is handed back.
-    builder_timeout: float = Field(default=300.0, ge=30)
+    # A builder silent for this long has died: it is offline (status, dashboard, metrics,
+    # dispatch) and its job is handed back.
+    builder_timeout: float = Field(default=300.0, ge=HEARTBEAT_SECONDS)
     # A job queued this long without a claim is sent again (its message may be lost).
     requeue_after: float = Field(default=6 * 3600.0, ge=60)
     # Attempts before a job that keeps getting lost fails with reason "lost".
@@ -143,7 +145,7 @@ class MasterSettings(_Section):
     rebuild_window: float = Field(default=3600.0, gt=0)
     # Seconds the dashboard overview's figures are shared between requests (0: never).
     overview_cache: float = Field(default=1.0, ge=0, le=60)
-    # Processes serving HTTP (see master/http_server.py); 0: one per core on PostgreSQL
+    # Processes serving HTTP (see master/web/http_server.py); 0: one per core on PostgreSQL
     # (at most 8), one on SQLite.
     http_workers: int = Field(default=0, ge=0, le=64)
     # Seconds a project's dashboard page is shared between requests (0: never).

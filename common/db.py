@@ -11,9 +11,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, inspect, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from common.index_journal import track_index_changes
 
@@ -41,6 +41,17 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@contextmanager
+def open_engine(url: str, echo: bool = False) -> Iterator[Engine]:
+    """An engine for one command's work, its connections closed on the way out whatever
+    happens (a short-lived process would otherwise leave them to the garbage collector)."""
+    engine = make_engine(url, echo)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -78,3 +89,25 @@ def head_revision(engine: Engine) -> str | None:
 
 def is_up_to_date(engine: Engine) -> bool:
     return current_revision(engine) == head_revision(engine)
+
+
+def lock_rows(
+    session: Session, column: InstrumentedAttribute[Any], *where: ColumnElement[bool]
+) -> None:
+    """Lock the rows `where` selects of `column`'s table until the transaction ends, so
+    that a concurrent transaction doing the same waits and then reads what this one left.
+
+    A no-op UPDATE (`column = column`) does it on both databases: it row-locks on
+    PostgreSQL, and on SQLite, where FOR UPDATE means nothing, it takes the one write
+    lock before anything is read (call it before any other write in the transaction).
+    The session's copies of that table's rows are expired, to be read again."""
+    session.execute(
+        update(column.class_)
+        .where(*where)
+        .values({column: column})
+        .execution_options(synchronize_session=False)
+    )
+    table = column.property.parent.local_table
+    for stored in list(session.identity_map.values()):
+        if inspect(stored).mapper.local_table is table:
+            session.expire(stored)

@@ -17,10 +17,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from common.states import ACTIVE_STATES, FailureReason, JobState, SkipReason, TokenRole
@@ -31,6 +33,29 @@ ACTIVE_SQL = "state IN (" + ", ".join(f"'{state.value}'" for state in ACTIVE_STA
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment, stored in UTC and always read back as an aware UTC datetime.
+
+    SQLite keeps no zone and hands datetimes back naive, PostgreSQL answers in the
+    session's zone: every column of the farm goes through this type, so no caller has to
+    guess. A naive value written is taken to be UTC, as the farm writes only UTC. The
+    column is a plain timezone-aware DateTime in the database (the migrations' type).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return self.process_result_value(value, dialect)  # the same normalisation both ways
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 NAMING = {
@@ -55,7 +80,7 @@ def _enum(kind: type[Any], name: str) -> Enum:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: DateTime(timezone=True),
+        datetime: UTCDateTime(),
         dict[str, Any]: JSON,
     }
 

@@ -1,8 +1,14 @@
-"""Build states (DESIGN.md) and the classes of failure a build can end with."""
+"""Build states and the classes of failure a build can end with.
+
+As in Debian's wanna-build, a job goes pending (known, not yet queued) -> queued ->
+building -> built | failed | skipped; the database is the source of truth and the broker
+only carries work, so a job whose message or builder is lost is found and queued again.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
 
 
 class JobState(StrEnum):
@@ -68,4 +74,7 @@ class TokenRole(StrEnum):
     OPERATOR = "operator"
 
 
-ARCHES: tuple[str, ...] = ("aarch64", "armv7l")
+# The ARM architectures the farm builds for, by their `uname -m` names: the type of every
+# body and setting that names one, and ARCHES (the same names, for loops and choices).
+Arch = Literal["aarch64", "armv7l"]
+ARCHES: tuple[Arch, ...] = get_args(Arch)

@@ -49,14 +49,11 @@ def count_since(session: Session, actor: str, action: str, since: datetime) -> i
 
 
 def oldest_since(session: Session, actor: str, action: str, since: datetime) -> datetime | None:
-    oldest = session.scalar(
+    return session.scalar(
         select(func.min(AuditEvent.at)).where(
             AuditEvent.actor == actor, AuditEvent.action == action, AuditEvent.at >= since
         )
     )
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
-    return oldest
 
 
 def recent(session: Session, limit: int = 50) -> list[AuditEvent]:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import ColumnElement, inspect, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
+from common.db import lock_rows
 from common.models import BuildJob, OutputFile, SkipRule, Token
 from common.names import BadName, normalize_project
-from common.states import ACTIVE_STATES, JobState, SkipReason, TokenRole
-from master import audit, auth, skips
+from common.states import JobState, TokenRole
+from master import audit, auth
+from master.builds import jobs, skips
 
 
 class Refused(Exception):
@@ -29,28 +29,6 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def lock_rows(
-    session: Session, column: InstrumentedAttribute[Any], *where: ColumnElement[bool]
-) -> None:
-    """Lock the rows `where` selects of `column`'s table until the transaction ends, so
-    that a concurrent transaction doing the same waits and then reads what this one left.
-
-    A no-op UPDATE (`column = column`) does it on both databases: it row-locks on
-    PostgreSQL, and on SQLite, where FOR UPDATE means nothing, it takes the one write
-    lock before anything is read (call it before any other write in the transaction).
-    The session's copies of that table's rows are expired, to be read again."""
-    session.execute(
-        update(column.class_)
-        .where(*where)
-        .values({column: column})
-        .execution_options(synchronize_session=False)
-    )
-    table = column.property.parent.local_table
-    for stored in list(session.identity_map.values()):
-        if inspect(stored).mapper.local_table is table:
-            session.expire(stored)
 
 
 def _job(session: Session, job_id: int) -> BuildJob:
@@ -72,18 +50,14 @@ def cancel_job(
     """A waiting or running job stops being built. A builder still running it is told at
     its next heartbeat or live-log chunk, and kills the build (any result it still sends is
     refused: the job is no longer assigned to it). A running job's streamed log is kept as
-    its final log by `keep_log` (master.live_logs.final_log_keeper)."""
+    its final log by `keep_log` (master.builds.live_logs.final_log_keeper)."""
     job = _job(session, job_id)
-    if job.state not in ACTIVE_STATES:
+    if not jobs.allowed(job.state, jobs.Event.CANCEL):
         raise Refused(409, f"job {job_id} is {job.state.value}: nothing to cancel")
     was = job.state.value
     if job.state == JobState.BUILDING and keep_log is not None:
         keep_log(job)
-    if job.builder is not None and job.builder.current_job_id == job.id:
-        job.builder.current_job_id = None
-    job.state, job.skip_reason = JobState.SKIPPED, SkipReason.CANCELLED
-    job.summary = f"cancelled by {actor}: {reason}"[:2000]
-    job.builder_id, job.finished_at = None, datetime.now(UTC)
+    jobs.cancel(job, actor, reason)
     audit.record(session, actor, role, "cancel", f"job {job_id}", was=was, reason=reason)
     return job
 
@@ -92,13 +66,10 @@ def requeue_job(session: Session, job_id: int, actor: str, role: str, reason: st
     """A failed or skipped job waits again with fresh attempts (a built one is rebuilt
     with a rebuild request instead, which keeps its history)."""
     job = _job(session, job_id)
-    if job.state not in (JobState.FAILED, JobState.SKIPPED):
+    if not jobs.allowed(job.state, jobs.Event.REQUEUE):
         raise Refused(409, f"job {job_id} is {job.state.value}: only failed or skipped")
     was = job.state.value
-    job.state, job.attempts = JobState.PENDING, 0
-    job.failure_reason = job.skip_reason = None
-    job.builder_id = job.started_at = job.queued_at = job.finished_at = None
-    job.summary = f"requeued by {actor}: {reason}"[:2000]
+    jobs.requeue(job, actor, reason)
     try:
         with session.begin_nested():
             session.flush()

@@ -1,5 +1,5 @@
 """Runs the master: poller, reconciler and dispatcher in a thread, the HTTP server in front
-(in this process, or in worker processes: master/http_server.py)."""
+(in this process, or in worker processes: master/web/http_server.py)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.db import is_up_to_date, make_engine, make_sessionmaker, transaction
 from common.messages import configured_queues, declare_queues, make_celery
-from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
-from master.feed import follow_changelog
-from master.http_server import http_workers, serve_http
-from master.json_api import JsonApiClient
+from master.builds.live_logs import LiveLogs, live_caps
+from master.builds.reconciler import reconcile
+from master.builds.scheduler import dispatch_pending, served_targets
+from master.index.pushes import push_due
+from master.index.static import StaticIndex
 from master.leader import PollLeader
-from master.live_logs import LiveLogs, live_caps
-from master.poller import poll_watched
-from master.pushes import push_due
-from master.reconciler import reconcile
-from master.refresh import refresh_marked
-from master.scheduler import dispatch_pending, served_targets
-from master.static_index import StaticIndex
+from master.pypi.changelog import ChangelogClient, ChangelogError, TransientChangelogError
+from master.pypi.feed import follow_changelog
+from master.pypi.json_api import JsonApiClient
+from master.pypi.poller import poll_watched
+from master.pypi.refresh import refresh_marked
+from master.pypi.upstream import SimpleClient
 from master.storage import Storage
-from master.upstream import SimpleClient
+from master.web.http_server import http_workers, serve_http
 
 log = logging.getLogger(__name__)
 

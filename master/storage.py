@@ -151,6 +151,17 @@ class Storage:
         return removed
 
 
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The sha256 (hex) and size of a file, read in chunks: a wheel may be large."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(COPY_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

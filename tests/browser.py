@@ -16,7 +16,7 @@ from playwright.sync_api import Page, sync_playwright
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
-from master.app import create_app
+from master.web.app import create_app
 from tests.servers import ROOT, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.models import Builder, BuildJob, OutputFile, Project, Release, SourceFile, Token
 from common.states import TokenRole
-from master.releases import get_or_create_project
-from master.scheduler import PRIORITY_NEW, create_jobs
+from master.builds.build_plan import PRIORITY_NEW, create_jobs
+from master.index.uploads import accept_wheel
+from master.pypi.releases import get_or_create_project
 from master.storage import Storage
-from master.uploads import accept_wheel
 from tests.conftest import make_wheel
 
 

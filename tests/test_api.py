@@ -17,11 +17,11 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, OutputFile, Release
 from common.states import FailureReason, JobState, SkipReason, TokenRole
-from master.app import create_app
 from master.auth import create_token
-from master.build_plan import plan_builds
-from master.feed import apply_events
-from master.journal import JournalEvent, parse_entry
+from master.builds.build_plan import plan_builds
+from master.pypi.feed import apply_events
+from master.pypi.journal import JournalEvent, parse_entry
+from master.web.app import create_app
 from tests.conftest import make_wheel
 from tests.seed import add_release
 from tests.wheels import elf_header

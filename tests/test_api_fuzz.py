@@ -30,8 +30,8 @@ from common.config import load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.states import FailureReason, JobState, TokenRole
 from master import operations
-from master.app import create_app
 from master.auth import create_token
+from master.web.app import create_app
 from tests.conftest import _postgres_database
 from tests.seed import add_release, publish_wheel
 from tests.servers import serve_app

@@ -8,7 +8,12 @@ from email.utils import format_datetime
 import pytest
 from tenacity import RetryCallState, Retrying, wait_fixed
 
-from master.backoff import MAX_RETRY_AFTER, RetryAfterError, parse_retry_after, wait_retry_after
+from master.pypi.backoff import (
+    MAX_RETRY_AFTER,
+    RetryAfterError,
+    parse_retry_after,
+    wait_retry_after,
+)
 
 
 def _state_after(exc: BaseException) -> RetryCallState:

@@ -36,7 +36,8 @@ from common.messages import (
 )
 from common.models import BuildJob
 from common.states import JobState
-from master.scheduler import PRIORITY_NEW, dispatch_pending
+from master.builds.build_plan import PRIORITY_NEW
+from master.builds.scheduler import dispatch_pending
 from tests.seed import add_release
 from tests.servers import redis_database
 

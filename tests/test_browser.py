@@ -48,7 +48,8 @@ class Farm:
 @pytest.fixture
 def farm(tmp_path: Path) -> Iterator[Farm]:
     """A migrated SQLite master database with a little of everything the dashboard shows:
-    a waiting job (demo 1.0), a published wheel (demo 0.9) and a failed build (broken 0.1)."""
+    a waiting job (demo 1.0), a published wheel (demo 0.9) and failed builds (broken 0.1,
+    demo 0.8)."""
     settings = load_settings(
         None,
         database={"url": f"sqlite:///{tmp_path / 'armwheels.db'}"},
@@ -64,7 +65,8 @@ def farm(tmp_path: Path) -> Iterator[Farm]:
         built.state, built.attempts, built.build_seconds = JobState.BUILT, 1, 42.0
         built.started_at = built.finished_at = datetime.now(UTC)
         _, _, jobs = add_release(session, settings, project="broken", version="0.1")
-        for job in jobs:
+        _, _, older = add_release(session, settings, project="demo", version="0.8")
+        for job in [*jobs, *older]:
             job.state, job.failure_reason = JobState.FAILED, FailureReason.COMPILE_ERROR
             job.summary = "error: command 'gcc' failed with exit code 1"
             job.attempts, job.finished_at = 1, datetime.now(UTC)
@@ -207,8 +209,14 @@ def test_dashboard_live_pages(
         result = page.locator("div#rebuild-result")
         token.fill(farm.maintainer_token)
         form.locator("select#rebuild-arch").select_option("aarch64")
+        # demo 0.9's aarch64 wheel is served: the form shows the refusal, naming it.
         form.locator("input#rebuild-version").fill("0.9")
-        # demo 0.9 is built: a new job is queued; asked again, the form shows it waiting.
+        form.locator("button#rebuild").click()
+        expect(page.locator("div#rebuild-result.error")).to_contain_text(
+            "armwheels serves demo-0.9-"
+        )
+        # demo 0.8's build failed: a new job is queued; asked again, the form shows it waiting.
+        form.locator("input#rebuild-version").fill("0.8")
         links = result.locator('a[href^="/builds/"]')
         rebuilt: list[str] = []
         for outcome in ("queued", "already waiting"):
@@ -220,7 +228,7 @@ def test_dashboard_live_pages(
             screenshot(page, request, "project-rebuild-" + outcome.replace(" ", "-"))
         assert rebuilt[0] == rebuilt[1], rebuilt
         job = api.get(f"/api/v1/jobs/{rebuilt[0].rsplit('/', 1)[-1]}").json()
-        assert (job["project"], job["version"], job["arch"]) == ("demo", "0.9", "aarch64"), job
+        assert (job["project"], job["version"], job["arch"]) == ("demo", "0.8", "aarch64"), job
         assert job["state"] == "pending", job
 
         assert looks_like_secret(UNKNOWN_TOKEN)

@@ -11,8 +11,8 @@ from common.db import transaction
 from common.models import BuildJob, Release, SkipRule, SourceFile
 from common.states import JobState, SkipReason
 from common.tags import covering_wheel, supported_tags
-from master.build_plan import plan_builds, pure_python_wheel
-from master.releases import get_or_create_project
+from master.builds.build_plan import plan_builds, pure_python_wheel
+from master.pypi.releases import get_or_create_project
 
 
 def test_supported_tags_follow_the_policy() -> None:
@@ -148,10 +148,11 @@ def test_a_project_wide_skip_rule_settles_waiting_jobs(
     with transaction(factory) as session:
         release, source = _release(session, "1.0", ["demo-1.0.tar.gz"])
         (job,) = plan_builds(session, release, source, settings)
+        job_id = job.id
         session.add(SkipRule(project="demo", version=None, reason="no", created_by="op"))
         session.flush()
         assert plan_builds(session, release, source, settings) == []
     with factory() as session:
-        stored = session.get(BuildJob, job.id)
+        stored = session.get(BuildJob, job_id)
         assert stored is not None
         assert (stored.state, stored.skip_reason) == (JobState.SKIPPED, SkipReason.SKIP_LIST)

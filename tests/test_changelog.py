@@ -20,13 +20,12 @@ from common.config import Settings
 from common.models import BuildJob, FeedActionCount, Project, Release
 from common.states import JobState
 from common.tags import covering_wheel
-from master.build_plan import pure_python_wheel
-from master.changelog import ChangelogClient, ChangelogError, TransientChangelogError
-from master.feed import CHANGELOG_FEED, follow_changelog, read_cursor
-from master.json_api import JsonApiClient
-from master.refresh import refresh_marked
-from master.scheduler import target_allowed
-from master.status import collect
+from master.builds.build_plan import pure_python_wheel, target_allowed
+from master.pypi.changelog import ChangelogClient, ChangelogError, TransientChangelogError
+from master.pypi.feed import CHANGELOG_FEED, follow_changelog, read_cursor
+from master.pypi.json_api import JsonApiClient
+from master.pypi.refresh import refresh_marked
+from master.web.status import collect
 from tests.pypi_replay import ReplayServer, ReplayState, replay_server
 
 EVENTS = 3000
@@ -175,7 +174,7 @@ def test_following_the_changelog_reproduces_upstream(
         }
         assert building == expected_builds(state, settings)
         assert Counter(job_state for *_, job_state in jobs)[JobState.PENDING] == len(building)
-        status = collect(session)
+        status = collect(session, settings.master.builder_timeout)
     feed = status["feeds"]["cursors"][CHANGELOG_FEED]
     assert feed["serial"] == replay.journal[-1].serial
     assert sum(feed["actions"].values()) == EVENTS

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import load_settings
+from armwheels import cli
+from armwheels.cli import UsageError
+from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction
 from common.models import AuditEvent
 from tests.seed import add_release, publish_wheel
@@ -209,6 +212,14 @@ def test_rebuild(farm: Farm) -> None:
     assert "nothing to do" in answer
     data = json.loads(farm.ok("status", "--json"))
     assert data["queues"]["aarch64"]["pending"] == 1
+    # The build plan's rules hold for a rebuild: a skipped project is refused, naming
+    # the skip entry, until an operator removes it.
+    farm.ok("skip", "add", "demo", "--reason", "needs CUDA")
+    assert_usage_error(
+        farm.run("rebuild", "demo"), "demo 1.0 is not built", "(all releases)", "needs CUDA"
+    )
+    farm.ok("skip", "remove", "demo")
+    assert "pending: demo aarch64 cp311" in farm.ok("rebuild", "demo")
 
 
 def test_import_refuses_bad_input_in_one_line(farm: Farm) -> None:
@@ -264,7 +275,7 @@ def test_import_backfills_at_low_priority(farm: Farm) -> None:
     from sqlalchemy import func, select
 
     from common.models import BuildJob, Project, Release
-    from master.scheduler import PRIORITY_BACKFILL
+    from master.builds.build_plan import PRIORITY_BACKFILL
     from tests.pypi_replay import replay_server
 
     farm.upgraded()
@@ -343,3 +354,15 @@ def test_operator_actions_on_jobs_and_wheels_are_audited(farm: Farm) -> None:
         (True, "requeue", f"job {job_id}"),
         (True, "remove-wheel", wheel),
     ]
+
+
+def test_a_command_closes_its_database_however_it_ends(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    closed: list[bool] = []
+    with pytest.raises(UsageError), cli._database(settings) as opened:
+        event.listen(opened.kw["bind"], "close", lambda *_: closed.append(True))
+        with opened() as session:
+            assert session.scalar(select(1)) == 1
+        raise UsageError("refused half way")
+    assert closed == [True]

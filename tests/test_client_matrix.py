@@ -40,12 +40,12 @@ from common.config import BuilderSettings, Settings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.job_spec import JobSpec
 from common.states import TokenRole
-from master.app import create_app
 from master.auth import create_token
-from master.feed import apply_events
-from master.index import JSON_TYPE
-from master.journal import JournalEvent, parse_entry
-from master.static_index import StaticIndex
+from master.index.pages import JSON_TYPE
+from master.index.static import StaticIndex
+from master.pypi.feed import apply_events
+from master.pypi.journal import JournalEvent, parse_entry
+from master.web.app import create_app
 from tests.clients import (
     CA_BUNDLE,
     DEBIAN_PIP,

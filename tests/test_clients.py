@@ -21,11 +21,11 @@ from fastapi import FastAPI
 from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.states import TokenRole
-from master.app import create_app
 from master.auth import create_token
-from master.feed import apply_events
-from master.index import JSON_TYPE
-from master.journal import JournalEvent, parse_entry
+from master.index.pages import JSON_TYPE
+from master.pypi.feed import apply_events
+from master.pypi.journal import JournalEvent, parse_entry
+from master.web.app import create_app
 from tests.clients import PIP_VERSIONS, pip_crashes_on_dict_dist_info_metadata, pip_download
 from tests.seed import add_release
 from tests.servers import PIP_TARGET, run_pip, serve_app

@@ -20,10 +20,10 @@ from common.db import transaction
 from common.models import BuildJob, Release
 from common.states import FailureReason, JobState, TokenRole
 from master import audit
-from master.app import create_app
 from master.auth import create_token
-from master.dashboard import human_age
 from master.storage import Storage
+from master.web.app import create_app
+from master.web.dashboard import human_age
 from tests.seed import add_builder, add_release, publish_wheel
 
 SCRIPT = "<script>alert('owned')</script>"
@@ -449,7 +449,7 @@ def test_rebuild_form_posts_to_the_api(farm: Farm) -> None:
     answer = farm.client.post(
         action,
         headers={"Authorization": f"Bearer {farm.token}"},
-        json={"version": "1.0", "arch": "aarch64"},
+        json={"version": "2.0", "arch": "aarch64"},  # its aarch64 build failed
     )
     assert answer.status_code == 202, answer.text
     [job] = answer.json()["jobs"]
@@ -457,9 +457,17 @@ def test_rebuild_form_posts_to_the_api(farm: Farm) -> None:
     waiting = farm.page("/").by_id("waiting")
     assert f"/builds/{job['id']}" in [a.attrs["href"] for a in waiting.find_all("a")]
     matrix = farm.page("/projects/demo").by_id("matrix")
-    row = next(tr for tr in matrix.find_all("tr") if tr.attrs.get("data-version") == "1.0")
+    row = next(tr for tr in matrix.find_all("tr") if tr.attrs.get("data-version") == "2.0")
     assert row.find("a").attrs == {"class": "state state-pending", "href": f"/builds/{job['id']}"}
     assert farm.page(f"/builds/{job['id']}").by_id("state").text == "pending"
+    # 1.0's aarch64 wheel is served: a rebuild would only be refused at upload; it is
+    # refused now, saying which wheel serves the target.
+    served = farm.client.post(
+        action,
+        headers={"Authorization": f"Bearer {farm.token}"},
+        json={"version": "1.0", "arch": "aarch64"},
+    )
+    assert served.status_code == 409 and "armwheels serves demo-1.0-" in served.json()["error"]
 
 
 def test_overview_figures_are_shared_for_a_moment(

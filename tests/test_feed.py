@@ -11,8 +11,8 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, Project, Release
 from common.states import JobState, SkipReason
-from master.feed import apply_events
-from master.journal import JournalEvent, parse_entry
+from master.pypi.feed import apply_events
+from master.pypi.journal import JournalEvent, parse_entry
 from tests.seed import add_release
 
 T0 = 1_700_000_000

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, FeedActionCount, Project, Release, SourceFile
 from common.states import JobState
-from master.feed import CHANGELOG_FEED, read_cursor
+from master.pypi.feed import CHANGELOG_FEED, read_cursor
 from tests.conftest import _postgres_database
 from tests.pypi_replay import ReplayServer, replay_server
 from tests.servers import free_port, stop_process, wait_until

@@ -20,9 +20,10 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Builder, BuildJob
 from common.states import JobState, TokenRole
-from master.app import HAND_BACK_GRACE, create_app
 from master.auth import create_token
-from master.reconciler import reconcile
+from master.builds.reconciler import reconcile
+from master.web.app import create_app
+from master.web.builder_api import HAND_BACK_GRACE
 from tests.seed import add_release
 
 
@@ -120,7 +121,7 @@ def test_a_job_the_builder_no_longer_runs_goes_back_at_once(
     farm.claim("b2", "gamma")
     for project in ("alpha", "beta", "gamma"):
         farm.claimed_ago(project, OLD)
-    with caplog.at_level(logging.WARNING, logger="master.app"):
+    with caplog.at_level(logging.INFO, logger="master.builds.jobs"):
         answer = farm.beat("b1", {"job_id": farm.jobs["beta"], "free_disk": 10})
     assert answer == {"ok": True, "handed_back": [farm.jobs["alpha"]], "stop": [], "why": None}
     alpha = farm.job("alpha")
@@ -128,7 +129,12 @@ def test_a_job_the_builder_no_longer_runs_goes_back_at_once(
     assert alpha.attempts == 0  # the builder forgot it: not the build's fault
     assert farm.job("beta").state == JobState.BUILDING
     assert farm.job("gamma").state == JobState.BUILDING  # another builder's job
-    [record] = [r for r in caplog.records if "no longer runs" in r.getMessage()]
+    [record] = [r for r in caplog.records if "no longer runs" in getattr(r, "why", "")]
+    assert (record.getMessage(), record.__dict__["from"], record.__dict__["to"]) == (
+        "job handed back",
+        "building",
+        "pending",
+    )
     assert getattr(record, "job_id", None) == farm.jobs["alpha"]
     assert getattr(record, "builder", None) == "b1"
     # It can be claimed again, and its attempt number did not move.
@@ -186,7 +192,7 @@ def test_a_cancelled_job_its_builder_still_runs_is_answered_stop(
     farm.claim("b1", "alpha")
     farm.claim("b2", "beta")
     farm.operate("cancel", "alpha")
-    with caplog.at_level(logging.INFO, logger="master.app"):
+    with caplog.at_level(logging.INFO, logger="master.web.builder_api"):
         answer = farm.beat("b1", {"job_id": farm.jobs["alpha"], "free_disk": 10})
         still = farm.beat("b2", {"job_id": farm.jobs["beta"]})
     assert answer == {

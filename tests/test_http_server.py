@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from common.config import load_settings
-from master.http_server import MAX_AUTO_WORKERS, http_workers, listen_sockets
+from master.web.http_server import MAX_AUTO_WORKERS, http_workers, listen_sockets
 from tests.conftest import _postgres_database
 from tests.servers import free_port, process_gone, redis_database, stop_process, wait_until
 

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from master.index import (
+from master.index.pages import (
     HTML_TYPE,
     JSON_TYPE,
     LEGACY_HTML,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from master.journal import ActionKind, JournalEvent, classify, parse_entry
+from master.pypi.journal import ActionKind, JournalEvent, classify, parse_entry
 
 
 @pytest.mark.parametrize(

@@ -29,13 +29,13 @@ from builder.client import MasterClient
 from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob
+from common.protocol import MAX_CHUNK_BYTES, ResultForm
 from common.states import JobState, TokenRole
-from master.api_deps import MAX_JSON_BYTES
-from master.app import create_app
 from master.auth import create_token
-from master.auth_throttle import AuthThrottle, client_key
-from master.live_logs import MAX_CHUNK_BYTES
 from master.storage import STALE_PART_SECONDS
+from master.web.api_deps import MAX_JSON_BYTES
+from master.web.app import create_app
+from master.web.auth_throttle import AuthThrottle, client_key
 from tests.conftest import make_wheel
 from tests.seed import add_release
 from tests.servers import free_port, redis_database, serve_app, stop_process, wait_until
@@ -334,7 +334,7 @@ def test_failed_authentications_are_throttled_and_logged(
     wrong = "aw_" + "w" * 40
     with (
         running_farm(settings, factory) as farm,
-        caplog.at_level(logging.INFO, logger="master.request_guard"),
+        caplog.at_level(logging.INFO, logger="master.web.request_guard"),
     ):
         heartbeat = f"{farm.url}/api/v1/builders/heartbeat"
         for headers in ({"Authorization": f"Bearer {wrong}"}, {}, farm.auth(farm.operator)):
@@ -461,17 +461,13 @@ def test_a_full_disk_answers_503_keeps_nothing_and_the_builder_sends_again(
         filler = fill(small_disk, leave=200_000)
         client = MasterClient(farm.url, farm.token)
         with ThreadPoolExecutor(1) as pool:
-            sending = pool.submit(
-                client.report,
-                farm.job_id,
-                "built",
-                log_file,
-                None,
-                "ok",
-                1.0,
-                wheel,
-                hashlib.sha256(wheel.read_bytes()).hexdigest(),
+            form = ResultForm(
+                outcome="built",
+                summary="ok",
+                build_seconds=1.0,
+                wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
             )
+            sending = pool.submit(client.report, farm.job_id, form, log_file, wheel)
             wait_until(
                 lambda: any("result not stored" in r.getMessage() for r in caplog.records),
                 30,
@@ -486,7 +482,7 @@ def test_a_full_disk_answers_503_keeps_nothing_and_the_builder_sends_again(
             filler.unlink()
             answer = sending.result(timeout=120)
         client.close()
-        assert answer["state"] == "built" and answer["file"] == WHEEL
+        assert answer.state == "built" and answer.file == WHEEL
         assert farm.job().state == JobState.BUILT
         assert (small_disk / "files" / "demo" / WHEEL).read_bytes() == wheel.read_bytes()
         assert farm.parts() == []

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from builder.backends import BuildOutcome
-from builder.client import HeartbeatAnswer, LogOffsetMismatch, LogRefused, MasterClient
+from builder.client import LogOffsetMismatch, LogRefused, MasterClient
 from builder.log_stream import LogStreamer
 from builder.worker import JobRunner
 from common.config import Settings
@@ -30,11 +30,12 @@ from common.db import transaction
 from common.job_spec import JobSpec
 from common.log_cap import omitted_marker
 from common.models import BuildJob
+from common.protocol import HeartbeatAnswer
 from common.states import FailureReason, JobState, TokenRole
-from master.app import create_app
 from master.auth import create_token
 from master.operations import cancel_job
 from master.storage import Storage
+from master.web.app import create_app
 from tests.seed import add_release
 from tests.servers import free_port, serve_app, wait_until
 
@@ -350,7 +351,7 @@ def test_streamer_and_heartbeat_learn_that_the_job_was_cancelled(
     told: list[tuple[int, str]] = []
     with serve_app(app, free_port()) as url:
         client = MasterClient(url, farm.token)
-        assert client.heartbeat(farm.job_id, 1) == HeartbeatAnswer([], [], None)
+        assert client.heartbeat(farm.job_id, 1) == HeartbeatAnswer()
         streamer = LogStreamer(
             client,
             farm.job_id,
@@ -369,7 +370,7 @@ def test_streamer_and_heartbeat_learn_that_the_job_was_cancelled(
         assert told == [(farm.job_id, "skipped (cancelled)")]
         assert streamer.refused and streamer.acked == 10
         answer = client.heartbeat(farm.job_id, 1)
-        assert answer == HeartbeatAnswer([], [farm.job_id], "skipped (cancelled)")
+        assert answer == HeartbeatAnswer(stop=[farm.job_id], why="skipped (cancelled)")
         assert client.heartbeat(None, 1).stop == []
         # A refusal that says nothing of the job (too big a chunk) is not a stop.
         with pytest.raises(LogRefused) as too_big:

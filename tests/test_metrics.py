@@ -14,7 +14,7 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, FeedCursor, IndexChange, WheelPush
 from common.states import FailureReason, JobState
-from master.metrics import render_metrics
+from master.web.metrics import render_metrics
 from tests.seed import add_builder, add_release, publish_wheel
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -248,7 +248,7 @@ def test_metrics_stay_out_of_the_global_registry(
 def test_the_master_serves_metrics(settings: Settings, factory: sessionmaker[Session]) -> None:
     from fastapi.testclient import TestClient
 
-    from master.app import create_app
+    from master.web.app import create_app
 
     with TestClient(create_app(settings, factory)) as client:
         answer = client.get("/metrics")

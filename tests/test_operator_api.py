@@ -17,11 +17,11 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, OutputFile, Release
 from common.states import FailureReason, JobState, SkipReason, TokenRole
-from master.app import create_app
 from master.auth import create_token
-from master.live_logs import LiveLogs, claim_key, live_caps
-from master.static_index import StaticIndex
+from master.builds.live_logs import LiveLogs, claim_key, live_caps
+from master.index.static import StaticIndex
 from master.storage import Storage
+from master.web.app import create_app
 from tests.seed import add_release, publish_wheel
 
 JSON_ACCEPT = {"Accept": "application/vnd.pypi.simple.v1+json"}

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from master.page_cache import PageCache
+from master.web.page_cache import PageCache
 
 
 class Renderer:

@@ -30,8 +30,8 @@ from common.config import Settings, TargetSettings
 from common.db import transaction
 from common.models import BuildJob, Project, Release, SourceFile
 from common.states import JobState, SkipReason
-from master.poller import apply_page, poll_project, poll_watched
-from master.upstream import (
+from master.pypi.poller import apply_page, poll_project, poll_watched
+from master.pypi.upstream import (
     JSON_TYPE,
     ProjectPage,
     SimpleClient,

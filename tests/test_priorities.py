@@ -30,14 +30,9 @@ from common.db import transaction
 from common.messages import REDIS_PRIORITY_STEPS, broker_priority, make_celery, queue_name
 from common.models import BuildJob
 from common.states import JobState
-from master.rebuild import request_rebuild
-from master.scheduler import (
-    PRIORITY_BACKFILL,
-    PRIORITY_NEW,
-    PRIORITY_REBUILD,
-    dispatch_pending,
-    served_targets,
-)
+from master.builds.build_plan import PRIORITY_BACKFILL, PRIORITY_NEW, PRIORITY_REBUILD
+from master.builds.rebuild import request_rebuild
+from master.builds.scheduler import dispatch_pending, served_targets
 from tests.seed import add_builder, add_release
 from tests.servers import redis_database, stop_process
 

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import PushTarget, Settings, load_settings
 from common.db import transaction
 from common.models import WheelPush
-from master.pushes import PushRound, push_due, simple_url, upload_fields
+from master.index.pushes import PushRound, push_due, simple_url, upload_fields
+from master.index.uploads import accept_wheel
 from master.storage import Storage
-from master.uploads import accept_wheel
 from tests.seed import add_release
 from tests.servers import PIP_TARGET, free_port, pypiserver, run_pip
 from tests.test_cli import COMMAND, assert_usage_error
@@ -36,11 +36,6 @@ PASSWORD = "right-horse-battery"
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands datetimes back without their zone; they were stored in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @pytest.fixture
@@ -166,7 +161,7 @@ def test_an_index_that_is_down_is_tried_again_later(
     assert (row.state, row.attempts, row.last_status) == ("pending", 1, None)
     assert row.last_error is not None and "ConnectError" in row.last_error
     assert row.next_attempt_at is not None
-    retry_at = _aware(row.next_attempt_at)
+    retry_at = row.next_attempt_at
     assert retry_at >= before + timedelta(seconds=30)
     # Not due yet: a round now leaves it alone.
     assert run_round(factory, settings) == PushRound()

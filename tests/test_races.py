@@ -38,7 +38,7 @@ SERVE = (
     "from pathlib import Path\n"
     "from common.config import load_settings\n"
     "from common.logs import setup_logging\n"
-    "from master.http_server import serve_http\n"
+    "from master.web.http_server import serve_http\n"
     "setup_logging()\n"
     "serve_http(load_settings(Path(sys.argv[1])), int(sys.argv[2]))\n"
 )
@@ -182,6 +182,10 @@ def farm(
         with transaction(factory) as session:
             wheel = publish_wheel(session, settings, "demo", "1.0")
             wheel.job.state = JobState.BUILT
+            # The newest release, which a rebuild request names: its build failed (1.0's
+            # target is served already, and a rebuild of it is refused).
+            _, _, [retry] = add_release(session, settings, project="demo", version="1.1")
+            retry.state, retry.failure_reason = JobState.FAILED, FailureReason.COMPILE_ERROR
             _, _, [waiting] = add_release(session, settings, project="slow", version="2.0")
             _, _, [failed] = add_release(session, settings, project="broken", version="0.1")
             failed.state, failed.failure_reason = JobState.FAILED, FailureReason.COMPILE_ERROR
@@ -244,7 +248,7 @@ def test_one_release_is_rebuilt_once(farm: Farm) -> None:
         assert active and all(count == 1 for _, _, count in active)
         requested = session.scalar(select(func.count()).where(BuildJob.requested_by == "alice"))
         assert requested == len(first["jobs"])
-    assert _audited(farm.factory, "rebuild", "demo 1.0") == CALLERS
+    assert _audited(farm.factory, "rebuild", "demo 1.1") == CALLERS
 
 
 def test_the_rebuild_limit_holds_under_a_race(farm: Farm) -> None:

@@ -16,9 +16,9 @@ from common.config import Settings
 from common.db import transaction
 from common.models import AuditEvent, BuildJob
 from common.states import JobState, TokenRole
-from master.app import create_app
 from master.auth import create_token, revoke_token
-from master.scheduler import PRIORITY_REBUILD
+from master.builds.build_plan import PRIORITY_REBUILD
+from master.web.app import create_app
 from tests.seed import add_release
 
 

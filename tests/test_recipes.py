@@ -15,8 +15,8 @@ from common.db import transaction
 from common.job_spec import JobSpec
 from common.recipes import RecipeBook, RecipeError, parse_recipes
 from common.states import TokenRole
-from master.app import create_app
 from master.auth import create_token
+from master.web.app import create_app
 from tests.seed import add_release
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "recipes.toml"

@@ -11,8 +11,8 @@ from common.config import Settings
 from common.db import transaction
 from common.models import Builder, BuildJob, Token
 from common.states import FailureReason, JobState, TokenRole
-from master.live_logs import LiveLogs, claim_key, live_caps
-from master.reconciler import reconcile
+from master.builds.live_logs import LiveLogs, claim_key, live_caps
+from master.builds.reconciler import reconcile
 from master.storage import Storage
 from tests.seed import add_release
 

@@ -9,8 +9,8 @@ from common.config import Settings, TargetSettings
 from common.db import transaction
 from common.models import BuildJob
 from common.states import JobState
-from master.rebuild import RebuildError, request_rebuild
-from master.scheduler import PRIORITY_REBUILD, create_jobs, target_allowed
+from master.builds.build_plan import PRIORITY_REBUILD, create_jobs, target_allowed
+from master.builds.rebuild import RebuildError, request_rebuild
 from tests.seed import add_release
 
 

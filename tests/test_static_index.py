@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.db import transaction
 from common.models import IndexChange, OutputFile, Release
-from master.app import create_app
-from master.static_index import StaticIndex
+from master.index.static import StaticIndex
+from master.web.app import create_app
 from tests.seed import add_release, publish_wheel
 
 JSON_ACCEPT = {"Accept": "application/vnd.pypi.simple.v1+json"}

@@ -32,9 +32,9 @@ from common.config import Settings, TargetSettings, load_settings
 from common.db import transaction
 from common.models import Builder, BuildJob, OutputFile
 from common.states import JobState, SkipReason, TokenRole
-from master.app import create_app
 from master.auth import create_token
 from master.storage import Storage
+from master.web.app import create_app
 from tests.sdists import make_sdist
 from tests.seed import add_release
 from tests.servers import free_port, process_gone, serve_app, wait_until
@@ -191,7 +191,8 @@ def _quiet(url: str, job_id: int) -> bool:
 @pytest.fixture
 def caught(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     caplog.set_level(logging.INFO, logger="builder")
-    caplog.set_level(logging.INFO, logger="master.app")
+    caplog.set_level(logging.INFO, logger="master.web.builder_api")
+    caplog.set_level(logging.INFO, logger="master.builds.jobs")
     yield caplog
 
 

@@ -1,0 +1,2 @@
+"""The index and its copies: accepting wheels, the Simple pages, the static
+copy, pushes to other indexes, and fsck."""

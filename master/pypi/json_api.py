@@ -1,0 +1,132 @@
+"""Reads release details from PyPI's JSON API when a change feed names only a release.
+
+PyPI documents `/pypi/<project>/<version>/json`, but from the farm's machines it answers
+404 while the project document `/pypi/<project>/json` works; the project document also
+gives every release of the project in one request, so that is what is read.
+Untrusted input: malformed entries are logged with the project name and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+from tenacity.wait import wait_base
+
+from common.names import BadName, parse_version
+from master.pypi.backoff import raise_if_transient, upstream_http, wait_retry_after, with_retries
+from master.pypi.upstream import (
+    TransientUpstreamError,
+    UpstreamError,
+    UpstreamFile,
+    classify_filename,
+    parse_sha256,
+    parse_time,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProjectDetails:
+    """Every release PyPI serves for a project, with its files, keyed by version."""
+
+    name: str
+    serial: int | None
+    releases: dict[str, list[UpstreamFile]] = field(default_factory=dict)
+    missing: bool = False
+
+
+def _file_entry(project: str, version: str, entry: Any) -> UpstreamFile | None:
+    if not isinstance(entry, dict):
+        return None
+    filename = entry.get("filename")
+    url = entry.get("url")
+    digests = entry.get("digests")
+    if not isinstance(filename, str) or not isinstance(url, str) or not isinstance(digests, dict):
+        return None
+    kind = classify_filename(project, filename)
+    if kind is None or kind[0] != version:
+        return None
+    yanked: str | bool = False
+    if entry.get("yanked") is True:
+        reason = entry.get("yanked_reason")
+        yanked = reason if isinstance(reason, str) and reason else True
+    size = entry.get("size")
+    requires = entry.get("requires_python")
+    return UpstreamFile(
+        filename=filename,
+        url=url,
+        sha256=parse_sha256(digests.get("sha256")),
+        requires_python=requires if isinstance(requires, str) and requires else None,
+        yanked=yanked,
+        size=size if isinstance(size, int) and size >= 0 else None,
+        upload_time=parse_time(entry.get("upload_time_iso_8601") or entry.get("upload_time")),
+        version=version,
+        is_sdist=kind[1],
+    )
+
+
+def parse_project_document(project: str, body: Any) -> ProjectDetails:
+    if not isinstance(body, dict) or not isinstance(body.get("releases"), dict):
+        raise UpstreamError(f"{project}: JSON API document has no releases")
+    serial = body.get("last_serial")
+    details = ProjectDetails(project, serial if isinstance(serial, int) else None)
+    for raw_version, entries in body["releases"].items():
+        try:
+            version = str(parse_version(raw_version))
+        except BadName:
+            log.warning("release with invalid version skipped", extra={"project": project})
+            continue
+        if not isinstance(entries, list):
+            log.warning("malformed release skipped", extra={"project": project})
+            continue
+        files: list[UpstreamFile] = []
+        for entry in entries:
+            parsed = _file_entry(project, version, entry)
+            if parsed is None:
+                log.warning(
+                    "malformed file entry skipped", extra={"project": project, "version": version}
+                )
+                continue
+            files.append(parsed)
+        details.releases[version] = files
+    return details
+
+
+class JsonApiClient:
+    """A polite client of one upstream's JSON API (`<base>/<project>/json`)."""
+
+    def __init__(
+        self, base_url: str, timeout: float, attempts: int = 5, wait: wait_base | None = None
+    ) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.attempts = attempts
+        self.wait = wait_retry_after(wait)
+        self.http = upstream_http(timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def project(self, name: str) -> ProjectDetails:
+        return with_retries(self._fetch, self.wait, self.attempts, f"json {name}")(name)
+
+    def _fetch(self, name: str) -> ProjectDetails:
+        url = urljoin(self.base_url, f"{name}/json")
+        try:
+            response = self.http.get(url, headers={"Accept": "application/json"})
+        except httpx.TransportError as exc:
+            raise TransientUpstreamError(f"{name}: {exc!r}") from exc
+        raise_if_transient(response, name, TransientUpstreamError)
+        if response.status_code == 404:
+            return ProjectDetails(name, None, missing=True)
+        if response.status_code != 200:
+            raise UpstreamError(f"{name}: HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"{name}: invalid JSON") from exc
+        return parse_project_document(name, body)

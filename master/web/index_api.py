@@ -1,0 +1,149 @@
+"""The Simple index (PEP 503 HTML and PEP 691 JSON) and the files it links to, with the
+headers caches and pip need."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+
+from fastapi import (
+    APIRouter,
+    HTTPException,
+    Request,
+)
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from common.models import OutputFile, Project, Release
+from common.names import BadName, normalize_project
+from common.wheels import BadWheel, parse_name
+from master.index import pages as index
+from master.index.static import HTML_PAGE, JSON_PAGE
+from master.web.api_deps import (
+    DB,
+)
+from master.web.context import MasterContext
+
+log = logging.getLogger(__name__)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: a list of (possibly weak) tags, or *."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def router(ctx: MasterContext) -> APIRouter:
+    """The index pages and the files they link to."""
+    settings = ctx.settings
+    storage = ctx.storage
+    static = ctx.static
+    app = APIRouter()
+
+    def _simple(request: Request, content: str, media: str, serial: int) -> Response:
+        """A Simple page with what caches need: a strong ETag of its bytes (so pip and
+        proxies revalidate for a 304), a max-age, Vary on Accept, and the serial."""
+        body = content.encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        headers = {
+            "Vary": "Accept",
+            "ETag": etag,
+            "Cache-Control": f"max-age={settings.index.page_max_age}, public",
+            "X-PyPI-Last-Serial": str(serial),
+        }
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media, headers=headers)
+
+    def _negotiate(request: Request) -> str:
+        try:
+            return index.negotiate(
+                request.headers.get("accept"), request.query_params.get("format")
+            )
+        except index.NotAcceptable as exc:
+            raise HTTPException(406, str(exc)) from exc
+
+    def get_and_head(path: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        """GET in the OpenAPI document and HEAD beside it (kept out of the document: one
+        route for both methods would give two operations the same operationId)."""
+
+        def register(endpoint: Callable[..., Response]) -> Callable[..., Response]:
+            app.head(path, include_in_schema=False)(endpoint)
+            return app.get(path)(endpoint)
+
+        return register
+
+    @get_and_head("/simple/")
+    def simple_root(request: Request, db: DB) -> Response:
+        media = _negotiate(request)
+        serial = index.last_serial(db)
+        page = index.JSON_TYPE if media == index.JSON_TYPE else "html"
+        if static is not None:
+            # The tree keeps the project list current without a scan of every file.
+            static.sync(db)
+            name = JSON_PAGE if page == index.JSON_TYPE else HTML_PAGE
+            return _simple(request, (static.simple / name).read_text(), media, serial)
+        names = index.published_projects(db)
+        if page == index.JSON_TYPE:
+            return _simple(request, index.render_root_json(names), media, serial)
+        return _simple(request, index.render_root_html(names), media, serial)
+
+    @get_and_head("/simple/{name}/")
+    def simple_project(name: str, request: Request, db: DB) -> Response:
+        try:
+            normal = normalize_project(name)
+        except BadName as exc:
+            raise HTTPException(404, str(exc)) from exc
+        if normal != name:
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(f"/simple/{normal}/{query}", status_code=301)
+        media = _negotiate(request)
+        project = db.scalar(select(Project).where(Project.name == normal))
+        files = index.project_files(db, project) if project else []
+        if project is None or not files:
+            raise HTTPException(404, f"no files for {normal}")
+        serial = index.last_serial(db, project.id)
+        if media == index.JSON_TYPE:
+            return _simple(request, index.render_project_json(normal, files, serial), media, serial)
+        return _simple(request, index.render_project_html(normal, files, serial), media, serial)
+
+    @get_and_head("/simple/{name}")
+    def simple_project_slash(name: str) -> RedirectResponse:
+        return RedirectResponse(f"/simple/{name}/", status_code=301)
+
+    @get_and_head("/files/{name}/{filename}")
+    def files(name: str, filename: str, request: Request, db: DB) -> Response:
+        metadata = filename.endswith(".metadata")
+        wheel_name = filename.removesuffix(".metadata")
+        try:
+            parse_name(wheel_name)
+            normal = normalize_project(name)
+        except (BadWheel, BadName) as exc:
+            raise HTTPException(404, str(exc)) from exc
+        output = db.scalar(
+            select(OutputFile)
+            .join(Release, OutputFile.release_id == Release.id)
+            .where(OutputFile.filename == wheel_name, *index.SERVED)
+        )
+        if output is None or output.release.project.name != normal:
+            raise HTTPException(404, "no such file")
+        # A published file never changes: its hash is its ETag and caches may keep it.
+        digest = output.metadata_sha256 if metadata else output.sha256
+        headers = {"ETag": f'"{digest}"', "Cache-Control": "max-age=31536000, immutable"}
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        if metadata:
+            return FileResponse(
+                storage.metadata_path(normal, wheel_name), media_type="text/plain", headers=headers
+            )
+        return FileResponse(
+            storage.wheel_path(normal, wheel_name),
+            media_type="application/octet-stream",
+            filename=wheel_name,
+            headers=headers,
+        )
+
+    return app
