@@ -39,7 +39,7 @@ from common.db import transaction
 from common.job_spec import JobSpec
 from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState
-from master.app import create_app
+from master.web.app import create_app
 from tests.servers import free_port, serve_app, wait_until
 from tests.test_log_stream import file_server, live_farm
 

@@ -1,7 +1,7 @@
 """What the fault suite checks after a fault: the farm's files agree with its database
 (run_fsck), and every job ended as it did in an undisturbed run (compare).
 
-run_fsck stands for `armwheels fsck` (master/fsck.py, written on another branch) until
+run_fsck stands for `armwheels fsck` (master/index/fsck.py, written on another branch) until
 that lands; it checks what fsck checks, with the master's own code for what the index
 serves, and is to be replaced by a call of fsck.
 """
@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import BuildJob, IndexChange, OutputFile, Project, Release
 from common.states import JobState
-from master import index
-from master.static_index import HTML_PAGE, JSON_PAGE
+from master.index import pages as index
+from master.index.static import HTML_PAGE, JSON_PAGE
 
 
 @dataclass
@@ -49,7 +49,7 @@ class FsckReport:
 
 def run_fsck(factory: sessionmaker[Session], data_dir: Path) -> FsckReport:
     """No wheel without a row, no row without its file, every served hash the file's, and
-    every static page what the master would serve now. (master/fsck.py's check() takes
+    every static page what the master would serve now. (master/index/fsck.py's check() takes
     the same arguments; it leaves out files younger than its settling time, so a swap
     passes it a `now` past them: the suite checks right after its faults.)"""
     report = FsckReport()

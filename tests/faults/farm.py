@@ -29,7 +29,7 @@ from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.models import BuildJob, Release, SourceFile
 from common.states import JobState, TokenRole
 from master.auth import create_token
-from master.releases import get_or_create_project
+from master.pypi.releases import get_or_create_project
 from tests.faults.proc import TOOLS_ENV
 from tests.faults.proxy import Proxy
 from tests.sdists import make_sdist

@@ -4,7 +4,7 @@
 
 The farm's targets are ARM boards; the suite builds this host's own arch with the native
 backend (as tests/test_taken_back.py does), so before anything reads them this process
-admits x86_64 among the arches, lets the master register an x86_64 builder, and gives the
+admits x86_64 among the arches (so the master registers an x86_64 builder) and gives the
 native backend the build user's tools (tests/test_native_backend.build_user_tools). The
 node is otherwise the real `armwheels master` or `armwheels builder`. Never imported by
 the test process.
@@ -13,30 +13,21 @@ the test process.
 from __future__ import annotations
 
 import sys
+from typing import Literal, get_args
 
 import common.states
 
-# Before common.config, common.messages and the CLI take their copies of it.
-common.states.ARCHES = (*common.states.ARCHES, "x86_64")
+# The arches with this host's own, as common.states names them. Set before anything
+# takes a copy: common.protocol's bodies (pydantic validates a Registration's arch by
+# this Literal, in the master and in the builder), common.config's and the CLI's
+# checks, common.messages.
+HostArch = Literal[common.states.Arch, "x86_64"]
+vars(common.states).update(Arch=HostArch, ARCHES=get_args(HostArch))
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 TOOLS_ENV = "ARMWHEELS_FAULTS_TOOLS_BIN"
-
-
-def _admit_x86_64_builders() -> None:
-    """The master's registration names the arches it accepts; this one accepts x86_64."""
-    from master import app
-
-    registration: Any = getattr(app, "Registration", None)
-    if registration is None or "arch" not in registration.model_fields:
-        return  # the arch type follows common.states.ARCHES
-
-    class Registration(registration):  # type: ignore[misc]
-        arch: str
-
-    app.__dict__["Registration"] = Registration
 
 
 def _native_tools(tools_bin: Path) -> None:
@@ -58,9 +49,7 @@ def main(argv: list[str]) -> int:
 
     from armwheels.cli import main as cli
 
-    if argv[:1] == ["master"]:
-        _admit_x86_64_builders()
-    elif argv[:1] == ["builder"]:
+    if argv[:1] == ["builder"]:
         _native_tools(Path(os.environ[TOOLS_ENV]))
     return cli(argv)
 

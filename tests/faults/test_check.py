@@ -12,7 +12,7 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState
-from master.static_index import StaticIndex
+from master.index.static import StaticIndex
 from tests.faults.check import FaultResult, Outcome, compare, format_table, outcomes, run_fsck
 from tests.seed import publish_wheel
 
