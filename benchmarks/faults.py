@@ -1,6 +1,6 @@
 """The fault suite's scenarios (tests/faults), run once, printed as the fault table:
 fault, times injected, survived, jobs lost, duplicate or partial wheels; then the whole
-farm's check (tests/faults/check.run_fsck) and the time the run took.
+farm's `armwheels fsck` (tests/faults/check.fsck_findings) and the time the run took.
 
 Usage: .venv/bin/python -m benchmarks.faults
 Needs what tests/faults/test_faults.py needs: an x86_64 host, root, redis-server and
@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tests.faults.check import COLUMNS, run_fsck, table_rows
+from tests.faults.check import COLUMNS, fsck_findings, problems, table_rows
 from tests.faults.farm import running_farm
 from tests.faults.scenarios import run_scenarios
 
@@ -31,7 +31,7 @@ def main() -> int:
     ):
         results = run_scenarios(farm)
         assert farm.factory is not None
-        whole_farm = run_fsck(farm.factory, farm.data_dir).problems()
+        whole_farm = problems(fsck_findings(farm.factory, farm.data_dir))
     table = Table(title="Faults injected with work in flight")
     for column in COLUMNS:
         table.add_column(column)

@@ -1,107 +1,54 @@
 """What the fault suite checks after a fault: the farm's files agree with its database
-(run_fsck), and every job ended as it did in an undisturbed run (compare).
-
-run_fsck stands for `armwheels fsck` (master/index/fsck.py, written on another branch) until
-that lands; it checks what fsck checks, with the master's own code for what the index
-serves, and is to be replaced by a call of fsck.
+(`armwheels fsck`'s check, master/index/fsck.py), and every job ended as it did in an
+undisturbed run (compare).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import BuildJob, IndexChange, OutputFile, Project, Release
+from common.models import BuildJob, OutputFile
 from common.states import JobState
-from master.index import pages as index
-from master.index.static import HTML_PAGE, JSON_PAGE
+from master.index import fsck
 
 
-@dataclass
-class FsckReport:
-    """Disagreements between the database, the files on disk and the static index, each
-    one line naming the project first."""
+def fsck_findings(factory: sessionmaker[Session], data_dir: Path) -> list[fsck.Finding]:
+    """`armwheels fsck` of the farm (its static copy included), judging every file: fsck
+    leaves out files younger than its settling time, as writes that may be under way,
+    and the suite checks right after its faults, once the farm has converged."""
+    now = time.time() + fsck.SETTLE_SECONDS + 1
+    return fsck.check(factory, data_dir, static=True, now=now).findings
 
-    rows_without_file: list[str] = field(default_factory=list)
-    hash_mismatches: list[str] = field(default_factory=list)
-    files_without_row: list[str] = field(default_factory=list)
-    stale_pages: list[str] = field(default_factory=list)
 
-    def problems(self, projects: Iterable[str] | None = None) -> list[str]:
-        """Every problem, or those of `projects` only."""
-        found = (
-            self.rows_without_file
-            + self.hash_mismatches
-            + self.files_without_row
-            + self.stale_pages
+def problems(
+    findings: Iterable[fsck.Finding],
+    projects: Iterable[str] | None = None,
+    jobs: Iterable[int] = (),
+) -> list[str]:
+    """Each finding as one line; with `projects`, only those under files/ or simple/ of
+    these projects and the missing logs of `jobs` (a finding of the farm as a whole,
+    such as a leftover temporary file, is for the whole farm's check)."""
+    wanted = None if projects is None else set(projects)
+    logs = set(jobs)
+    lines = []
+    for finding in findings:
+        parts = Path(finding.path).parts
+        project = parts[1] if len(parts) >= 2 and parts[0] in ("files", "simple") else None
+        mine = (
+            wanted is None
+            or project in wanted
+            or (finding.kind == fsck.Kind.MISSING_LOG and finding.row in logs)
         )
-        if projects is None:
-            return found
-        wanted = set(projects)
-        return [line for line in found if line.split(":", 1)[0] in wanted]
-
-
-def run_fsck(factory: sessionmaker[Session], data_dir: Path) -> FsckReport:
-    """No wheel without a row, no row without its file, every served hash the file's, and
-    every static page what the master would serve now. (master/index/fsck.py's check() takes
-    the same arguments; it leaves out files younger than its settling time, so a swap
-    passes it a `now` past them: the suite checks right after its faults.)"""
-    report = FsckReport()
-    files = data_dir / "files"
-    with factory() as session:
-        rows = session.execute(
-            select(OutputFile.filename, OutputFile.sha256, OutputFile.size, Project.name)
-            .join(Release, OutputFile.release_id == Release.id)
-            .join(Project, Release.project_id == Project.id)
-        ).all()
-        known = set()
-        for filename, sha256, size, project in rows:
-            path = files / project / filename
-            known.add(path)
-            if not path.is_file():
-                report.rows_without_file.append(f"{project}: row {filename} has no file")
-                continue
-            data = path.read_bytes()
-            if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-                report.hash_mismatches.append(f"{project}: {filename} is not the row's bytes")
-        if files.is_dir():
-            for path in sorted(files.glob("*/*.whl")):
-                if path not in known:
-                    report.files_without_row.append(f"{path.parent.name}: {path.name} has no row")
-        _check_static(session, data_dir / "simple", report)
-    return report
-
-
-def _check_static(session: Session, simple: Path, report: FsckReport) -> None:
-    serials = dict(
-        session.execute(
-            select(IndexChange.project_id, func.max(IndexChange.id)).group_by(
-                IndexChange.project_id
-            )
-        ).all()
-    )
-    served = set()
-    for project_id, name, files in index.all_served_files(session):
-        served.add(name)
-        serial = serials.get(project_id, 0)
-        for page, render in (
-            (HTML_PAGE, index.render_project_html),
-            (JSON_PAGE, index.render_project_json),
-        ):
-            path = simple / name / page
-            expected = render(name, files, serial)
-            if not path.is_file() or path.read_text() != expected:
-                report.stale_pages.append(f"{name}: simple/{name}/{page} differs from the index")
-    if simple.is_dir():
-        for folder in simple.iterdir():
-            if folder.is_dir() and folder.name not in served:
-                report.stale_pages.append(f"{folder.name}: a page for a project without wheels")
+        if mine:
+            lines.append(f"{finding.kind.value}: {finding.path}: {finding.detail}")
+    return lines
 
 
 @dataclass
@@ -178,9 +125,9 @@ def compare(
             elif outcome.wheel_tags != expected.wheel_tags:
                 result.jobs_lost += 1
                 result.problems.append(f"job {job_id} built {outcome.wheel_tags}")
-    fsck = run_fsck(factory, data_dir).problems(projects)
-    result.duplicate_or_partial += len(fsck)
-    result.problems += fsck
+    found = problems(fsck_findings(factory, data_dir), projects, jobs)
+    result.duplicate_or_partial += len(found)
+    result.problems += found
     return result
 
 

@@ -1,6 +1,6 @@
 """The faults, each injected into a running farm while its jobs build, then checked:
 every job ends as in the undisturbed run, no wheel is published twice or in part, and
-the database, files and static index agree (check.run_fsck).
+the database, files and static index agree (check.fsck_findings: `armwheels fsck`).
 
 Each scenario returns its row of the fault table; tests/faults/test_faults.py asserts
 them and benchmarks/faults.py prints them.

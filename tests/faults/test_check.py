@@ -1,6 +1,7 @@
-"""The fault suite's own checks can fail: run_fsck finds each kind of disagreement between
-the database, the files and the static index, and compare() counts a job that did not end
-as in the undisturbed run as lost and a second wheel of one job as a duplicate."""
+"""The fault suite's own checks can fail: `armwheels fsck`, as the suite runs it right after
+a fault, judges files written a moment ago, and each finding is counted for its project's
+scenario; and compare() counts a job that did not end as in the undisturbed run as lost
+and a second wheel of one job as a duplicate."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState
+from master.index import fsck
 from master.index.static import StaticIndex
-from tests.faults.check import FaultResult, Outcome, compare, format_table, outcomes, run_fsck
+from tests.faults.check import (
+    FaultResult,
+    Outcome,
+    compare,
+    format_table,
+    fsck_findings,
+    outcomes,
+    problems,
+)
 from tests.seed import publish_wheel
 
 
@@ -30,28 +40,36 @@ def _farm_with_a_wheel(
     return data, wheel
 
 
-def test_fsck_finds_every_kind_of_disagreement(
+def test_fsck_judges_files_just_written_and_problems_name_their_project(
     settings: Settings, factory: sessionmaker[Session]
 ) -> None:
     data, wheel = _farm_with_a_wheel(settings, factory)
-    assert run_fsck(factory, data).problems() == []
+    assert fsck_findings(factory, data) == []
     served = data / "files" / "demo" / wheel.filename
-    # A wheel no row names (the master died between writing it and its commit).
-    (served.parent / "demo-1.1-cp311-cp311-manylinux2014_aarch64.whl").write_bytes(b"x")
-    # The served bytes differ from the row's hash.
+    # A wheel no row names (the master died between writing it and its commit), written
+    # a moment ago: fsck on its own takes it for a write under way, the suite does not.
+    unknown = served.parent / "demo-1.1-cp311-cp311-manylinux2014_aarch64.whl"
+    unknown.write_bytes(b"x")
+    assert fsck.check(factory, data, static=True).findings == []
+    # The served bytes differ from the row's hash; a page no longer what the master serves.
     served.write_bytes(served.read_bytes() + b"\0")
-    # A page no longer what the master would serve.
     page = data / "simple" / "demo" / "index.json"
     page.write_text(page.read_text().replace("demo", "dem0"))
-    report = run_fsck(factory, data)
-    assert report.files_without_row == [
-        "demo: demo-1.1-cp311-cp311-manylinux2014_aarch64.whl has no row"
-    ]
-    assert report.hash_mismatches == [f"demo: {wheel.filename} is not the row's bytes"]
-    assert report.stale_pages == ["demo: simple/demo/index.json differs from the index"]
-    assert report.problems(["other"]) == [] and len(report.problems(["demo"])) == 3
-    served.unlink()
-    assert run_fsck(factory, data).rows_without_file == [f"demo: row {wheel.filename} has no file"]
+    found = fsck_findings(factory, data)
+    assert sorted(finding.kind for finding in found) == sorted(
+        [fsck.Kind.UNKNOWN_FILE, fsck.Kind.WHEEL_HASH, fsck.Kind.STALE_PAGE]
+    )
+    lines = problems(found, ["demo"])
+    assert len(lines) == 3 and problems(found) == lines and problems(found, ["other"]) == []
+    assert f"unknown-file: files/demo/{unknown.name}: no wheel row names this file" in lines
+    # A job's lost log is that job's scenario's.
+    with transaction(factory) as session:
+        job = session.get(BuildJob, wheel.job_id)
+        assert job is not None
+        job.log_path = str(data / "logs" / "gone.log")
+    lost_log = [f for f in fsck_findings(factory, data) if f.kind == fsck.Kind.MISSING_LOG]
+    assert problems(lost_log, ["other"], [wheel.job_id]) == problems(lost_log)
+    assert problems(lost_log, ["other"], [wheel.job_id + 1]) == []
 
 
 def test_compare_counts_lost_jobs_and_second_wheels(

@@ -6,7 +6,7 @@ restarted mid-dispatch, the builder-master link stalled and dropped, two builder
 claiming one job at once, the master's data disk and the builders' work disk full. After
 each, every job of that fault ended as in an undisturbed run, no wheel was published
 twice or in part, and the database, the files and the static index agree
-(tests/faults/scenarios.py).
+(`armwheels fsck`; tests/faults/scenarios.py).
 
 Written for an x86_64 host running as root (the native backend's sandbox), as CI is.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.check import format_table, run_fsck
+from tests.faults.check import format_table, fsck_findings, problems
 from tests.faults.farm import running_farm
 from tests.faults.scenarios import run_scenarios
 from tests.test_native_backend import ARCH, IS_ROOT
@@ -38,7 +38,7 @@ def test_no_fault_loses_a_job_or_publishes_a_wheel_twice_or_in_part(tmp_path: Pa
     with running_farm(tmp_path) as farm:
         results = run_scenarios(farm)
         assert farm.factory is not None
-        whole_farm = run_fsck(farm.factory, farm.data_dir).problems()
+        whole_farm = problems(fsck_findings(farm.factory, farm.data_dir))
     table = format_table(results)
     print(f"\n{table}")
     assert [r for r in results if not r.survived and not r.skipped] == [], table
