@@ -78,9 +78,9 @@ def run_up(config: Path | None) -> int:
         subprocess.Popen([*base, "master", *config_args], env=env)
     ]
     for arch, backend in backends.items():
-        builder_env = dict(
-            env, ARMWHEELS_BUILDER__TOKEN=tokens[arch], ARMWHEELS_BUILDER__NAME=f"local-{arch}"
-        )
+        # No name given: each builder names itself after the host and its own instance id
+        # (builder/identity.py), so that two farms on one Docker host never share one.
+        builder_env = dict(env, ARMWHEELS_BUILDER__TOKEN=tokens[arch])
         children.append(
             subprocess.Popen(
                 [*base, "builder", "--arch", arch, "--backend", backend, *config_args],

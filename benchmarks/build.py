@@ -17,12 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from uuid import uuid4
 
 import docker
 from rich.console import Console
 from rich.table import Table
 
 from builder.backends.docker import DockerBackend
+from builder.identity import BuilderIdentity
 from common.config import load_settings
 from common.job_spec import JobSpec
 from tests.sdists import pypi_sdist
@@ -80,7 +82,9 @@ def emulated_build(sdist: Path, image: str) -> float:
 def farm_job(sdist: Path, scratch: Path, project: str, version: str, job: str) -> tuple[float, str]:
     settings = load_settings(None, builder={"ca_bundle": CA_BUNDLE, "work_dir": scratch})
     target = settings.targets["aarch64"]
-    backend = DockerBackend(settings.builder, "aarch64", target, "benchmark")
+    backend = DockerBackend(
+        settings.builder, "aarch64", target, BuilderIdentity("benchmark", uuid4().hex)
+    )
     spec = JobSpec(
         0, project, version, "aarch64", "cp311", target.policy, sdist.name, "", "", None, 1
     )

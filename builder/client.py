@@ -105,20 +105,26 @@ _retrying = retry(
 
 
 def _unavailable(exc: BaseException) -> bool:
-    """503: the master stored nothing (its disk is full) and asks for the same again."""
+    """503: the master stored nothing (its disk is full) and asks for the same again. Or
+    no answer came (the master restarted, the connection dropped): whether it stored the
+    result is unknown, and sending it again is safe, since the master takes one result
+    per claim and refuses the second (409) once the first is stored."""
+    if isinstance(exc, httpx.TransportError):
+        return True
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503
 
 
 def _log_resend(state: RetryCallState) -> None:
     job_id = state.kwargs.get("job_id", state.args[1] if len(state.args) > 1 else None)
     log.warning(
-        "master could not store the result: sending it again",
+        "master did not store the result: sending it again",
         extra={"job_id": job_id, "attempt": state.attempt_number},
     )
 
 
-# A result is sent again only when the master says it kept none of it; after these
-# attempts the job is left to the master, which hands it back when no heartbeat names it.
+# A result is sent again when the master says it kept none of it or did not answer; after
+# these attempts the job is left to the master, which hands it back when no heartbeat
+# names it.
 REPORT_ATTEMPTS = 10
 _retrying_report = retry(
     retry=retry_if_exception(_unavailable),

@@ -16,8 +16,9 @@ from typing import BinaryIO
 
 from celery import signals
 
-from builder.backends import Backend, BuildOutcome, cancelled_outcome, note
+from builder.backends import Backend, BuildOutcome, FarmFault, cancelled_outcome, note
 from builder.client import ClaimNotUnderstood, ClaimRefused, MasterClient, ReportRejected
+from builder.identity import BuilderIdentity, NoIdentity, take_identity
 from builder.log_stream import LogStreamer
 from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
 from common.config import Settings
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 # the answer is how a quiet build (no new log to stream) learns that the master took its
 # job back (cancelled, requeued).
 BUSY_HEARTBEAT_SECONDS = 5.0
+# After the farm failed a build (FarmFault) the builder waits before its next job, longer
+# after each fault in a row: a builder whose engine is broken does not run through the
+# queue handing every job back.
+FAULT_PAUSE_SECONDS = 5.0
+MAX_FAULT_PAUSE_SECONDS = 300.0
 
 
 class NoBackend(RuntimeError):
@@ -45,7 +51,7 @@ def is_arm_host(arch: str) -> bool:
 
 
 def choose_backend(
-    settings: Settings, arch: str, name: str, config_file: Path | None = None
+    settings: Settings, arch: str, identity: BuilderIdentity, config_file: Path | None = None
 ) -> Backend:
     target = settings.targets.get(arch)
     if target is None or not target.enabled:
@@ -74,7 +80,7 @@ def choose_backend(
     from builder.backends.docker import DockerBackend, DockerUnavailable
 
     try:
-        container = DockerBackend(settings.builder, arch, target, name)
+        container = DockerBackend(settings.builder, arch, target, identity)
     except DockerUnavailable as exc:
         raise NoBackend(
             f"{exc}; install docker.io and qemu-user-static (apt) and start dockerd,"
@@ -107,6 +113,9 @@ class JobRunner:
         # Orders abandon() (heartbeat and log threads) against the job changing: a cancel()
         # meant for one job lands before the next job's backend.reset().
         self._lock = threading.Lock()
+        # Builds the farm failed in a row (FarmFault), and the first pause after one.
+        self.faults_in_a_row = 0
+        self.fault_pause = FAULT_PAUSE_SECONDS
 
     def stop(self) -> None:
         """The builder is stopping (SIGTERM): kill the build under way and hand it back,
@@ -146,10 +155,9 @@ class JobRunner:
         if self.stopping.is_set():
             self.backend.cancel()  # stop() came while the backend was being reset
         work_root = self.settings.builder.work_dir
-        work_root.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=work_root))
-        log_path = workdir / "build.log"
         started = time.monotonic()
+        fault: FarmFault | None = None
+        workdir: Path | None = None
         log.info(
             "job started",
             extra={
@@ -160,39 +168,71 @@ class JobRunner:
             },
         )
         try:
-            with log_path.open("wb") as sink:
-                note(
-                    sink,
-                    f"job {job_id} attempt {spec.attempt}: {spec.project} {spec.version}"
-                    f" for {spec.arch} {spec.python_tag} ({spec.policy})"
-                    f" on {self.backend.name} backend",
-                )
-                # The log goes to the master as it grows; the report waits for its end.
-                # A refusal saying the job is no longer ours abandons it at once.
-                streamer = LogStreamer(self.client, job_id, log_path, on_taken_back=self.abandon)
-                streamer.start()
-                try:
-                    outcome = self._build(spec, workdir, sink)
-                    note(
-                        sink,
-                        f"outcome: {'built' if outcome.built else outcome.reason}:"
-                        f" {outcome.summary}",
-                    )
-                finally:
-                    cut_short = self.stopping.is_set() or self.taken_back is not None
-                    streamer.stop(flush=not cut_short)
+            try:
+                work_root.mkdir(parents=True, exist_ok=True)
+                workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=work_root))
+                log_path = workdir / "build.log"
+                outcome, fault = self._build_logged(spec, workdir, log_path)
+            except OSError as exc:
+                # The builder's own disk failed it (full, unwritable): not the sdist's doing.
+                fault = FarmFault(f"the builder's work directory failed: {exc}")
             with self._lock:
                 self._settled = True
             if self.taken_back is not None:
                 pass  # not ours: the master refuses any result or hand-back of it
             elif self.stopping.is_set():
                 self._hand_back(job_id)
+            elif fault is not None:
+                log.warning("the farm failed the build: %s", fault, extra={"job_id": job_id})
+                self._hand_back(job_id)
             else:
                 self._report(job_id, outcome, log_path, time.monotonic() - started)
         finally:
             with self._lock:
                 self.current_job = None
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        self.faults_in_a_row = self.faults_in_a_row + 1 if fault is not None else 0
+        if fault is not None:
+            self.stopping.wait(self.pause_after_fault())
+
+    def _build_logged(
+        self, spec: JobSpec, workdir: Path, log_path: Path
+    ) -> tuple[BuildOutcome, FarmFault | None]:
+        """Build with the log streamed to the master as it grows; the outcome, or the
+        farm's fault that stopped the build (the outcome then says nothing)."""
+        job_id = spec.job_id
+        with log_path.open("wb") as sink:
+            note(
+                sink,
+                f"job {job_id} attempt {spec.attempt}: {spec.project} {spec.version}"
+                f" for {spec.arch} {spec.python_tag} ({spec.policy})"
+                f" on {self.backend.name} backend",
+            )
+            # The log goes to the master as it grows; the report waits for its end.
+            # A refusal saying the job is no longer ours abandons it at once.
+            streamer = LogStreamer(self.client, job_id, log_path, on_taken_back=self.abandon)
+            streamer.start()
+            try:
+                outcome = self._build(spec, workdir, sink)
+                note(
+                    sink,
+                    f"outcome: {'built' if outcome.built else outcome.reason}: {outcome.summary}",
+                )
+                return outcome, None
+            except FarmFault as exc:
+                note(sink, f"the farm failed this build ({exc}): the job is handed back")
+                return cancelled_outcome(), exc
+            finally:
+                cut_short = self.stopping.is_set() or self.taken_back is not None
+                streamer.stop(flush=not cut_short)
+
+    def pause_after_fault(self) -> float:
+        """Seconds to wait before the next job, doubling with each fault in a row."""
+        if self.faults_in_a_row == 0:
+            return 0.0
+        pause = self.fault_pause * 2.0 ** (self.faults_in_a_row - 1)
+        return min(pause, MAX_FAULT_PAUSE_SECONDS)
 
     def _build(self, spec: JobSpec, workdir: Path, sink: BinaryIO) -> BuildOutcome:
         try:
@@ -210,10 +250,17 @@ class JobRunner:
             return cancelled_outcome()  # not worth preparing a build that cannot run
         try:
             return self.backend.build(spec, sdist, workdir, sink)
+        except FarmFault:
+            raise
         except Exception as exc:
+            # The builder's own code failed, not the sdist's (that runs in the sandbox):
+            # worth another attempt, which the master caps.
             sink.write(traceback.format_exc().encode())
             return BuildOutcome(
-                False, reason=FailureReason.BUILDER_ERROR, summary=f"builder error: {exc!r}"[:300]
+                False,
+                reason=FailureReason.BUILDER_ERROR,
+                summary=f"builder error: {exc!r}"[:300],
+                transient=True,
             )
 
     def _hand_back(self, job_id: int) -> None:
@@ -312,8 +359,12 @@ def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None)
     token = settings.builder.token.get_secret_value()
     if not token:
         raise NoBackend("builder.token is not set (ARMWHEELS_BUILDER__TOKEN)")
-    name = settings.builder.name or f"{platform.node()}-{arch}"
-    backend = choose_backend(settings, arch, name, config_file)
+    try:
+        identity = take_identity(settings.builder.work_dir, arch, settings.builder.name)
+    except NoIdentity as exc:
+        raise NoBackend(str(exc)) from exc
+    name = identity.name
+    backend = choose_backend(settings, arch, identity, config_file)
     client = MasterClient(settings.builder.master_url, token)
     tags = backend.python_tags()
     client.register(arch, backend.name, tags, VERSION, free_disk(settings))
@@ -364,4 +415,5 @@ def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None)
         heartbeats.stop()
         backend.close()
         client.close()
+        identity.release()
     return 0

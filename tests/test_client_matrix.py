@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -34,6 +35,7 @@ from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
 from builder.backends.docker import DockerBackend
+from builder.identity import BuilderIdentity
 from common.config import BuilderSettings, Settings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.job_spec import JobSpec
@@ -129,7 +131,9 @@ def _build_abidemo(spec: JobSpec, sdist: Path, work: Path) -> Path:
         build_timeout=1200,
     )
     target = load_settings(None).targets[spec.arch]
-    backend = DockerBackend(builder, spec.arch, target, f"matrix-{spec.arch}")
+    backend = DockerBackend(
+        builder, spec.arch, target, BuilderIdentity(f"matrix-{spec.arch}", uuid4().hex)
+    )
     log = work / f"abidemo-{spec.arch}.log"
     try:
         with log.open("wb") as sink:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import uuid4
 
 import docker
 import pytest
 
 from builder.backends.docker import LABEL, DockerBackend
+from builder.identity import BuilderIdentity
 from builder.worker import NoBackend, choose_backend
 from common.config import load_settings
 from common.job_spec import JobSpec
@@ -21,7 +23,9 @@ IMAGE = "armwheels/build-aarch64:bookworm"
 def test_interpreters_are_discovered_in_the_image(tmp_path: Path) -> None:
     settings = load_settings(None, builder={"work_dir": tmp_path})
     target = settings.targets["aarch64"].model_copy(update={"python_tags": ["cp311", "cp312"]})
-    backend = DockerBackend(settings.builder, "aarch64", target, "probe-test")
+    backend = DockerBackend(
+        settings.builder, "aarch64", target, BuilderIdentity("probe-test", uuid4().hex)
+    )
     try:
         # Debian bookworm's arm64 rootfs has CPython 3.11 only.
         assert backend.interpreters == ["cp311"]
@@ -38,7 +42,7 @@ def test_a_builder_whose_image_has_none_of_the_tags_does_not_start(tmp_path: Pat
     settings = load_settings(None, builder={"work_dir": tmp_path, "backend": "docker"})
     settings.targets["aarch64"].python_tags = ["cp313"]
     with pytest.raises(NoBackend, match=f"build image {IMAGE} has none of cp313 .it has: cp311."):
-        choose_backend(settings, "aarch64", "probe-none")
+        choose_backend(settings, "aarch64", BuilderIdentity("probe-none", uuid4().hex))
     client = docker.from_env()
     try:
         assert client.containers.list(all=True, filters={"label": f"{LABEL}=probe-none"}) == []
@@ -52,7 +56,12 @@ def test_an_archive_reaching_out_of_its_folder_is_refused_before_any_container(
     """The same check of the sdist's headers as the native backend's, before any of its
     code could run in a container."""
     settings = load_settings(None, builder={"work_dir": tmp_path / "work"})
-    backend = DockerBackend(settings.builder, "aarch64", settings.targets["aarch64"], "refuser")
+    backend = DockerBackend(
+        settings.builder,
+        "aarch64",
+        settings.targets["aarch64"],
+        BuilderIdentity("refuser", uuid4().hex),
+    )
     sdist = hostile.traversal_sdist(tmp_path / "sdists", tmp_path / "escaped")
     spec = JobSpec(
         3, "traversal", "1.0", "aarch64", "cp311", "manylinux2014_aarch64", sdist.name, "", "",

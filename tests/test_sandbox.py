@@ -10,11 +10,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
 from builder.backends import BuildOutcome
 from builder.backends.docker import LABEL, DockerBackend
+from builder.identity import BuilderIdentity
 from common.config import BuilderSettings, load_settings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
@@ -178,7 +180,9 @@ def _backend(tmp_path: Path, **settings: object) -> DockerBackend:
         }
     )
     target = load_settings(None).targets["aarch64"]
-    return DockerBackend(builder, "aarch64", target, f"sandbox-{tmp_path.name}")
+    return DockerBackend(
+        builder, "aarch64", target, BuilderIdentity(f"sandbox-{tmp_path.name}", uuid4().hex)
+    )
 
 
 def _build(

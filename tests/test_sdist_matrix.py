@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from packaging.utils import parse_wheel_filename
 
 from builder.backends import BuildOutcome
 from builder.backends.docker import DockerBackend
+from builder.identity import BuilderIdentity
 from common.config import BuilderSettings, load_settings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
@@ -37,7 +39,7 @@ def _backend(work: Path, timeout: int = 1200) -> DockerBackend:
         build_timeout=timeout,
     )
     target = load_settings(None).targets["aarch64"]
-    return DockerBackend(builder, "aarch64", target, "matrix-test")
+    return DockerBackend(builder, "aarch64", target, BuilderIdentity("matrix-test", uuid4().hex))
 
 
 def _build(

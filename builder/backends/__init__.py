@@ -25,6 +25,12 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TAIL_BYTES = 256 * 1024  # what the classifier scans
 
 
+class FarmFault(RuntimeError):
+    """The farm, not the sdist, failed the build: the container engine answered an error,
+    a build container was removed from under the builder. How the build would have ended
+    is unknown, so nothing is reported: the builder hands the job back."""
+
+
 @dataclass
 class BuildOutcome:
     built: bool
@@ -45,7 +51,8 @@ class Backend(Protocol):
         ...
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
-        """Build, repair and smoke-test one wheel; every byte of output goes to `log`."""
+        """Build, repair and smoke-test one wheel; every byte of output goes to `log`.
+        Raises FarmFault when the farm failed it."""
         ...
 
     def cancel(self) -> None:

@@ -7,8 +7,10 @@ cache mounted read-only, and nothing of the builder's (token, master URL, config
 No network either: build dependencies come from the wheelhouse, filled beforehand and
 between rounds; a recipe's egress goes through the builder's filtering proxy
 (builder/egress.py) over a mounted unix socket, never to the builder host or the farm.
-Containers carry labels so that a restarted builder can remove any its predecessor left,
-and they are removed in every case, including timeouts.
+Containers carry the builder's instance id (builder/identity.py) so that a restarted
+builder removes what its own previous run left and never another builder's, and they are
+removed in every case, including timeouts. The engine failing (an API error, a container
+removed from under the builder) is the farm's fault, not the sdist's: FarmFault.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from docker.models.containers import Container
 from builder.backends import (
     SCRIPTS,
     BuildOutcome,
+    FarmFault,
     StepExit,
     note,
     note_log_capped,
@@ -46,8 +49,13 @@ from builder.backends.network import (
     network_environment,
     without_builder_proxies,
 )
-from builder.backends.recipe_image import INSTALLER_PREFIX, RecipeImageError, ensure_recipe_image
+from builder.backends.recipe_image import (
+    RecipeImageError,
+    ensure_recipe_image,
+    installer_prefix,
+)
 from builder.egress import EgressProxy
+from builder.identity import BuilderIdentity
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
@@ -56,7 +64,9 @@ from common.states import FailureReason
 
 log = logging.getLogger(__name__)
 
+# The builder's name, for people; INSTANCE, the id that makes a container this builder's.
 LABEL = "armwheels.builder"
+INSTANCE = "armwheels.instance"
 CA_PATH = "/armwheels/ca-bundle.crt"
 # The build's writable tree inside the container: a host folder the builder measures.
 WORK = "/armwheels/work"
@@ -93,16 +103,64 @@ class DockerUnavailable(RuntimeError):
     """No Docker engine answers, or the build image is missing."""
 
 
+# What the engine, or the builder's connection to it, raises when it fails.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.ConnectionError)
+
+
+def remove_left_behind(client: docker.DockerClient, instance: str) -> list[str]:
+    """Remove the containers that this builder instance left (a build or an installer
+    under way when it was killed), and no other's; returns their names."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": f"{INSTANCE}={instance}"}):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+            removed.append(str(container.name))
+    # Installers are named, not labelled: their names carry the instance id.
+    prefix = installer_prefix(instance)
+    for container in client.containers.list(all=True, filters={"name": prefix}):
+        if str(container.name).startswith(prefix):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+                removed.append(str(container.name))
+    return removed
+
+
+VANISHED = "removed from under the builder"
+
+
+def _remove(container: Container) -> bool:
+    """Remove a step's container; True when another hand removed it first (it is gone,
+    or its removal is under way: Docker answers 409), so that the step's exit code is
+    that of the kill. Another error leaves a container, which this builder's next start
+    removes."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        return True
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409 and "already in progress" in str(exc):
+            return True
+        log.warning("build container not removed: %s", exc, extra={"container": container.name})
+    except requests.exceptions.ConnectionError as exc:
+        log.warning("build container not removed: %s", exc, extra={"container": container.name})
+    return False
+
+
 class DockerBackend:
     name = "docker"
 
     def __init__(
-        self, settings: BuilderSettings, arch: str, target: TargetSettings, builder_name: str
+        self,
+        settings: BuilderSettings,
+        arch: str,
+        target: TargetSettings,
+        identity: BuilderIdentity,
     ) -> None:
         self.settings = settings
         self.arch = arch
         self.target = target
-        self.builder_name = builder_name
+        self.builder_name = identity.name
+        self.instance = identity.instance
         try:
             self.client = docker.from_env(timeout=120)
             self.client.ping()
@@ -112,7 +170,10 @@ class DockerBackend:
             self.client.images.get(target.image)
         except docker.errors.ImageNotFound as exc:
             raise DockerUnavailable(f"build image {target.image} is missing") from exc
-        self.remove_stale()
+        for name in remove_left_behind(self.client, self.instance):
+            log.warning(
+                "container left by this builder's last run removed", extra={"container": name}
+            )
         self.package_manager: str | None = None
         self.glibc_minor = 17
         self.interpreters = self.discover_interpreters()
@@ -139,7 +200,7 @@ class DockerBackend:
                 self.target.image,
                 ["/bin/sh", "-c", INTERPRETER_PROBE],
                 network_mode="none",
-                labels={LABEL: self.builder_name},
+                labels=self._labels(),
                 remove=True,
                 stdout=True,
                 stderr=False,
@@ -170,20 +231,11 @@ class DockerBackend:
         """The configured tags this image can build (the master sends only these)."""
         return [tag for tag in self.target.python_tags if tag in self.interpreters]
 
-    def remove_stale(self) -> None:
-        """Remove containers a previous run of this builder left behind."""
-        stale = self.client.containers.list(
-            all=True, filters={"label": f"{LABEL}={self.builder_name}"}
-        )
-        for container in stale:
-            container.remove(force=True)
-            log.warning("stale build container removed", extra={"container": container.name})
-        installers = self.client.containers.list(
-            all=True, filters={"name": INSTALLER_PREFIX, "status": "exited"}
-        )
-        for container in installers:
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
+    def _labels(self, job_id: int | None = None) -> dict[str, str]:
+        labels = {LABEL: self.builder_name, INSTANCE: self.instance}
+        if job_id is not None:
+            labels["armwheels.job"] = str(job_id)
+        return labels
 
     def _user(self) -> str:
         """Never root: the configured build uid, or the builder's own when it is not root."""
@@ -221,7 +273,31 @@ class DockerBackend:
         env: dict[str, str],
         guard_root: Path | None = None,
     ) -> StepExit:
-        """Run a container to completion, killed at the time limit or the work-dir cap."""
+        """Run a container to completion, killed at the time limit or the work-dir cap.
+        Raises FarmFault when the engine fails or the container is removed from under
+        the builder: the step's result is then unknown, not the sdist's."""
+        try:
+            return self._run_container(
+                image, command, volumes, network, job_id, log_sink, timeout, env, guard_root
+            )
+        except FarmFault:
+            raise
+        except ENGINE_ERRORS as exc:
+            note(log_sink, f"the Docker engine failed: {exc}")
+            raise FarmFault(f"Docker engine error: {exc}"[:300]) from exc
+
+    def _run_container(
+        self,
+        image: str,
+        command: list[str],
+        volumes: dict[str, dict[str, str]],
+        network: str,
+        job_id: int,
+        log_sink: BinaryIO,
+        timeout: float,
+        env: dict[str, str],
+        guard_root: Path | None,
+    ) -> StepExit:
         if self.settings.ca_bundle is not None:
             volumes[str(self.settings.ca_bundle)] = {"bind": CA_PATH, "mode": "ro"}
         volumes[str(SCRIPTS)] = {"bind": "/armwheels/scripts", "mode": "ro"}
@@ -230,7 +306,7 @@ class DockerBackend:
         container: Container = self.client.containers.create(
             image,
             command,
-            labels={LABEL: self.builder_name, "armwheels.job": str(job_id)},
+            labels=self._labels(job_id),
             volumes=volumes,
             network_mode=network,
             environment=self._environment(env),
@@ -246,6 +322,28 @@ class DockerBackend:
             working_dir=f"{WORK}",
             detach=True,
         )
+        self._current = container
+        try:
+            result = self._follow(container, job_id, log_sink, timeout, guard_root)
+        finally:
+            self._current = None
+            taken = _remove(container)
+        if taken:
+            # Its exit code is then the kill's, not the build's (137 would read as out of
+            # memory): nothing is known of how the step ended.
+            note(log_sink, f"the build container was {VANISHED}")
+            raise FarmFault(f"the build container was {VANISHED}")
+        return result
+
+    def _follow(
+        self,
+        container: Container,
+        job_id: int,
+        log_sink: BinaryIO,
+        timeout: float,
+        guard_root: Path | None,
+    ) -> StepExit:
+        """Start the container, stream its output and wait for its end or a limit."""
         # However much the build prints, the log keeps its first and last halves.
         capped = CappedWriter(log_sink, *head_tail(self.settings.max_log_bytes))
         pump = threading.Thread(target=self._pump, args=(container, capped, log_sink), daemon=True)
@@ -257,45 +355,40 @@ class DockerBackend:
             if capped.left_out:
                 note_log_capped(log_sink, capped.left_out, self.settings.max_log_bytes)
 
-        self._current = container
         guard = (
             WorkdirGuard(guard_root, self.settings.work_dir_limit, self._kill, job_id)
             if guard_root is not None
             else None
         )
-        try:
-            if self._cancelled.is_set():
-                return StepExit(None, killed_for="cancelled")
-            container.start()
-            if self._cancelled.is_set():
-                self._kill()  # cancel() came between the check and the start
-            pump.start()
-            with guard or contextlib.nullcontext():
-                try:
-                    status = container.wait(timeout=timeout)
-                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        if self._cancelled.is_set():
+            return StepExit(None, killed_for="cancelled")
+        container.start()
+        if self._cancelled.is_set():
+            self._kill()  # cancel() came between the check and the start
+        pump.start()
+        with guard or contextlib.nullcontext():
+            try:
+                status = container.wait(timeout=timeout)
+            except requests.exceptions.ReadTimeout:
+                with contextlib.suppress(docker.errors.NotFound):
                     container.kill()
-                    drain(10)
-                    note(log_sink, f"killed after the time limit of {timeout:.0f} s")
-                    return StepExit(None, killed_for="timeout")
-            drain(30)
-            if self._cancelled.is_set():
-                note(log_sink, "killed: the build was cancelled")
-                return StepExit(None, killed_for="cancelled")
-            if guard is not None and guard.exceeded:
-                detail = f"work directory passed its limit of {self.settings.work_dir_limit} bytes"
-                note(log_sink, f"killed: {detail}")
-                return StepExit(None, killed_for="work-dir", detail=detail)
-            with contextlib.suppress(docker.errors.APIError):
-                container.reload()
-            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-            if oom:
-                note(log_sink, f"the kernel killed the build at its {self.settings.memory_limit}")
-            return StepExit(int(status.get("StatusCode", 1)), oom_killed=oom)
-        finally:
-            self._current = None
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                drain(10)
+                note(log_sink, f"killed after the time limit of {timeout:.0f} s")
+                return StepExit(None, killed_for="timeout")
+        drain(30)
+        if self._cancelled.is_set():
+            note(log_sink, "killed: the build was cancelled")
+            return StepExit(None, killed_for="cancelled")
+        if guard is not None and guard.exceeded:
+            detail = f"work directory passed its limit of {self.settings.work_dir_limit} bytes"
+            note(log_sink, f"killed: {detail}")
+            return StepExit(None, killed_for="work-dir", detail=detail)
+        with contextlib.suppress(docker.errors.NotFound):  # then _remove() says it is gone
+            container.reload()
+        oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        if oom:
+            note(log_sink, f"the kernel killed the build at its {self.settings.memory_limit}")
+        return StepExit(int(status.get("StatusCode", 1)), oom_killed=oom)
 
     def _kill(self) -> None:
         container = self._current
@@ -347,9 +440,13 @@ class DockerBackend:
                 environment=passthrough_environment(self.settings, None),
                 ca_bundle=ca,
                 log_sink=log_sink,
+                owner=self.instance,
             )
-        except (RecipeImageError, docker.errors.DockerException) as exc:
+        except RecipeImageError as exc:
             return BuildOutcome(False, reason=FailureReason.RECIPE_FAILED, summary=str(exc))
+        except ENGINE_ERRORS as exc:
+            note(log_sink, f"the Docker engine failed: {exc}")
+            raise FarmFault(f"Docker engine error: {exc}"[:300]) from exc
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
         if refused := refuse_unsafe_archive(sdist, self.settings, log_sink):

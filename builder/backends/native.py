@@ -31,6 +31,7 @@ not meet the target is repaired to the most compatible policy it does meet (audi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -106,6 +107,18 @@ PUMP_JOIN_SECONDS = 30.0
 READ_BYTES = 64 * 1024
 # Inside the sandbox's own /run: where the host's folders are seen while being masked.
 HOST_VIEW = "/run/armwheels-host"
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_builder() -> None:
+    """In the sandbox's first process (unshare, as root), before it starts: killed when the
+    builder's thread that started it dies, a kill -9 of the builder included. Its
+    --kill-child then takes the namespace's init, and with it every process of the build,
+    instead of a build running on unwatched, its result for no one."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class NativeUnavailable(RuntimeError):
@@ -309,7 +322,8 @@ class NativeBackend:
             inside = [path for path in needed if path.is_relative_to(folder)]
             view = f"{HOST_VIEW}/{index}"
             if inside:
-                lines += [f"mkdir {view}", f"{q(mount)} --bind {q(folder)} {view}"]
+                # Recursive: a needed folder may be a file system of its own under it.
+                lines += [f"mkdir {view}", f"{q(mount)} --rbind {q(folder)} {view}"]
             lines.append(f"{tmpfs},mode=1777 armwheels-tmp {q(folder)}")
             for path in inside:
                 source = f"{view}/{q(str(path.relative_to(folder)))}"
@@ -317,7 +331,7 @@ class NativeBackend:
                     lines.append(f"mkdir -p {q(str(path))}")
                 else:
                     lines.append(f"mkdir -p {q(str(path.parent))}; touch {q(str(path))}")
-                lines.append(f"{q(mount)} --bind {source} {q(str(path))}")
+                lines.append(f"{q(mount)} --rbind {source} {q(str(path))}")
             if inside:
                 lines.append(f"{q(mount.removesuffix('mount'))}umount -l {view}")
         return lines
@@ -408,6 +422,7 @@ class NativeBackend:
             cwd=cwd,
             start_new_session=True,
             umask=0o022,
+            preexec_fn=_die_with_builder,  # one prctl() call: safe with threads
         )
         self._current = process
         if self._cancelled.is_set():

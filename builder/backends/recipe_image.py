@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 INSTALL_TIMEOUT = 1800
 CA_IN_CONTAINER = "/etc/armwheels-recipe-ca.crt"
-# Installer containers are named, not labelled (labels would pass into the image); a
-# builder killed during an install leaves one that the next install of it replaces.
+# Installer containers are named, not labelled (labels would pass into the image), with
+# the instance id of the builder that runs them (installer_prefix): a builder killed
+# during an install leaves one that it removes when it starts again, and no other.
 INSTALLER_PREFIX = "armwheels-recipe-"
 APT_INSTALL = (
     "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
@@ -37,6 +38,11 @@ YUM_INSTALL = "{manager} install -y -q {packages} && {manager} clean all"
 
 class RecipeImageError(RuntimeError):
     """The packages could not be installed; the log holds the package manager's output."""
+
+
+def installer_prefix(owner: str) -> str:
+    """The start of the names of the installer containers of builder instance `owner`."""
+    return f"{INSTALLER_PREFIX}{owner[:12]}-"
 
 
 def recipe_image_name(base: str, base_id: str, manager: str, packages: list[str]) -> str:
@@ -57,9 +63,12 @@ def ensure_recipe_image(
     environment: dict[str, str],
     ca_bundle: str | None,
     log_sink: BinaryIO,
+    owner: str,
     on_container: Callable[[Container | None], None] = lambda _c: None,
 ) -> str:
-    """The derived image's name, made now if it does not exist yet."""
+    """The derived image's name, made now if it does not exist yet, by an installer
+    container of builder instance `owner`. Raises RecipeImageError when the packages do
+    not install, and the engine's own errors when it fails."""
     base_id = str(client.images.get(base).id)
     name = recipe_image_name(base, base_id, manager, packages)
     with contextlib.suppress(docker.errors.ImageNotFound):
@@ -82,7 +91,7 @@ def ensure_recipe_image(
     if exports:
         script = f"export {exports} && {script}"
     _note(log_sink, f"recipe: {manager} install {' '.join(packages)} into {name}")
-    container_name = f"{INSTALLER_PREFIX}{name.rpartition('-')[2]}"
+    container_name = f"{installer_prefix(owner)}{name.rpartition('-')[2]}"
     with contextlib.suppress(docker.errors.NotFound):
         client.containers.get(container_name).remove(force=True)
     container: Container = client.containers.create(
@@ -98,7 +107,7 @@ def ensure_recipe_image(
         container.start()
         try:
             status = container.wait(timeout=INSTALL_TIMEOUT)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+        except requests.exceptions.ReadTimeout as exc:
             raise RecipeImageError(f"{manager} install took over {INSTALL_TIMEOUT} s") from exc
         log_sink.write(container.logs())
         log_sink.flush()
