@@ -21,8 +21,11 @@ import common.states
 # takes a copy: common.protocol's bodies (pydantic validates a Registration's arch by
 # this Literal, in the master and in the builder), common.config's and the CLI's
 # checks, common.messages.
+# Only when run as a node: the test process imports TOOLS_ENV from here and must keep
+# the real arches (tests/test_protocol.py checks them).
 HostArch = Literal[common.states.Arch, "x86_64"]
-vars(common.states).update(Arch=HostArch, ARCHES=get_args(HostArch))
+if __name__ == "__main__":
+    vars(common.states).update(Arch=HostArch, ARCHES=get_args(HostArch))
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
