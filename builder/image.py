@@ -20,6 +20,8 @@ import docker
 import docker.errors
 from docker.types import Mount
 
+from builder.engine import wait_for_exit
+
 log = logging.getLogger(__name__)
 
 DEBIAN_ARCH = {"aarch64": "arm64", "armv7l": "armhf"}
@@ -133,9 +135,11 @@ def build_local_image(
         detach=True,
     )
     try:
-        status = container.wait(timeout=1800)
+        code = wait_for_exit(container, 1800)
         output = container.logs().decode("utf-8", "replace")
-        if status.get("StatusCode") != 0:
+        if code is None:
+            raise ImageBuildError(f"installing tools took over 1800 s: {output.strip()[-500:]}")
+        if code != 0:
             raise ImageBuildError(f"installing tools failed: {output.strip()[-500:]}")
         container.commit(
             repository=repository,

@@ -55,6 +55,7 @@ from builder.backends.recipe_image import (
     installer_prefix,
 )
 from builder.egress import EgressProxy
+from builder.engine import ENGINE_ERRORS, wait_for_exit
 from builder.identity import BuilderIdentity
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
@@ -101,10 +102,6 @@ _GLIBC = re.compile(r"^glibc:glibc 2\.(\d+)$")
 
 class DockerUnavailable(RuntimeError):
     """No Docker engine answers, or the build image is missing."""
-
-
-# What the engine, or the builder's connection to it, raises when it fails.
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.ConnectionError)
 
 
 def remove_left_behind(client: docker.DockerClient, instance: str) -> list[str]:
@@ -367,9 +364,8 @@ class DockerBackend:
             self._kill()  # cancel() came between the check and the start
         pump.start()
         with guard or contextlib.nullcontext():
-            try:
-                status = container.wait(timeout=timeout)
-            except requests.exceptions.ReadTimeout:
+            code = wait_for_exit(container, timeout)
+            if code is None:
                 with contextlib.suppress(docker.errors.NotFound):
                     container.kill()
                 drain(10)
@@ -388,7 +384,7 @@ class DockerBackend:
         oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
         if oom:
             note(log_sink, f"the kernel killed the build at its {self.settings.memory_limit}")
-        return StepExit(int(status.get("StatusCode", 1)), oom_killed=oom)
+        return StepExit(code, oom_killed=oom)
 
     def _kill(self) -> None:
         container = self._current

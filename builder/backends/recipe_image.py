@@ -17,9 +17,10 @@ from typing import BinaryIO
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.models.containers import Container
 from docker.types import Mount
+
+from builder.engine import wait_for_exit
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,11 @@ def ensure_recipe_image(
     on_container(container)
     try:
         container.start()
-        try:
-            status = container.wait(timeout=INSTALL_TIMEOUT)
-        except requests.exceptions.ReadTimeout as exc:
-            raise RecipeImageError(f"{manager} install took over {INSTALL_TIMEOUT} s") from exc
+        code = wait_for_exit(container, INSTALL_TIMEOUT)
+        if code is None:
+            raise RecipeImageError(f"{manager} install took over {INSTALL_TIMEOUT} s")
         log_sink.write(container.logs())
         log_sink.flush()
-        code = int(status.get("StatusCode", 1))
         if code != 0:
             raise RecipeImageError(f"{manager} install {' '.join(packages)} failed (exit {code})")
         repository, _, tag = name.rpartition(":")
