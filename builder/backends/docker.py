@@ -33,6 +33,7 @@ from builder.backends import (
     SCRIPTS,
     BuildOutcome,
     FarmFault,
+    RunSmoke,
     StepExit,
     note,
     note_log_capped,
@@ -61,7 +62,7 @@ from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.log_cap import CappedWriter, head_tail
-from common.states import FailureReason
+from common.states import BuildPath, FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +448,15 @@ class DockerBackend:
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
         if refused := refuse_unsafe_archive(sdist, self.settings, log_sink):
             return refused
+        note(log_sink, f"build path: emulated ({self.target.image} for {self.arch})")
+        outcome = self.build_emulated(spec, sdist, workdir, log_sink)
+        outcome.build_path = BuildPath.EMULATED
+        return outcome
+
+    def build_emulated(
+        self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO
+    ) -> BuildOutcome:
+        """The build in the target's image under QEMU, its archive already checked."""
         with egress_proxy(spec, self.settings, log_sink) as proxy:
             return self._build(spec, sdist, workdir, log_sink, proxy)
 
@@ -531,6 +541,13 @@ class DockerBackend:
                 log_sink=log_sink,
             )
 
+        return run_recipe(out, log_sink, timeout, run_build, self._smoke_step(spec, log_sink))
+
+    def _smoke_step(self, spec: JobSpec, log_sink: BinaryIO) -> RunSmoke:
+        """The smoke test of a repaired wheel, on any path: a fresh container of the
+        target's own image (emulated), without the recipe's packages: the wheel must carry
+        the libraries it needs."""
+
         def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
             inside = f"/armwheels/wheel/{wheel.name}"
             command = [
@@ -540,8 +557,6 @@ class DockerBackend:
                 spec.python_tag,
                 *modules,
             ]
-            # A fresh container of the target's own image, without the recipe's packages:
-            # the wheel must carry the libraries it needs.
             return self._run(
                 self.target.image,
                 command,
@@ -553,4 +568,4 @@ class DockerBackend:
                 {"ARMWHEELS_SMOKEENV": SMOKE_ENV},
             )
 
-        return run_recipe(out, log_sink, timeout, run_build, run_smoke)
+        return run_smoke

@@ -77,7 +77,7 @@ from common.job_spec import JobSpec
 from common.log_cap import CappedWriter, head_tail
 from common.names import python_version_of_tag
 from common.recipes import Recipe
-from common.states import FailureReason
+from common.states import BuildPath, FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +515,7 @@ class NativeBackend:
         self._left_out = 0
         if refused := refuse_unsafe_archive(sdist, self.settings, log):
             return refused
+        note(log, f"build path: native ({self.arch} host)")
         with egress_proxy(spec, self.settings, log) as proxy:
             if proxy is not None and self._tools[3] is None:
                 summary = "recipe asks for egress; this host has no ip (iproute2) to give the"
@@ -533,6 +534,7 @@ class NativeBackend:
                 f" (log capped at {self.settings.max_log_bytes} bytes per step,"
                 f" {self._left_out} bytes left out)"
             )
+        outcome.build_path = BuildPath.NATIVE
         return outcome
 
     def _build(

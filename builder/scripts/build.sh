@@ -56,15 +56,4 @@ case "$WHEEL" in
     *-none-any.whl) step "pure-Python wheel $(basename "$WHEEL")"; exit 12 ;;
 esac
 
-AUDITWHEEL=$(command -v auditwheel) || { step "auditwheel not found in image"; exit 14; }
-step "auditwheel show"
-"$AUDITWHEEL" show "$WHEEL"
-step "auditwheel repair --plat $POLICY"
-if ! "$AUDITWHEEL" repair --plat "$POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL"; then
-    # Native builds only: the host's glibc is newer than the target policy's.
-    [ -n "${ARMWHEELS_FALLBACK_POLICY:-}" ] || exit 13
-    step "the wheel does not meet $POLICY; auditwheel repair --plat $ARMWHEELS_FALLBACK_POLICY"
-    rm -rf "$OUT/wheelhouse"
-    "$AUDITWHEEL" repair --plat "$ARMWHEELS_FALLBACK_POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL" || exit 13
-fi
-step "repaired: $(ls "$OUT/wheelhouse")"
+. "$(dirname "$0")/repair.sh"
