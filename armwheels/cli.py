@@ -338,6 +338,45 @@ def cmd_skip_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cross_reset(args: argparse.Namespace) -> int:
+    from master import operations
+
+    def act(session: Session, actor: str) -> str:
+        name = operations.reset_cross(session, args.project, actor, "operator")
+        return f"{name}: builders try the cross path again"
+
+    return _operate(args, act)
+
+
+def cmd_cross_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from common.models import Project
+
+    with _database(_settings(args)) as factory, factory() as session:
+        rows = [
+            (name, why)
+            for name, why in session.execute(
+                select(Project.name, Project.emulate_because)
+                .where(Project.emulate_because.is_not(None))
+                .order_by(Project.name)
+            )
+        ]
+    if args.json:
+        print(json.dumps([{"project": p, "why": w} for p, w in rows], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Projects built under emulation, not cross-compiled")
+    for column in ("project", "why"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from master import operations
 
@@ -634,6 +673,19 @@ def build_parser() -> argparse.ArgumentParser:
     skip_list = skip_sub.add_parser("list", parents=[common], help="show the skip list")
     skip_list.add_argument("--json", action="store_true")
     skip_list.set_defaults(func=cmd_skip_list)
+
+    cross = sub.add_parser("cross", help="projects the cross path falls back on", parents=[common])
+    cross_sub = cross.add_subparsers(dest="cross_command", required=True, parser_class=_Parser)
+    cross_list = cross_sub.add_parser(
+        "list", parents=[common], help="projects marked for emulation, and why"
+    )
+    cross_list.add_argument("--json", action="store_true")
+    cross_list.set_defaults(func=cmd_cross_list)
+    cross_reset = cross_sub.add_parser(
+        "reset", parents=[common], help="let builders cross-compile a project again"
+    )
+    cross_reset.add_argument("project")
+    cross_reset.set_defaults(func=cmd_cross_reset)
 
     job = sub.add_parser("job", help="cancel or re-queue a job", parents=[common])
     job_sub = job.add_subparsers(dest="job_command", required=True, parser_class=_Parser)

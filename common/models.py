@@ -98,6 +98,9 @@ class Project(Base):
     polled_at: Mapped[datetime | None]
     # Removed upstream: its releases leave our index, their history stays here.
     removed_at: Mapped[datetime | None]
+    # Why builders emulate this project instead of cross-compiling it: its last cross build
+    # fell back (master/builds/build_paths.py); cleared by an operator.
+    emulate_because: Mapped[str | None] = mapped_column(Text)
 
     releases: Mapped[list[Release]] = relationship(back_populates="project")
 
@@ -208,6 +211,8 @@ class BuildJob(Base):
     # The check that refused the job's wheel (common.wheels.Check) when it failed as
     # upload-rejected: the dashboard shows it, the metrics count by it.
     rejected_by: Mapped[str | None] = mapped_column(String(32))
+    # How the builder made the wheel, or its last failure (common.states.BuildPath).
+    build_path: Mapped[str | None] = mapped_column(String(24))
     builder_id: Mapped[int | None] = mapped_column(ForeignKey("builders.id"))
     requested_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.db import lock_rows
-from common.models import BuildJob, OutputFile, SkipRule, Token
+from common.models import BuildJob, OutputFile, Project, SkipRule, Token
 from common.names import BadName, normalize_project
 from common.states import JobState, TokenRole
 from master import audit, auth
-from master.builds import jobs, skips
+from master.builds import build_paths, jobs, skips
 
 
 class Refused(Exception):
@@ -125,6 +125,24 @@ def remove_skip(session: Session, project: str, version: str | None, actor: str,
     subject = f"{project} {version or '(all releases)'}"
     audit.record(session, actor, role, "unskip", subject)
     return subject
+
+
+def reset_cross(session: Session, project: str, actor: str, role: str) -> str:
+    """Let builders try the cross path for a project marked for emulation again."""
+    try:
+        name = normalize_project(project)
+    except BadName as exc:
+        raise Refused(400, str(exc)) from exc
+    found = session.scalars(
+        select(Project).where(Project.name == name).with_for_update()
+    ).one_or_none()
+    if found is None:
+        raise Refused(404, f"unknown project: {name}")
+    was = build_paths.clear(found)
+    if was is None:
+        raise Refused(409, f"{name} is not marked for emulation")
+    audit.record(session, actor, role, "cross-reset", name, was=was)
+    return name
 
 
 def token_projects(role: TokenRole, projects: list[str] | None) -> list[str] | None:

@@ -174,6 +174,7 @@ def _check_published_wheel(
     assert "auditwheel repair" in build_log
     # x86_64 hosts publish through the cross path: compiled natively, imported under QEMU.
     assert f"build path: {CROSS_OR_EMULATED}" in build_log
+    assert job.build_path == CROSS_OR_EMULATED
 
 
 CROSS_OR_EMULATED = "cross" if platform.machine() == "x86_64" else "emulated"

@@ -268,6 +268,7 @@ def claim(job: BuildJob, builder: Builder) -> None:
     job.attempts += 1
     job.started_at = _now()
     job.finished_at = None
+    job.build_path = None  # the new attempt's, once its builder reports
     job.builder, job.builder_id = builder, builder.id
     builder.current_job_id = job.id
     _enter(job, was, Event.CLAIM, f"claimed by {builder.name}, attempt {job.attempts}")

@@ -42,7 +42,7 @@ from common.protocol import (
 )
 from common.states import FailureReason, JobState
 from master.auth import builder_for
-from master.builds import jobs
+from master.builds import build_paths, jobs
 from master.builds.jobs import HandBack, IllegalTransition
 from master.builds.live_logs import (
     OffsetGap,
@@ -223,6 +223,7 @@ def router(ctx: MasterContext) -> APIRouter:
         me.last_seen_at = utcnow()
         db.commit()
         source = job.source_file
+        recipe = recipes.recipe_for(job.release.project.name, job.release.version)
         return JobSpec(
             job_id=job.id,
             project=job.release.project.name,
@@ -235,7 +236,8 @@ def router(ctx: MasterContext) -> APIRouter:
             sdist_sha256=source.sha256,
             sdist_size=source.size,
             attempt=job.attempts,
-            recipe=recipes.recipe_for(job.release.project.name, job.release.version),
+            recipe=recipe,
+            emulate_because=build_paths.emulate_because(job.release.project, recipe),
         )
 
     @app.post("/api/v1/jobs/{job_id}/release")
@@ -360,6 +362,7 @@ def router(ctx: MasterContext) -> APIRouter:
                 jobs.cover(job, str(covered))
             else:
                 jobs.finish(job, report, settings.master.max_attempts)
+            build_paths.record(job, form.build_path, built=outcome == "built" and rejection is None)
             db.commit()
         except Exception as exc:
             if is_disk_full(exc):

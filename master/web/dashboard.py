@@ -218,6 +218,7 @@ class JobRow:
     seconds: float | None
     attempts: int
     builder: str | None = None
+    build_path: str | None = None  # common.states.BuildPath, once a builder reported
 
     @property
     def label(self) -> str:
@@ -243,6 +244,7 @@ def _job_rows(session: Session, query: Any) -> list[JobRow]:
             seconds=job.build_seconds,
             attempts=job.attempts,
             builder=builder,
+            build_path=job.build_path,
         )
         for job, version, name, builder in session.execute(query)
     ]

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.models import BuildJob, FeedCursor, IndexChange, OutputFile, WheelPush
-from common.states import ACTIVE_STATES, FINAL_STATES, FailureReason, JobState
+from common.states import ACTIVE_STATES, FINAL_STATES, BuildPath, FailureReason, JobState
 from common.wheels import Check
 from master.builds import liveness
 from master.index.pushes import FAILED as PUSH_FAILED
@@ -76,6 +76,7 @@ class FarmCollector(Collector):
             yield from self._jobs(session, now)
             yield from self._outcomes(session)
             yield self._rejections(session)
+            yield self._build_paths(session)
             yield self._durations(session)
             yield self._builders(session, now)
             yield from self._feeds(session, now)
@@ -181,6 +182,36 @@ class FarmCollector(Collector):
         for check_value, count in sorted(counts.items()):
             rejections.add_metric([check_value], count)
         return rejections
+
+    def _build_paths(self, session: Session) -> Metric:
+        """Built and failed jobs by the path their builder took (common.states.BuildPath):
+        the cross path's share, and its fallback rate (emulated-after-cross against
+        cross), over the jobs on record; every path has a sample."""
+        counts = {
+            (path.value, state.value): 0
+            for path in BuildPath
+            for state in (JobState.BUILT, JobState.FAILED)
+        }
+        rows = session.execute(
+            select(BuildJob.build_path, BuildJob.state, func.count())
+            .where(
+                BuildJob.state.in_((JobState.BUILT, JobState.FAILED)),
+                BuildJob.build_path.is_not(None),
+            )
+            .group_by(BuildJob.build_path, BuildJob.state)
+        )
+        for path, state, count in rows:
+            key = (str(path), state.value)
+            counts[key] = counts.get(key, 0) + count
+        family = CounterMetricFamily(
+            "armwheels_build_paths",
+            "Finished build jobs (built or failed) by the path their builder took: cross, "
+            "emulated-after-cross (the cross build fell back), emulated, native.",
+            labels=["path", "outcome"],
+        )
+        for (path, outcome), count in sorted(counts.items()):
+            family.add_metric([path, outcome], count)
+        return family
 
     def _durations(self, session: Session) -> Metric:
         """The build time histogram in one query: a conditional count per bucket."""

@@ -55,6 +55,7 @@ def collect(session: Session, builder_timeout: float, recent: int = 20) -> dict[
             "reason": job.failure_reason.value if job.failure_reason else None,
             "summary": job.summary,
             "seconds": job.build_seconds,
+            "build_path": job.build_path,
             "finished": job.finished_at.isoformat() if job.finished_at else None,
         }
         for job, version, name in rows
