@@ -1,41 +1,90 @@
-"""Native (x86_64 host) vs emulated (arm64 container under QEMU) build of one real sdist.
+"""The farm's build benchmark: real sdists of different kinds, each built three ways.
 
-Prints three figures and their ratios:
-  native    `pip wheel` of the sdist with the host's Python
-  emulated  the same `pip wheel` in the arm64 build image under QEMU
-  farm job  the builder's whole job through the docker backend, in its sandbox
-            (wheelhouse prefetch + build + auditwheel repair + smoke test in a second
-            container), first with an empty wheelhouse, then with a warm one
+Per sdist it prints:
+  native     `pip wheel` of the sdist with this x86_64 host's Python (the floor)
+  emulated   the builder's whole aarch64 job through the docker backend: every step under
+             QEMU (wheelhouse, build, auditwheel, smoke test)
+  cross      the same job through the cross backend: compiled on the host's CPU in the
+             cross container, repaired on the host's CPU, smoke-tested under QEMU, and
+             built again under emulation when the cross path fails (its time included)
+then the ratios emulated/cross and cross/native, the path that published, and the farm's
+overhead on each path: the share of the job not spent in its compile step (the build
+backend's build_wheel on the cross path; pip wheel, its isolated environment included,
+on the emulated one), as the build log reports it. Medians close the table.
 
-Usage: .venv/bin/python -m benchmarks.build [PROJECT VERSION]   (default msgpack 1.1.0)
+Each job runs with a warm wheelhouse (one untimed job per path fills it first), as a
+farm's builders do after their first builds.
+
+Usage: .venv/bin/python -m benchmarks.build [PROJECT==VERSION ...]   (default: the set)
 """
 
 from __future__ import annotations
 
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
-import docker
 from rich.console import Console
 from rich.table import Table
 
+from builder.backends import BuildOutcome
+from builder.backends.cross import CrossBackend
 from builder.backends.docker import DockerBackend
 from builder.identity import BuilderIdentity
 from common.config import load_settings
 from common.job_spec import JobSpec
+from common.recipes import Recipe
 from tests.sdists import pypi_sdist
 from tests.servers import clean_pip_env
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+ARCH = "aarch64"
+COMPILE_STEP = re.compile(rb"::armwheels:: compile step: ([0-9.]+) s")
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    project: str
+    version: str
+    recipe: Recipe | None = None
+
+
+SET = [
+    Case("plain C", "msgpack", "1.1.0"),
+    Case("Cython", "frozenlist", "1.5.0"),
+    Case("C++", "kiwisolver", "1.4.7"),
+    Case("system library (recipe)", "python-lzo", "1.15", Recipe(apt=["liblzo2-dev"])),
+    Case("numpy C API", "bottleneck", "1.4.2"),
+    Case("setup.py only", "crc16", "0.1.1"),
+    Case("bundled C library", "lz4", "4.3.3"),
+    Case("optional C speedups", "markupsafe", "3.0.2"),
+]
+
+
+@dataclass
+class Job:
+    seconds: float
+    compile_seconds: float | None
+    outcome: BuildOutcome
+
+    @property
+    def overhead(self) -> float | None:
+        if self.compile_seconds is None:
+            return None
+        return max(0.0, self.seconds - self.compile_seconds) / self.seconds
 
 
 def native_build(sdist: Path, scratch: Path) -> float:
     venv = scratch / "native-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if not venv.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     started = time.perf_counter()
     subprocess.run(
         [
@@ -44,7 +93,6 @@ def native_build(sdist: Path, scratch: Path) -> float:
             "pip",
             "wheel",
             "--no-deps",
-            "--no-cache-dir",
             "-q",
             "-w",
             str(scratch / "native"),
@@ -56,77 +104,106 @@ def native_build(sdist: Path, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
-def emulated_build(sdist: Path, image: str) -> float:
-    client = docker.from_env()
-    script = (
-        "python3 -m venv /tmp/v && start=$(date +%s.%N) && "
-        "/tmp/v/bin/pip wheel --no-deps --no-cache-dir -q -w /tmp/out /s/"
-        + sdist.name
-        + " && end=$(date +%s.%N) && echo $start $end"
-    )
-    output = client.containers.run(
-        image,
-        ["/bin/sh", "-c", script],
-        network_mode="host",
-        remove=True,
-        volumes={
-            str(sdist.parent): {"bind": "/s", "mode": "ro"},
-            str(CA_BUNDLE): {"bind": "/ca.crt", "mode": "ro"},
-        },
-        environment={"PIP_CERT": "/ca.crt", "SSL_CERT_FILE": "/ca.crt"},
-    )
-    start, end = bytes(output).decode().split()[-2:]
-    return float(end) - float(start)
-
-
-def farm_job(sdist: Path, scratch: Path, project: str, version: str, job: str) -> tuple[float, str]:
-    settings = load_settings(None, builder={"ca_bundle": CA_BUNDLE, "work_dir": scratch})
-    target = settings.targets["aarch64"]
-    backend = DockerBackend(
-        settings.builder, "aarch64", target, BuilderIdentity("benchmark", uuid4().hex)
-    )
+def farm_job(backend: DockerBackend, case: Case, sdist: Path, scratch: Path, label: str) -> Job:
+    target = backend.target
     spec = JobSpec(
-        0, project, version, "aarch64", "cp311", target.policy, sdist.name, "", "", None, 1
-    )
+        0, case.project, case.version, ARCH, "cp311", target.policy, sdist.name, "", "", None,
+        1, case.recipe,
+    )  # fmt: skip
+    log_path = scratch / f"{case.project}-{label}.log"
     started = time.perf_counter()
-    with (scratch / f"{job}.log").open("wb") as log:
-        outcome = backend.build(spec, sdist, scratch / job, log)
+    with log_path.open("wb") as log:
+        outcome = backend.build(spec, sdist, scratch / f"{case.project}-{label}", log)
     elapsed = time.perf_counter() - started
-    backend.close()
-    if not outcome.built or outcome.wheel is None:
-        raise SystemExit(f"farm job failed: {outcome.reason}: {outcome.summary}")
-    return elapsed, outcome.wheel.name
+    steps = [float(match) for match in COMPILE_STEP.findall(log_path.read_bytes())]
+    return Job(elapsed, sum(steps) if steps else None, outcome)
+
+
+def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
 def main() -> None:
-    project, version = (sys.argv[1], sys.argv[2]) if len(sys.argv) > 2 else ("msgpack", "1.1.0")
+    cases = SET
+    if len(sys.argv) > 1:
+        cases = []
+        for arg in sys.argv[1:]:
+            project, _, version = arg.partition("==")
+            cases.append(Case("given", project, version))
     console = Console()
-    sdist = pypi_sdist(project, version)
-    image = load_settings(None).targets["aarch64"].image
+    settings = load_settings(None, builder={"ca_bundle": CA_BUNDLE})
+    target = settings.targets[ARCH]
+    rows = []
     with tempfile.TemporaryDirectory(prefix="armwheels-bench-") as tmp:
         scratch = Path(tmp)
-        console.log(f"native build of {sdist.name}")
-        native = native_build(sdist, scratch)
-        console.log(f"emulated build of {sdist.name} in {image}")
-        emulated = emulated_build(sdist, image)
-        console.log("farm job through the docker backend, empty wheelhouse")
-        cold, wheel = farm_job(sdist, scratch, project, version, "cold")
-        console.log("farm job again, warm wheelhouse")
-        job, wheel = farm_job(sdist, scratch, project, version, "warm")
-    table = Table(title=f"{project} {version}: build times (s)")
-    for column in ("measure", "seconds", "ratio to native"):
+        builder = settings.builder.model_copy(update={"work_dir": scratch / "work"})
+        identity = BuilderIdentity("benchmark", uuid4().hex)
+        emulated = DockerBackend(builder, ARCH, target, identity)
+        cross = CrossBackend(builder, ARCH, target, identity)
+        try:
+            for number, case in enumerate(cases, 1):
+                sdist = pypi_sdist(case.project, case.version)
+                console.log(f"[{number}/{len(cases)}] {case.project} {case.version}: native")
+                native = native_build(sdist, scratch)
+                console.log(f"[{number}/{len(cases)}] warming the wheelhouses")
+                farm_job(cross, case, sdist, scratch, "warm-cross")
+                farm_job(emulated, case, sdist, scratch, "warm-emulated")
+                console.log(f"[{number}/{len(cases)}] emulated farm job")
+                slow = farm_job(emulated, case, sdist, scratch, "emulated")
+                console.log(f"[{number}/{len(cases)}] cross farm job")
+                fast = farm_job(cross, case, sdist, scratch, "cross")
+                rows.append((case, native, slow, fast))
+                console.log(
+                    f"{case.project}: native {native:.1f} s, emulated {slow.seconds:.1f} s,"
+                    f" cross {fast.seconds:.1f} s ({fast.outcome.build_path})"
+                )
+        finally:
+            emulated.close()
+            cross.close()
+    table = Table(title=f"Farm build benchmark, {ARCH} jobs on this host (seconds)")
+    for column in (
+        "sdist",
+        "kind",
+        "native",
+        "emulated job",
+        "cross job",
+        "emulated/cross",
+        "cross/native",
+        "published by",
+        "overhead emulated",
+        "overhead cross",
+    ):
         table.add_column(column)
-    table.add_row("native x86_64 pip wheel", f"{native:.1f}", "1.0")
-    table.add_row("emulated aarch64 pip wheel", f"{emulated:.1f}", f"{emulated / native:.1f}")
-    table.add_row("farm job, empty wheelhouse", f"{cold:.1f}", f"{cold / native:.1f}")
-    table.add_row("farm job, warm wheelhouse", f"{job:.1f}", f"{job / native:.1f}")
-    console.print(table)
-    console.print(f"wheel: {wheel}")
-    for label, seconds in (("empty", cold), ("warm", job)):
-        console.print(
-            f"farm overhead beyond the emulated compile ({label} wheelhouse): "
-            f"{seconds - emulated:.1f} s ({(seconds - emulated) / seconds:.0%} of the job)"
+    for case, native, slow, fast in rows:
+        path = fast.outcome.build_path.value if fast.outcome.build_path else "—"
+        if not fast.outcome.built:
+            path = f"nothing ({fast.outcome.reason})"
+        table.add_row(
+            f"{case.project} {case.version}",
+            case.kind,
+            f"{native:.1f}",
+            f"{slow.seconds:.1f}" + ("" if slow.outcome.built else " (failed)"),
+            f"{fast.seconds:.1f}",
+            f"{slow.seconds / fast.seconds:.1f}",
+            f"{fast.seconds / native:.1f}",
+            path,
+            _fmt(None if slow.overhead is None else slow.overhead * 100, ".0f", "%"),
+            _fmt(None if fast.overhead is None else fast.overhead * 100, ".0f", "%"),
         )
+    console.print(table)
+    speedups = [slow.seconds / fast.seconds for _, _, slow, fast in rows]
+    to_native = [fast.seconds / native for _, native, _, fast in rows]
+    overheads = [fast.overhead for _, _, _, fast in rows if fast.overhead is not None]
+    fell_back = [case.project for case, _, _, fast in rows if fast.outcome.build_path and
+                 fast.outcome.build_path.value == "emulated-after-cross"]  # fmt: skip
+    console.print(f"median emulated/cross: {statistics.median(speedups):.1f}x")
+    console.print(f"median cross/native: {statistics.median(to_native):.1f}x")
+    if overheads:
+        console.print(f"median cross overhead: {statistics.median(overheads):.0%} of the job")
+    console.print(
+        f"fallback rate: {len(fell_back)}/{len(rows)}"
+        + (f" ({', '.join(fell_back)})" if fell_back else "")
+    )
 
 
 if __name__ == "__main__":

@@ -77,11 +77,13 @@ def pypi_sdist(project: str, version: str) -> Path:
         headers={"Accept": "application/vnd.pypi.simple.v1+json"},
         timeout=60,
     ).json()
-    [entry] = [
+    # An old release may have both: the .tar.gz, as pip prefers.
+    entry = next(
         f
+        for name in (f"{project}-{version}.tar.gz", f"{project}-{version}.zip")
         for f in page["files"]
-        if f["filename"] in (f"{project}-{version}.tar.gz", f"{project}-{version}.zip")
-    ]
+        if f["filename"] == name
+    )
     data = httpx.get(entry["url"], timeout=300, follow_redirects=True).content
     digest = hashlib.sha256(data).hexdigest()
     assert digest == entry["hashes"]["sha256"], f"{entry['filename']}: hash mismatch"

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import tomllib
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from pyproject_hooks import BuildBackendHookCaller, default_subprocess_runner
 
+TOOLS_PIP = str(Path(sys.executable).with_name("pip"))  # the tools venv's, 23 or newer
 EXIT_BUILD_FAILED = 11
 EXIT_ENVIRONMENT = 14
 LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
@@ -105,7 +107,7 @@ def pip_install(python: str, requirements: Sequence[str]) -> None:
     if not requirements:
         return
     step(f"installing build requirements (host wheels): {' '.join(requirements)}")
-    command = [python, "-m", "pip", "install", "--no-cache-dir", "--only-binary=:all:"]
+    command = [TOOLS_PIP, "--python", python, "install", "--no-cache-dir", "--only-binary=:all:"]
     done = subprocess.run([*command, *requirements], check=False)
     if done.returncode != 0:
         raise CrossFailed("the build requirements could not be installed", EXIT_BUILD_FAILED)
@@ -248,9 +250,11 @@ def main(argv: Sequence[str]) -> int:
     ) -> None:
         default_subprocess_runner(cmd, cwd, {**(extra_environ or {}), **cross})
 
+    started = time.monotonic()
     with hooks.subprocess_runner(runner):
         name = hooks.build_wheel(str(Path(dist).resolve()), {})
     step(f"built {name}")
+    step(f"compile step: {time.monotonic() - started:.1f} s")
     return 0
 
 

@@ -15,7 +15,8 @@ PY=$(command -v "python${PYTAG:2:1}.${PYTAG:3}") || { step "no host interpreter 
 step "cross build: host interpreter $PY ($("$PY" --version 2>&1)) on $(uname -m), target $ARCH"
 step "running as uid $(id -u)"
 mkdir -p "$OUT/dist" "${HOME:?}" "${TMPDIR:-/tmp}" || exit 14
-"$PY" -m venv "$BUILDENV" || exit 14
+# Without pip: the tools venv's pip installs into it (--python), a second saved.
+"$PY" -m venv --without-pip "$BUILDENV" || exit 14
 if [ -n "${PIP_FIND_LINKS:-}" ]; then
     step "build dependencies offered from the host wheelhouse ($(ls "$PIP_FIND_LINKS" | wc -l) wheels)"
 fi
