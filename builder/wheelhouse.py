@@ -178,8 +178,12 @@ def platform_tags(arch: str, glibc_minor: int) -> list[str]:
 class Wheelhouse:
     """The cache directory and the trusted step that fills it."""
 
-    def __init__(self, root: Path, limit: int, ca_bundle: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, limit: int, ca_bundle: Path | None = None, label: str = "wheelhouse"
+    ) -> None:
         self.root = root
+        # How the build log names it: the cross path fills a host one beside the target's.
+        self.label = label
         self.limit = limit
         # The builder's configured CA bundle (builder.ca_bundle), for pip on its own host
         # as for its builds: behind an intercepting proxy the host's environment may not
@@ -274,12 +278,13 @@ class Wheelhouse:
         try:
             requirements = build_requirements(sdist)
         except NoBuildRequirements as exc:
-            _note(log_sink, f"wheelhouse step skipped: {exc}")
+            _note(log_sink, f"{self.label} step skipped: {exc}")
             return False
         if not requirements:
-            _note(log_sink, "wheelhouse: the sdist has no build requirements")
+            _note(log_sink, f"{self.label}: the sdist has no build requirements")
             return True
-        _note(log_sink, f"wheelhouse: fetching wheels for {', '.join(map(str, requirements))}")
+        wanted = ", ".join(map(str, requirements))
+        _note(log_sink, f"{self.label}: fetching wheels for {wanted}")
         env = self._pip_environment()
         if self.prefetch(requirements, python_tag, platforms, constraints, env, log_sink):
             return True
@@ -294,7 +299,7 @@ class Wheelhouse:
                     [requirement], python_tag, platforms, constraints, env, log_sink
                 )
             ]
-        _note(log_sink, f"wheelhouse: no wheel for {', '.join(map(str, missing))}")
+        _note(log_sink, f"{self.label}: no wheel for {', '.join(map(str, missing))}")
         return True
 
     def fetch_missing(

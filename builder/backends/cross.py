@@ -89,6 +89,7 @@ class CrossBackend(DockerBackend):
                 settings.work_dir / "wheelhouse" / f"{HOST_ARCH}-for-cross",
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
+                label=f"host wheelhouse ({HOST_ARCH})",
             )
             if settings.wheelhouse
             else None
