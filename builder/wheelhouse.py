@@ -191,7 +191,7 @@ class Wheelhouse:
         self.ca_bundle = ca_bundle
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _pip_environment(self) -> dict[str, str]:
+    def pip_environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.ca_bundle is not None:
             env["PIP_CERT"] = str(self.ca_bundle)
@@ -285,7 +285,7 @@ class Wheelhouse:
             return True
         wanted = ", ".join(map(str, requirements))
         _note(log_sink, f"{self.label}: fetching wheels for {wanted}")
-        env = self._pip_environment()
+        env = self.pip_environment()
         if self.prefetch(requirements, python_tag, platforms, constraints, env, log_sink):
             return True
         # All or nothing in one pip run: one requirement without a wheel would keep out
@@ -323,7 +323,7 @@ class Wheelhouse:
             return False
         _note(log_sink, f"offline build: pip asked for {parsed}; fetching its wheel")
         return self.prefetch(
-            [parsed], python_tag, platforms, constraints, self._pip_environment(), log_sink
+            [parsed], python_tag, platforms, constraints, self.pip_environment(), log_sink
         )
 
     def prune(self) -> None:

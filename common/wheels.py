@@ -24,7 +24,7 @@ import struct
 import unicodedata
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import HeaderParser
 from enum import StrEnum
@@ -235,6 +235,9 @@ class WheelContents:
     # What the smoke test imports (importable_modules).
     modules: list[str]
     grafted_libraries: list[str]
+    # Requires-Dist lines that are not for an extra: what the smoke test installs with
+    # the wheel, where the builder can offer them (a C extension importing numpy).
+    requires_dist: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,12 @@ def _verify(
         for parts in (name.split("/") for name in files)
         if len(parts) == 2 and parts[0].endswith(".libs")
     )
-    return WheelContents(metadata, headers.get("Requires-Python"), modules, grafted)
+    requires = [
+        line
+        for line in headers.get_all("Requires-Dist") or []
+        if isinstance(line, str) and "extra" not in line.partition(";")[2]
+    ]
+    return WheelContents(metadata, headers.get("Requires-Python"), modules, grafted, requires)
 
 
 def _check_entry(info: zipfile.ZipInfo, seen: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ def make_sdist(
     version: str,
     files: Mapping[str, str | bytes],
     requires_python: str | None = None,
+    dependencies: list[str] | None = None,
+    extras: dict[str, list[str]] | None = None,
 ) -> Path:
     """Build a real sdist with setuptools (offline: no build isolation needed here).
 
@@ -48,6 +51,11 @@ def make_sdist(
     ]
     if requires_python:
         pyproject.append(f'requires-python = "{requires_python}"')
+    if dependencies:
+        pyproject.append(f"dependencies = {json.dumps(dependencies)}")
+    if extras:
+        pyproject.append("[project.optional-dependencies]")
+        pyproject += [f"{name} = {json.dumps(items)}" for name, items in extras.items()]
     (source / "pyproject.toml").write_text("\n".join(pyproject) + "\n")
     dest.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(

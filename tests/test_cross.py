@@ -125,9 +125,13 @@ class with_helper(build_ext):
 
 setup(
     ext_modules=[Extension("probed", ["probed.c"])],
+    py_modules=["probed_six"],
     cmdclass={"build_ext": with_helper},
 )
 """
+# Imported by the smoke test: the wheel's runtime requirement (not its extra's) must be
+# installed with it, from the builder's wheelhouse, though the smoke test is offline.
+PROBED_SIX = "import six\n"
 PROBE_C = '#include <stdio.h>\nint main(void) { printf("%d\\n", (int) sizeof(long)); return 0; }\n'
 PROBED_C = """
 #include <Python.h>
@@ -148,14 +152,20 @@ def test_a_build_that_runs_its_own_compiled_helper_falls_back_to_emulation(
         "setup.py": HELPER_SETUP,
         "probe.c": PROBE_C,
         "probed.c": PROBED_C,
+        "probed_six.py": PROBED_SIX,
         "MANIFEST.in": "include probe.c\n",
     }
-    sdist = make_sdist(tmp_path, tmp_path / "dist", "probed", "1.0", files)
+    sdist = make_sdist(
+        tmp_path, tmp_path / "dist", "probed", "1.0", files, dependencies=["six"],
+        extras={"colour": ["colorama"]},
+    )  # fmt: skip
     outcome, log = _build(sdist, work, "aarch64", "probed")
     assert outcome.built, log[-4000:]
     assert outcome.build_path is BuildPath.EMULATED_AFTER_CROSS
     assert "cross build abandoned" in log
     assert "published from the emulated path" in log
+    assert "smoke test: fetching the wheel's requirements: six\n" in log
+    assert "installed with its requirements" in log
     assert outcome.wheel is not None
     assert set(_elf_files(outcome.wheel).values()) == {MACHINES["aarch64"]}
 

@@ -46,6 +46,23 @@ def test_a_valid_wheel_gives_what_the_index_and_smoke_test_need(tmp_path: Path) 
     ]
 
 
+def test_the_smoke_test_installs_the_requirements_that_are_not_for_an_extra(
+    tmp_path: Path,
+) -> None:
+    files = wheel_files(AARCH64, modules=("pkg",))
+    metadata_name = next(name for name in files if name.endswith("/METADATA"))
+    files[metadata_name] += (
+        b"Requires-Dist: numpy>=1.22\n"
+        b'Requires-Dist: typing-extensions; python_version < "3.12"\n'
+        b'Requires-Dist: pytest; extra == "test"\n'
+        b"Provides-Extra: test\n"
+    )
+    dist_info = metadata_name.split("/")[0]
+    files[f"{dist_info}/RECORD"] = record_of(files, dist_info)
+    contents = read_contents(_write(tmp_path, AARCH64, zip_entries(list(files.items()))))
+    assert contents.requires_dist == ["numpy>=1.22", 'typing-extensions; python_version < "3.12"']
+
+
 def test_an_armv7l_hard_float_wheel_passes(tmp_path: Path) -> None:
     wheel = build(filename=ARMV7L, extra={"pkg/_x.so": elf_header("armv7l") + b"code"})
     assert read_contents(_write(tmp_path, ARMV7L, wheel)).modules == ["pkg", "pkg._x"]
@@ -164,7 +181,7 @@ def test_the_builder_fails_a_repaired_wheel_the_master_would_refuse(tmp_path: Pa
     (wheelhouse / case.filename).write_bytes(case.build())
     smoked: list[Path] = []
 
-    def smoke(wheel: Path, modules: list[str]) -> int:
+    def smoke(wheel: Path, modules: list[str], requirements: list[str]) -> int:
         smoked.append(wheel)
         return 0
 

@@ -11,7 +11,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 from builder.classify import diagnose
 from builder.sdist import SdistRefused, check_archive, unpacked_limit
@@ -20,6 +22,9 @@ from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import BuildPath, FailureReason
 from common.wheels import BadWheel, read_contents
+
+if TYPE_CHECKING:
+    from builder.wheelhouse import Wheelhouse
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TAIL_BYTES = 256 * 1024  # what the classifier scans
@@ -97,7 +102,8 @@ class StepExit:
 # limit, or a StepExit with the details.
 Step = int | None | StepExit
 RunBuild = Callable[[], Step]
-RunSmoke = Callable[[Path, list[str]], Step]
+# The wheel, the modules to import, its runtime requirements (Requires-Dist, no extras).
+RunSmoke = Callable[[Path, list[str], list[str]], Step]
 
 
 def _exit(step: Step) -> StepExit:
@@ -132,6 +138,36 @@ def write_constraints(recipe: Recipe | None, folder: Path) -> Path | None:
 def cancelled_outcome() -> BuildOutcome:
     """A build cancel() stopped: never reported (the runner hands the job back or drops it)."""
     return BuildOutcome(False, reason=FailureReason.BUILDER_ERROR, summary="build cancelled")
+
+
+def offer_runtime_requirements(
+    wheelhouse: Wheelhouse | None,
+    requirements: list[str],
+    python_tag: str,
+    platforms: list[str],
+    log: BinaryIO,
+) -> bool:
+    """Fetch a wheel's runtime requirements into the wheelhouse (the same safe way as
+    build requirements) for the smoke test, which has no network: True when they all
+    came in and the smoke test may install them with the wheel."""
+    if wheelhouse is None or not requirements:
+        return False
+    parsed = []
+    for line in requirements:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            note(log, f"smoke test: {line!r} is not a requirement; installing without it")
+            return False
+        if requirement.url:
+            note(log, f"smoke test: {line} names a URL; never fetched")
+            return False
+        parsed.append(requirement)
+    note(log, f"smoke test: fetching the wheel's requirements: {', '.join(map(str, parsed))}")
+    if wheelhouse.prefetch(parsed, python_tag, platforms, None, wheelhouse.pip_environment(), log):
+        return True
+    note(log, "smoke test: not every requirement has a wheel here; installing without them")
+    return False
 
 
 def note_log_capped(log: BinaryIO, left_out: int, limit: int) -> None:
@@ -203,7 +239,7 @@ def run_recipe(
         note(log, f"smoke test: import {' '.join(contents.modules)}")
     else:
         note(log, "smoke test: the wheel installs no importable module; install only")
-    smoke = _exit(run_smoke(wheel, contents.modules))
+    smoke = _exit(run_smoke(wheel, contents.modules, contents.requires_dist))
     if smoke.killed_for == "cancelled":
         return cancelled_outcome()
     if smoke.code != 0:

@@ -61,6 +61,30 @@ SYSROOT = "/armwheels/sysroot"
 TARGET_WHEELHOUSE = "/armwheels/target-wheelhouse"
 
 
+class HostWheelhouse(Wheelhouse):
+    """The cross build's wheelhouse of host wheels. A requirement fetched for an offline
+    round (one a build backend asks for at build time) is fetched for the target too:
+    a compiled one's headers and libraries must be the target's (cross_build.py)."""
+
+    target: Wheelhouse | None = None
+    target_platforms: list[str] | None = None
+
+    def fetch_missing(
+        self,
+        requirement: str,
+        python_tag: str,
+        platforms: list[str],
+        constraints: Path | None,
+        log_sink: BinaryIO,
+    ) -> bool:
+        fetched = super().fetch_missing(requirement, python_tag, platforms, constraints, log_sink)
+        if fetched and self.target is not None and self.target_platforms is not None:
+            self.target.fetch_missing(
+                requirement, python_tag, self.target_platforms, constraints, log_sink
+            )
+        return fetched
+
+
 class CrossUnavailable(RuntimeError):
     """The cross image is missing: the builder uses the emulated path alone."""
 
@@ -85,7 +109,7 @@ class CrossBackend(DockerBackend):
             raise CrossUnavailable(f"cross image {self.cross_image} is missing") from exc
         self.host_interpreters = self._probe_cross_image()
         self.host_wheelhouse = (
-            Wheelhouse(
+            HostWheelhouse(
                 settings.work_dir / "wheelhouse" / f"{HOST_ARCH}-for-cross",
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
@@ -202,6 +226,9 @@ class CrossBackend(DockerBackend):
             # libraries are what a compiled requirement's users link against.
             platforms = platform_tags(self.arch, self.glibc_minor)
             self.wheelhouse.fill_for(sdist, spec.python_tag, platforms, constraints, log_sink)
+            if self.host_wheelhouse is not None:
+                self.host_wheelhouse.target = self.wheelhouse
+                self.host_wheelhouse.target_platforms = platforms
             volumes[str(self.wheelhouse.root)] = {"bind": TARGET_WHEELHOUSE, "mode": "ro"}
             env["ARMWHEELS_TARGET_WHEELHOUSE"] = TARGET_WHEELHOUSE
         env.update(network_environment(self.settings, None, log_sink, "none"))

@@ -37,6 +37,7 @@ from builder.backends import (
     StepExit,
     note,
     note_log_capped,
+    offer_runtime_requirements,
     passthrough_environment,
     recipe_environment,
     refuse_unsafe_archive,
@@ -548,7 +549,7 @@ class DockerBackend:
         target's own image (emulated), without the recipe's packages: the wheel must carry
         the libraries it needs."""
 
-        def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
+        def run_smoke(wheel: Path, modules: list[str], requirements: list[str]) -> StepExit:
             inside = f"/armwheels/wheel/{wheel.name}"
             command = [
                 "/bin/bash",
@@ -557,15 +558,24 @@ class DockerBackend:
                 spec.python_tag,
                 *modules,
             ]
+            volumes = {str(wheel): {"bind": inside, "mode": "ro"}}
+            env = {"ARMWHEELS_SMOKEENV": SMOKE_ENV}
+            platforms = platform_tags(self.arch, self.glibc_minor)
+            if offer_runtime_requirements(
+                self.wheelhouse, requirements, spec.python_tag, platforms, log_sink
+            ):
+                assert self.wheelhouse is not None
+                volumes[str(self.wheelhouse.root)] = {"bind": WHEELHOUSE, "mode": "ro"}
+                env["ARMWHEELS_SMOKE_LINKS"] = WHEELHOUSE
             return self._run(
                 self.target.image,
                 command,
-                {str(wheel): {"bind": inside, "mode": "ro"}},
+                volumes,
                 "none",
                 spec.job_id,
                 log_sink,
                 SMOKE_TIMEOUT,
-                {"ARMWHEELS_SMOKEENV": SMOKE_ENV},
+                env,
             )
 
         return run_smoke

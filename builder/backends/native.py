@@ -56,6 +56,7 @@ from builder.backends import (
     StepExit,
     note,
     note_log_capped,
+    offer_runtime_requirements,
     passthrough_environment,
     recipe_environment,
     refuse_unsafe_archive,
@@ -617,7 +618,7 @@ class NativeBackend:
                 log_sink=log,
             )
 
-        def run_smoke(wheel: Path, modules: list[str]) -> StepExit:
+        def run_smoke(wheel: Path, modules: list[str], requirements: list[str]) -> StepExit:
             command = [
                 "/bin/bash",
                 str(SCRIPTS / "smoke.sh"),
@@ -628,6 +629,11 @@ class NativeBackend:
             # The smoke test never has network, nor an index.
             smoke_env = {k: v for k, v in env.items() if k not in reach_env}
             smoke_env["PIP_NO_INDEX"] = "1"
+            if offer_runtime_requirements(
+                self.wheelhouse, requirements, spec.python_tag, platforms, log
+            ):
+                assert self.wheelhouse is not None
+                smoke_env["ARMWHEELS_SMOKE_LINKS"] = str(self.wheelhouse.root)
             return self._run(
                 command, smoke_env, layout.scratch, log, float(SMOKE_TIMEOUT), spec.recipe
             )

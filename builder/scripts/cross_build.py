@@ -22,8 +22,10 @@ requirement), 14 the environment is not fit for a cross build.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pprint
+import re
 import shutil
 import subprocess
 import sys
@@ -113,33 +115,56 @@ def pip_install(python: str, requirements: Sequence[str]) -> None:
         raise CrossFailed("the build requirements could not be installed", EXIT_BUILD_FAILED)
 
 
-def installed(python: str) -> dict[str, tuple[str, Path]]:
-    """Distribution name (normalised) -> (version, site-packages) in the build venv."""
-    script = (
-        "import importlib.metadata as m, json, re\n"
-        "print(json.dumps({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower():"
-        " [d.version, str(d.locate_file(''))] for d in m.distributions()}))"
-    )
-    done = subprocess.run([python, "-c", script], capture_output=True, text=True, check=False)
+INSTALLED_SCRIPT = """
+import importlib.metadata as m, json, re, sys
+suffixes = set(sys.argv[1:])
+found = {}
+for d in m.distributions():
+    wheel = d.read_text("WHEEL") or ""
+    compiled = "root-is-purelib: false" in wheel.lower()
+    linked = [str(f) for f in d.files or () if f.suffix in suffixes]
+    name = re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
+    found[name] = [d.version, str(d.locate_file("")), compiled, linked]
+print(json.dumps(found))
+"""
+
+
+def installed(python: str) -> dict[str, tuple[str, Path, bool, list[str]]]:
+    """Distribution name (normalised) -> (version, site-packages, compiled, the files a
+    compile or link reads) in the build venv."""
+    command = [python, "-c", INSTALLED_SCRIPT, *sorted(LINKED_SUFFIXES)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise CrossFailed(f"cannot list the build venv: {done.stderr.strip()}", EXIT_ENVIRONMENT)
-    import json
-
     found = json.loads(done.stdout)
-    return {name: (version, Path(where)) for name, (version, where) in found.items()}
+    return {
+        name: (version, Path(site), bool(compiled), list(linked))
+        for name, (version, site, compiled, linked) in found.items()
+    }
 
 
-def overlay_target_files(python: str, target_wheels: Path) -> None:
-    """Put the target wheel's headers and static libraries over a host requirement's."""
-    if not target_wheels.is_dir():
-        return
+def overlay_target_files(python: str, target_wheels: Path | None) -> None:
+    """Put the target wheel's headers and static libraries over those of each compiled
+    host requirement. A compiled requirement with such files and no wheel of the same
+    version for the target (a pure one will do: its files are the same everywhere) cannot
+    be vouched for: its headers may describe the host's ABI (numpy's sizes of C types),
+    so the cross path gives up rather than build a wheel that imports and then fails."""
     offered: dict[tuple[str, str], Path] = {}
-    for wheel in target_wheels.glob("*.whl"):
-        name, version = wheel.name.split("-")[:2]
-        offered[(name.replace("_", "-").lower(), version)] = wheel
-    for name, (version, site) in installed(python).items():
+    if target_wheels is not None and target_wheels.is_dir():
+        for wheel in target_wheels.glob("*.whl"):
+            name, version = wheel.name.split("-")[:2]
+            offered[(re.sub(r"[-_.]+", "-", name).lower(), version)] = wheel
+    for name, (version, site, compiled, linked) in installed(python).items():
+        if not compiled or not linked:
+            continue
         match = offered.get((name, version))
-        if match is None or match.name.endswith("-any.whl"):
+        if match is None:
+            message = (
+                f"{name} {version} is a compiled build requirement with headers or libraries"
+                " and the target has no wheel of it: its files would be the host's"
+            )
+            raise CrossFailed(message, EXIT_ENVIRONMENT)
+        if match.name.endswith("-any.whl"):
             continue
         replaced = 0
         with zipfile.ZipFile(match) as archive:
@@ -153,8 +178,7 @@ def overlay_target_files(python: str, target_wheels: Path) -> None:
                 with archive.open(member) as source, open(destination, "wb") as copy:
                     shutil.copyfileobj(source, copy)
                 replaced += 1
-        if replaced:
-            step(f"{name} {version}: {replaced} headers and libraries of the target's wheel")
+        step(f"{name} {version}: {replaced} headers and libraries of the target's wheel")
 
 
 def target_sysconfig(sysroot: Path, triplet: str, folder: Path) -> str:
@@ -236,9 +260,9 @@ def main(argv: Sequence[str]) -> int:
     )
     more = hooks.get_requires_for_build_wheel({})
     pip_install(python, [item for item in more if item not in requires])
-    target_wheels = os.environ.get("ARMWHEELS_TARGET_WHEELHOUSE")
-    if target_wheels:
-        overlay_target_files(python, Path(target_wheels))
+    overlay_target_files(
+        python, Path(os.environ.get("ARMWHEELS_TARGET_WHEELHOUSE", "/nonexistent"))
+    )
     cross = cross_environment(arch, triplet, sysroot, work / "sysconfig")
     sysconfig_name = cross["_PYTHON_SYSCONFIGDATA_NAME"]
     step(f"cross-compiling for {triplet} with {cross['CC']} (sysconfig {sysconfig_name})")
