@@ -98,6 +98,23 @@ def _extract(chunks: Iterator[bytes], root: Path, parent: PurePosixPath) -> int:
     return written
 
 
+def prune_sysroots(client: docker.DockerClient, cache: Path) -> list[str]:
+    """Remove the sysroots of images the engine no longer has (rebuilt build images,
+    removed recipe images): ~200 MB each. Returns the keys removed."""
+    if not cache.is_dir():
+        return []
+    current = {str(image.id).split(":")[-1][:16] for image in client.images.list()}
+    removed = []
+    for entry in cache.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir() or entry.name in current:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+    if removed:
+        log.info("sysroots of removed images pruned", extra={"count": len(removed)})
+    return removed
+
+
 def image_key(client: docker.DockerClient, image: str) -> str:
     """The image's id, short: a new build of a tag is another sysroot."""
     return str(client.images.get(image).id).split(":")[-1][:16]

@@ -48,7 +48,7 @@ from builder.backends.network import build_in_rounds, network_environment, wants
 from builder.engine import ENGINE_ERRORS
 from builder.identity import BuilderIdentity
 from builder.image import CROSS_TRIPLETS
-from builder.sysroot import SysrootError, target_sysroot
+from builder.sysroot import SysrootError, prune_sysroots, target_sysroot
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
@@ -108,6 +108,7 @@ class CrossBackend(DockerBackend):
             self.close()
             raise CrossUnavailable(f"cross image {self.cross_image} is missing") from exc
         self.host_interpreters = self._probe_cross_image()
+        prune_sysroots(self.client, settings.work_dir / "sysroots")
         self.host_wheelhouse = (
             HostWheelhouse(
                 settings.work_dir / "wheelhouse" / f"{HOST_ARCH}-for-cross",
