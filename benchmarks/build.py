@@ -81,12 +81,13 @@ class Job:
         return max(0.0, self.seconds - self.compile_seconds) / self.seconds
 
 
-def native_build(sdist: Path, scratch: Path) -> float:
+def native_build(sdist: Path, scratch: Path) -> float | None:
+    """None when the host cannot build it (a system library the host lacks)."""
     venv = scratch / "native-venv"
     if not venv.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [
             str(venv / "bin" / "python"),
             "-m",
@@ -98,10 +99,11 @@ def native_build(sdist: Path, scratch: Path) -> float:
             str(scratch / "native"),
             str(sdist),
         ],
-        check=True,
+        check=False,
+        capture_output=True,
         env={**clean_pip_env(), "PIP_CERT": str(CA_BUNDLE)},
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started if done.returncode == 0 else None
 
 
 def farm_job(backend: DockerBackend, case: Case, sdist: Path, scratch: Path, label: str) -> Job:
@@ -154,7 +156,7 @@ def main() -> None:
                 fast = farm_job(cross, case, sdist, scratch, "cross")
                 rows.append((case, native, slow, fast))
                 console.log(
-                    f"{case.project}: native {native:.1f} s, emulated {slow.seconds:.1f} s,"
+                    f"{case.project}: native {_fmt(native)} s, emulated {slow.seconds:.1f} s,"
                     f" cross {fast.seconds:.1f} s ({fast.outcome.build_path})"
                 )
         finally:
@@ -181,18 +183,18 @@ def main() -> None:
         table.add_row(
             f"{case.project} {case.version}",
             case.kind,
-            f"{native:.1f}",
+            _fmt(native),
             f"{slow.seconds:.1f}" + ("" if slow.outcome.built else " (failed)"),
             f"{fast.seconds:.1f}",
             f"{slow.seconds / fast.seconds:.1f}",
-            f"{fast.seconds / native:.1f}",
+            _fmt(None if native is None else fast.seconds / native),
             path,
             _fmt(None if slow.overhead is None else slow.overhead * 100, ".0f", "%"),
             _fmt(None if fast.overhead is None else fast.overhead * 100, ".0f", "%"),
         )
     console.print(table)
     speedups = [slow.seconds / fast.seconds for _, _, slow, fast in rows]
-    to_native = [fast.seconds / native for _, native, _, fast in rows]
+    to_native = [fast.seconds / native for _, native, _, fast in rows if native is not None]
     overheads = [fast.overhead for _, _, _, fast in rows if fast.overhead is not None]
     fell_back = [case.project for case, _, _, fast in rows if fast.outcome.build_path and
                  fast.outcome.build_path.value == "emulated-after-cross"]  # fmt: skip

@@ -221,7 +221,7 @@ def test_native_builder_on_arm_publishes_a_wheel(
                     "the builder in the arm64 container to register",
                     step=2,
                 )
-                _check_published_wheel(settings, farm_url, tmp_path, ABIDEMO)
+                _check_published_wheel(settings, farm_url, tmp_path, ABIDEMO, "native")
                 [job] = httpx.get(f"{farm_url}/api/v1/status").json()["recent"]
                 build_log = httpx.get(f"{farm_url}/logs/{job['job']}").text
                 assert "on native backend" in build_log
