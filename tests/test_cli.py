@@ -366,3 +366,27 @@ def test_a_command_closes_its_database_however_it_ends(
             assert session.scalar(select(1)) == 1
         raise UsageError("refused half way")
     assert closed == [True]
+
+
+def test_cross_list_and_reset(farm: Farm) -> None:
+    """Projects the cross path fell back on: listed with why, reset once (audited)."""
+    farm.upgraded()
+    settings = load_settings(None, master={"data_dir": farm.data})
+    engine = make_engine(settings.database.url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            project, _, _ = add_release(session, settings, "probed", "1.0")
+            project.emulate_because = "the cross build of probed 1.0 fell back to emulation"
+            add_release(session, settings, "plain", "1.0")
+    finally:
+        engine.dispose()
+    listed = json.loads(farm.ok("cross", "list", "--json"))
+    assert listed == [
+        {"project": "probed", "why": "the cross build of probed 1.0 fell back to emulation"}
+    ]
+    assert farm.ok("cross", "reset", "Probed") == "probed: builders try the cross path again\n"
+    assert json.loads(farm.ok("cross", "list", "--json")) == []
+    assert_usage_error(farm.run("cross", "reset", "probed"), "probed is not marked for emulation")
+    assert_usage_error(farm.run("cross", "reset", "plain"), "plain is not marked for emulation")
+    assert_usage_error(farm.run("cross", "reset", "nobody"), "unknown project: nobody")
+    assert_usage_error(farm.run("cross", "reset", "a b"), "invalid")
