@@ -24,6 +24,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from builder.backends.docker import LABEL
 from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
@@ -205,9 +206,18 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.stdout.decode().strip()
 
 
-def _no_build_containers_left() -> None:
-    leftovers = docker.from_env().containers.list(all=True, filters={"label": "armwheels.builder"})
-    assert leftovers == []
+def _build_containers() -> set[str]:
+    """Ids of every build container on the engine (of any builder, this test's or not)."""
+    containers = docker.from_env().containers.list(all=True, filters={"label": LABEL})
+    return {str(c.id) for c in containers}
+
+
+def _no_build_containers_left(before: set[str]) -> None:
+    """The builders this test started left no container behind; one that was already
+    there (another process's build on a shared engine) is not theirs to remove."""
+    containers = docker.from_env().containers.list(all=True, filters={"label": LABEL})
+    left = [(c.name, c.labels, c.status) for c in containers if str(c.id) not in before]
+    assert left == []
 
 
 def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(
@@ -217,6 +227,7 @@ def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(
     port = free_port()
     config = _farm_config(tmp_path, msgpack_upstream, port)
     settings = load_settings(config)
+    before = _build_containers()
     with (tmp_path / "farm.log").open("wb") as log:
         farm = subprocess.Popen(
             [*CLI, "up", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
@@ -226,7 +237,7 @@ def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(
         finally:
             stop_process(farm)
     assert farm.returncode == 0
-    _no_build_containers_left()
+    _no_build_containers_left(before)
 
 
 @pytest.mark.redis
@@ -239,6 +250,7 @@ def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, abidemo_upst
     broker_db = 12
     broker = redis.Redis(host="127.0.0.1", port=6379, db=broker_db)
     broker.flushdb()
+    before = _build_containers()
     processes: list[subprocess.Popen[bytes]] = []
     for database_url in _postgres_database():
         env = dict(
@@ -270,7 +282,7 @@ def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, abidemo_upst
                     stop_process(process)
                 broker.flushdb()
                 broker.close()
-    _no_build_containers_left()
+    _no_build_containers_left(before)
 
 
 def test_build_image_carries_tools_and_nothing_else() -> None:
