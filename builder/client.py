@@ -18,6 +18,7 @@ from tenacity import (
 
 from common.protocol import (
     LOG_PART,
+    SLOT_HEADER,
     WHEEL_PART,
     ErrorBody,
     Heartbeat,
@@ -144,10 +145,14 @@ def _error(response: httpx.Response) -> str:
 
 
 class MasterClient:
-    def __init__(self, master_url: str, token: str, timeout: float = 60.0) -> None:
+    """One build slot's client: every request names the slot (SLOT_HEADER), so that the
+    master keeps each slot's registration, heartbeats and jobs apart."""
+
+    def __init__(self, master_url: str, token: str, timeout: float = 60.0, slot: int = 0) -> None:
+        self.slot = slot
         self.http = httpx.Client(
             base_url=master_url,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}", SLOT_HEADER: str(slot)},
             timeout=timeout,
         )
 

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -129,7 +130,8 @@ def target_sysroot(
     if (root / COMPLETE).is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{key}.{os.getpid()}.partial"
+    # One per process and thread: build slots of one builder may copy at once.
+    partial = cache / f".{key}.{os.getpid()}-{threading.get_native_id()}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     started = time.monotonic()
     container = client.containers.create(image, ["/bin/true"], network_disabled=True, labels=labels)

@@ -11,14 +11,17 @@ are refused, so nothing but what the index serves can enter.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import logging
 import lzma
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
 import zipfile
@@ -215,6 +218,10 @@ class Wheelhouse:
         fetches what is missing itself, as it would without a cache.
         """
         version = python_version_of_tag(python_tag)
+        # pip writes a wheel in place as it copies it: downloads go to a folder of this
+        # call's own and are renamed into the cache whole, since the builds of other
+        # slots read the cache meanwhile.
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         command = [
             sys.executable,
             "-m",
@@ -224,6 +231,9 @@ class Wheelhouse:
             "--no-input",
             "--only-binary=:all:",
             "--dest",
+            str(staging),
+            # What the cache has already is taken from it, not downloaded again.
+            "--find-links",
             str(self.root),
             "--python-version",
             version,
@@ -253,6 +263,8 @@ class Wheelhouse:
             )
         except subprocess.TimeoutExpired:
             return False
+        finally:
+            self._take_in(staging)
         added = [path.name for path in self.wheels() if path.name not in before]
         log.info(
             "wheelhouse prefetch",
@@ -326,8 +338,20 @@ class Wheelhouse:
             [parsed], python_tag, platforms, constraints, self.pip_environment(), log_sink
         )
 
+    def _take_in(self, staging: Path) -> None:
+        """Rename the wheels pip saved in `staging` into the cache, then drop `staging`."""
+        for path in staging.glob("*.whl"):
+            if not (self.root / path.name).exists():
+                path.replace(self.root / path.name)
+        shutil.rmtree(staging, ignore_errors=True)
+
     def prune(self) -> None:
-        """Oldest wheels out first until the cache is under its limit."""
+        """Oldest wheels out first until the cache is under its limit; the download
+        folders of a builder killed mid-download go too."""
+        for staging in self.root.glob(".incoming-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - staging.stat().st_mtime > 2 * DOWNLOAD_TIMEOUT:
+                    shutil.rmtree(staging, ignore_errors=True)
         wheels = []
         for path in self.wheels():
             try:

@@ -1,16 +1,19 @@
-"""`armwheels builder`: a Celery worker on build.<arch> that runs one job at a time."""
+"""`armwheels builder`: a Celery worker on build.<arch> that runs one job at a time in
+each of its build slots (builder.slots)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import platform
+import queue
 import shutil
 import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,10 +24,17 @@ from builder.client import ClaimNotUnderstood, ClaimRefused, MasterClient, Repor
 from builder.identity import BuilderIdentity, NoIdentity, take_identity
 from builder.log_stream import LogStreamer
 from builder.sdist import SdistMismatch, SdistUnavailable, fetch_sdist
+from builder.slots import slot_count
 from common.config import Settings
 from common.job_spec import JobSpec
 from common.messages import BUILD_TASK, declare_queues, make_celery, queue_name
-from common.protocol import HEARTBEAT_SECONDS, MAX_SUMMARY_CHARS, ProtocolError, ResultForm
+from common.protocol import (
+    HEARTBEAT_SECONDS,
+    MAX_SUMMARY_CHARS,
+    ProtocolError,
+    ResultForm,
+    slot_name,
+)
 from common.states import Arch, FailureReason
 from common.version import VERSION
 
@@ -51,7 +61,11 @@ def is_arm_host(arch: str) -> bool:
 
 
 def choose_backend(
-    settings: Settings, arch: str, identity: BuilderIdentity, config_file: Path | None = None
+    settings: Settings,
+    arch: str,
+    identity: BuilderIdentity,
+    config_file: Path | None = None,
+    slot: int = 0,
 ) -> Backend:
     target = settings.targets.get(arch)
     if target is None or not target.enabled:
@@ -73,6 +87,7 @@ def choose_backend(
                 target,
                 build_user=settings.builder.build_user,
                 config_file=config_file,
+                slot=slot,
             )
         except NativeUnavailable as exc:
             raise NoBackend(str(exc)) from exc
@@ -371,23 +386,58 @@ class Heartbeats(threading.Thread):
         self._done.set()
 
 
-def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None) -> int:
-    token = settings.builder.token.get_secret_value()
-    if not token:
-        raise NoBackend("builder.token is not set (ARMWHEELS_BUILDER__TOKEN)")
+@dataclass
+class BuildSlot:
+    """One of the builds a host runs at once: a builder of its own to the master (its own
+    registration, heartbeats and claims) with its own backend and instance id, so that
+    it kills and cleans up only what is its own."""
+
+    number: int
+    name: str
+    identity: BuilderIdentity
+    backend: Backend
+    client: MasterClient
+    runner: JobRunner
+    heartbeats: Heartbeats
+
+    def close(self) -> None:
+        self.heartbeats.stop()
+        self.backend.close()
+        self.client.close()
+        self.identity.release()
+
+
+def open_slot(
+    settings: Settings, arch: Arch, number: int, host_name: str, config_file: Path | None
+) -> BuildSlot:
+    """Take an instance id, make the backend and register slot `number` with the master."""
     try:
         identity = take_identity(settings.builder.work_dir, arch, settings.builder.name)
     except NoIdentity as exc:
         raise NoBackend(str(exc)) from exc
-    name = identity.name
-    backend = choose_backend(settings, arch, identity, config_file)
-    client = MasterClient(settings.builder.master_url, token)
-    tags = backend.python_tags()
-    client.register(arch, backend.name, tags, VERSION, free_disk(settings))
+    name = slot_name(host_name or identity.name, number)
+    identity.name = name
+    try:
+        backend = choose_backend(settings, arch, identity, config_file, number)
+    except BaseException:
+        identity.release()
+        raise
+    client = MasterClient(
+        settings.builder.master_url, settings.builder.token.get_secret_value(), slot=number
+    )
+    try:
+        tags = backend.python_tags()
+        client.register(arch, backend.name, tags, VERSION, free_disk(settings))
+    except BaseException:
+        client.close()
+        backend.close()
+        identity.release()
+        raise
     log.info(
         "builder registered",
         extra={
             "builder": name,
+            "slot": number,
             "arch": arch,
             "backend": backend.name,
             "python_tags": ",".join(tags),
@@ -395,41 +445,69 @@ def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None)
     )
     runner = JobRunner(settings, arch, backend, client)
     heartbeats = Heartbeats(client, runner, lambda: free_disk(settings))
-    heartbeats.start()
+    heartbeats.name = f"heartbeat-{number}"
+    return BuildSlot(number, name, identity, backend, client, runner, heartbeats)
+
+
+def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None) -> int:
+    if not settings.builder.token.get_secret_value():
+        raise NoBackend("builder.token is not set (ARMWHEELS_BUILDER__TOKEN)")
+    count = slot_count(settings.builder)
+    slots: list[BuildSlot] = []
+    try:
+        for number in range(count):
+            slots.append(
+                open_slot(settings, arch, number, slots[0].name if slots else "", config_file)
+            )
+        for slot in slots:
+            slot.heartbeats.start()
+        return _work(settings, arch, slots)
+    finally:
+        for slot in slots:
+            slot.close()
+
+
+def _work(settings: Settings, arch: Arch, slots: list[BuildSlot]) -> int:
+    """The Celery worker: as many tasks at once as there are slots, each run by a free
+    slot's runner."""
     app = make_celery(settings)
+    free: queue.SimpleQueue[JobRunner] = queue.SimpleQueue()
+    for slot in slots:
+        free.put(slot.runner)
 
     @signals.worker_shutting_down.connect
     def on_shutdown(**_: object) -> None:
-        runner.stop()
+        for slot in slots:
+            slot.runner.stop()
 
     @app.task(name=BUILD_TASK)
     def build(job_id: int) -> None:
-        runner.run(int(job_id))
+        # Celery runs at most len(slots) tasks at once: one runner is always free.
+        runner = free.get()
+        try:
+            runner.run(int(job_id))
+        finally:
+            free.put(runner)
 
-    queues = [queue_name(arch, tag) for tag in tags]
+    queues = [queue_name(arch, tag) for tag in slots[0].backend.python_tags()]
     declare_queues(app, queues)
-    try:
-        app.worker_main(
-            [
-                "worker",
-                "--queues",
-                ",".join(queues),
-                "--concurrency",
-                "1",
-                "--pool",
-                "solo",
-                "--hostname",
-                f"{name}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ]
-        )
-    finally:
-        heartbeats.stop()
-        backend.close()
-        client.close()
-        identity.release()
+    log.info("builder at work", extra={"arch": arch, "slots": len(slots)})
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--concurrency",
+            str(len(slots)),
+            "--pool",
+            "solo" if len(slots) == 1 else "threads",
+            "--hostname",
+            f"{slots[0].name}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
     return 0

@@ -31,7 +31,7 @@ from pydantic_settings import (
 )
 
 from common.names import BadName, normalize_project, python_version_of_tag
-from common.protocol import HEARTBEAT_SECONDS
+from common.protocol import HEARTBEAT_SECONDS, MAX_SLOTS
 from common.recipes import parse_recipes
 from common.states import ARCHES
 
@@ -317,6 +317,10 @@ class BuilderSettings(_Section):
     # CPU cores a build may use (fractions allowed); empty means all of the host's.
     cpus: float | None = Field(default=None, gt=0, le=1024)
     pids_limit: int = Field(default=4096, ge=64)
+    # Builds this host runs at once, each a job claimed, beaten for and handed back on its
+    # own. Empty: as many as the host's cores and memory hold with `cpus` and
+    # `memory_limit` each (builder/slots.py), so one when `cpus` is unset.
+    slots: int | None = Field(default=None, ge=1, le=MAX_SLOTS)
     # A build whose work directory (sources, venv, temporary files, wheels) grows past
     # this is killed; /tmp inside a container is a tmpfs of `tmp_size` bytes.
     work_dir_limit: int = Field(default=20 * 1024**3, ge=64 * 1024**2)

@@ -158,11 +158,17 @@ class Token(Base):
 
 
 class Builder(Base):
+    """One build slot of a builder host: a host with several slots (builder.slots) has a
+    row per slot, each claiming, beating for and handing back its own job."""
+
     __tablename__ = "builders"
+    __table_args__ = (UniqueConstraint("token_id", "slot"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), unique=True)
+    # The token's name, with "#<slot>" after it for slots past the first (builder_name()).
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"))
+    slot: Mapped[int] = mapped_column(default=0, server_default="0")
     arch: Mapped[str] = mapped_column(String(16))
     backend: Mapped[str] = mapped_column(String(16))
     python_tags: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -22,6 +22,11 @@ The exchanges, all under /api/v1 and authenticated with the builder's token:
                                       LOG_PART and WHEEL_PART -> ResultAnswer
 
 Any other refusal is an ErrorBody.
+
+A builder host with several build slots (builder.slots) sends SLOT_HEADER with every
+request: each slot is a builder of its own to the master (registered, beating, claiming
+and handing back on its own), all under the host's one token. Without the header the
+request is slot 0's, as every builder before slots was.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_DISK_BYTES",
     "MAX_JOB_ID",
+    "MAX_SLOTS",
     "MAX_SUMMARY_CHARS",
+    "SLOT_HEADER",
     "WHEEL_PART",
     "Body",
     "ErrorBody",
@@ -57,6 +64,7 @@ __all__ = [
     "Registration",
     "ResultAnswer",
     "ResultForm",
+    "slot_name",
 ]
 
 # The longest a builder waits between two heartbeats (when idle: it beats more often
@@ -71,6 +79,12 @@ MAX_DISK_BYTES = 2**63 - 1
 MAX_CHUNK_BYTES = 1024 * 1024
 # The longest summary a result may carry.
 MAX_SUMMARY_CHARS = 10_000
+# The header naming the build slot a request speaks for (0 when absent), and how many
+# slots one builder token may have.
+SLOT_HEADER = "X-Armwheels-Slot"
+MAX_SLOTS = 64
+# The name of each slot past the first: "<token name>#<slot>".
+SLOT_SEPARATOR = "#"
 # The names of the result's file parts: the build log (always) and the wheel (when built).
 LOG_PART = "log"
 WHEEL_PART = "wheel"
@@ -97,6 +111,12 @@ class ProtocolError(ValueError):
         field = ".".join(str(part) for part in first["loc"])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return cls(body, field, f"{first['msg']}{more}")
+
+
+def slot_name(name: str, slot: int) -> str:
+    """The name a build slot goes by (the master's builder rows, logs, container labels):
+    the host's name for its first slot, as before slots, and "<name>#<slot>" after it."""
+    return name if slot == 0 else f"{name}{SLOT_SEPARATOR}{slot}"
 
 
 class Body(BaseModel):

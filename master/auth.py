@@ -49,8 +49,9 @@ def check_project_scope(token: Token, project: str) -> None:
         raise NotPermitted(f"token {token.name} is not scoped to project {project}")
 
 
-def builder_for(session: Session, token: Token) -> Builder | None:
-    return session.scalar(select(Builder).where(Builder.token_id == token.id))
+def builder_for(session: Session, token: Token, slot: int = 0) -> Builder | None:
+    """The builder row of `token`'s build slot `slot` (None: it has not registered)."""
+    return session.scalar(select(Builder).where(Builder.token_id == token.id, Builder.slot == slot))
 
 
 def create_token(

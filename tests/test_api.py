@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.db import transaction
-from common.models import BuildJob, OutputFile, Release
+from common.models import Builder, BuildJob, OutputFile, Release
+from common.protocol import SLOT_HEADER
 from common.states import FailureReason, JobState, SkipReason, TokenRole
 from master.auth import create_token
 from master.builds.build_plan import plan_builds
@@ -490,3 +491,44 @@ def test_a_later_cpython_target_is_not_planned_where_an_abi3_wheel_serves_it(
     assert jobs["cp314"].state == JobState.SKIPPED
     assert jobs["cp314"].skip_reason == SkipReason.COVERED_BY_FARM
     assert jobs["cp314"].summary == f"armwheels serves {ABI3}"
+
+
+def test_each_build_slot_of_a_host_is_a_builder_of_its_own(farm: Farm) -> None:
+    """A host with several build slots sends SLOT_HEADER: each slot registers, claims and
+    hands back on its own under the host's one token; no header is slot 0."""
+
+    def slot(number: str) -> dict[str, str]:
+        return {**farm.auth(), SLOT_HEADER: number}
+
+    registration = {"arch": "aarch64", "backend": "docker", "python_tags": ["cp311"]}
+    answer = farm.client.post("/api/v1/builders/register", headers=slot("1"), json=registration)
+    assert answer.status_code == 200 and answer.json()["name"] == "b1#1"
+    builders = {b["name"]: b for b in farm.client.get("/api/v1/status").json()["builders"]}
+    assert (builders["b1"]["slot"], builders["b1"]["current_job"]) == (0, farm.job_id)
+    assert (builders["b1#1"]["slot"], builders["b1#1"]["current_job"]) == (1, None)
+    # Slot 1 restarting hands back nothing of slot 0's, nor may it report slot 0's job.
+    answer = farm.client.post("/api/v1/builders/register", headers=slot("1"), json=registration)
+    assert answer.status_code == 200
+    assert farm.job().state == JobState.BUILDING
+    refused = farm.client.post(
+        f"/api/v1/jobs/{farm.job_id}/result",
+        headers=slot("1"),
+        data={"outcome": "failed", "reason": "compile-error", "summary": "x"},
+        files={"log": ("build.log", b"...")},
+    )
+    assert refused.status_code == 403 and "not assigned to builder b1#1" in refused.text
+    # Slot 0 (named by the header or by its absence) restarting hands back its own job,
+    # which slot 1 then claims as any builder would.
+    answer = farm.client.post("/api/v1/builders/register", headers=slot("0"), json=registration)
+    assert answer.status_code == 200 and answer.json()["name"] == "b1"
+    assert farm.job().state == JobState.PENDING
+    claimed = farm.client.post(f"/api/v1/jobs/{farm.job_id}/claim", headers=slot("1"))
+    assert claimed.status_code == 200, claimed.text
+    with farm.factory() as session:
+        owner = session.get(Builder, farm.job().builder_id)
+        assert owner is not None and (owner.name, owner.slot) == ("b1#1", 1)
+    assert farm.upload().status_code == 403  # slot 0 is not its builder
+    for bad in ("x", "64", "-1", "01", " 1", "1.0", ""):
+        answer = farm.client.post("/api/v1/builders/heartbeat", headers=slot(bad))
+        assert answer.status_code == 400, (bad, answer.text)
+        assert SLOT_HEADER in answer.json()["error"]

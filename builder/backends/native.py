@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import math
 import os
 import platform
 import pwd
@@ -72,6 +71,7 @@ from builder.backends.network import (
 )
 from builder.egress import EgressProxy
 from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
+from builder.slots import slot_cores
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
@@ -155,9 +155,12 @@ class NativeBackend:
         build_user: str = "nobody",
         tools_bin: Path = TOOLS_BIN,
         config_file: Path | None = None,
+        slot: int = 0,
     ) -> None:
         self.settings = settings
         self.arch = arch
+        # This build slot's cores: slots of one board do not share theirs (builder.cpus).
+        self.cores = slot_cores(settings, slot)
         self.target = target
         self.tools_bin = tools_bin
         self._current: subprocess.Popen[bytes] | None = None
@@ -395,10 +398,8 @@ class NativeBackend:
         if shutil.which("prlimit"):
             memory = parse_bytes(self.settings.memory_limit)
             prefix += ["prlimit", f"--data={memory}", f"--nproc={self.settings.pids_limit}", "--"]
-        cpus = self.settings.cpus
-        if cpus and shutil.which("taskset"):
-            cores = min(max(1, math.ceil(cpus)), os.cpu_count() or 1)
-            prefix += ["taskset", "-c", f"0-{cores - 1}"]
+        if self.settings.cpus and shutil.which("taskset"):
+            prefix += ["taskset", "-c", ",".join(map(str, self.cores))]
         return prefix
 
     def _run(

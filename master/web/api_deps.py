@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import Token
 from common.protocol import MAX_JOB_ID as MAX_JOB_ID  # for the routers' own job ids
+from common.protocol import MAX_SLOTS, SLOT_HEADER
 from common.states import TokenRole
 from master.auth import AuthError, authenticate, token_from_header
 
@@ -40,6 +41,22 @@ def _strict_job_id(value: Any) -> Any:
 
 
 JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID), BeforeValidator(_strict_job_id)]
+_SLOT = re.compile(r"0|[1-9][0-9]?")
+
+
+def _builder_slot(slot: Annotated[str | None, Header(alias=SLOT_HEADER)] = None) -> int:
+    """The build slot a builder's request speaks for (common/protocol.py); 0 without the
+    header, as every builder before slots sent."""
+    if slot is None:
+        return 0
+    if not _SLOT.fullmatch(slot) or int(slot) >= MAX_SLOTS:
+        raise HTTPException(
+            400, f"{SLOT_HEADER}: a slot is a whole number from 0 to {MAX_SLOTS - 1}"
+        )
+    return int(slot)
+
+
+BuilderSlot = Annotated[int, Depends(_builder_slot)]
 AuthHeader = Annotated[str | None, Header(alias="Authorization")]
 
 

@@ -39,6 +39,7 @@ from common.protocol import (
     Registration,
     ResultAnswer,
     ResultForm,
+    slot_name,
 )
 from common.states import FailureReason, JobState
 from master.auth import builder_for
@@ -60,6 +61,7 @@ from master.index.uploads import (
 from master.web.api_deps import (
     DB,
     BodyLimit,
+    BuilderSlot,
     BuilderToken,
     JobId,
     RawBody,
@@ -77,8 +79,8 @@ HAND_BACK_GRACE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
-def _current_builder(db: DB, token: BuilderToken) -> Builder:
-    found = builder_for(db, token)
+def _current_builder(db: DB, token: BuilderToken, slot: BuilderSlot) -> Builder:
+    found = builder_for(db, token, slot)
     if found is None:
         raise HTTPException(409, "builder is not registered")
     return found
@@ -137,8 +139,8 @@ def router(ctx: MasterContext) -> APIRouter:
     app = APIRouter()
 
     @app.post("/api/v1/builders/register")
-    def register(reg: Registration, db: DB, token: BuilderToken) -> Registered:
-        found = builder_for(db, token)
+    def register(reg: Registration, db: DB, token: BuilderToken, slot: BuilderSlot) -> Registered:
+        found = builder_for(db, token, slot)
         # A builder that registers again has lost whatever it was doing.
         # The attempt counts (a board that keeps rebooting mid-build is the build's
         # trouble too): past the cap the job is lost, keeping what was streamed of it.
@@ -155,7 +157,13 @@ def router(ctx: MasterContext) -> APIRouter:
             ).all()
         )
         if found is None:
-            found = Builder(name=token.name, token_id=token.id, arch=reg.arch, backend=reg.backend)
+            found = Builder(
+                name=slot_name(token.name, slot),
+                token_id=token.id,
+                slot=slot,
+                arch=reg.arch,
+                backend=reg.backend,
+            )
             db.add(found)
         found.arch, found.backend = reg.arch, reg.backend
         found.python_tags, found.version = reg.python_tags, reg.version

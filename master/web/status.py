@@ -26,6 +26,7 @@ def collect(session: Session, builder_timeout: float, recent: int = 20) -> dict[
         builders.append(
             {
                 "name": builder.name,
+                "slot": builder.slot,
                 "arch": builder.arch,
                 "backend": builder.backend,
                 "python_tags": builder.python_tags,

@@ -283,7 +283,7 @@ class Farm:
         except httpx.HTTPError:
             return False
 
-    def add_builder(self, name: str) -> Node:
+    def add_builder(self, name: str, slots: int = 1) -> Node:
         with transaction(self.factory) as session:  # type: ignore[arg-type]
             token = create_token(session, name, TokenRole.BUILDER)
         proxy = Proxy("127.0.0.1", self.master_port)
@@ -294,6 +294,7 @@ class Farm:
             PYTHONPATH=str(ROOT),
             ARMWHEELS_BUILDER__TOKEN=token,
             ARMWHEELS_BUILDER__NAME=name,
+            ARMWHEELS_BUILDER__SLOTS=str(slots),
             ARMWHEELS_BUILDER__MASTER_URL=f"http://127.0.0.1:{proxy.port}",
             **{TOOLS_ENV: str(self.tools_bin)},
         )

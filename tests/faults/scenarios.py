@@ -319,6 +319,34 @@ def builder_disk_full(farm: Farm, expected: Outcome) -> FaultResult:
     return _result(farm, "builder work disk full, then freed", expected, batch, 1)
 
 
+def kill_two_slot_builder_mid_builds(farm: Farm, expected: Outcome) -> FaultResult:
+    """A builder host with two build slots (builder.slots = 2) builds two jobs at once,
+    one per slot, each slot a builder of its own to the master. kill -9 of the host with
+    both builds under way: both builds die with it, and on its restart each slot hands
+    back its own job (the attempt counted) and both are built again. The other builders
+    are stopped first, so that the two jobs can only go to the slots."""
+    for node in farm.builders.values():
+        node.stop()
+    host = "slots"
+    farm.add_builder(host, slots=2)
+    batch = farm.add_batch("slotted", 2, build_seconds=8)
+
+    def both_building() -> bool:
+        owners = {farm.builder_of(job) for job in batch.jobs}
+        return owners == {host, f"{host}#1"} and all(_job_pids(farm, j) for j in batch.jobs)
+
+    wait_until(both_building, 120, "one job building in each slot", 0.1)
+    farm.builders[host].kill9()
+    wait_until(
+        lambda: not any(_job_pids(farm, j) for j in batch.jobs),
+        10,
+        "the builds to die with their host",
+        0.1,
+    )
+    farm.start_builder(host)
+    return _result(farm, SLOTS, expected, batch, 2)
+
+
 def _master_said(farm: Farm, text: str) -> bool:
     return farm.master is not None and farm.master.said(text)
 
@@ -343,6 +371,7 @@ DISKS: list[tuple[str, Scenario]] = [
     ("builder work disk full, then freed", builder_disk_full),
 ]
 REDIS = "Redis flushed, then restarted"
+SLOTS = "kill -9 of a two-slot builder mid-builds"
 
 
 def run_scenarios(farm: Farm) -> list[FaultResult]:
@@ -364,6 +393,8 @@ def run_scenarios(farm: Farm) -> list[FaultResult]:
             results.append(_guarded(name, scenario, farm, expected))
         else:
             results.append(FaultResult(name, skipped="no tmpfs could be mounted here"))
+    # Last: it stops the farm's other builders.
+    results.append(_guarded(SLOTS, kill_two_slot_builder_mid_builds, farm, expected))
     return results
 
 
