@@ -178,6 +178,26 @@ def platform_tags(arch: str, glibc_minor: int) -> list[str]:
     return [*tags, f"linux_{arch}"] if arch != "armv7l" else tags
 
 
+def target_arguments(python_tag: str, platforms: list[str]) -> list[str]:
+    """pip's options that make it choose wheels for the target (interpreter, ABIs and
+    platforms), not for the host it runs on."""
+    arguments = [
+        "--python-version",
+        python_version_of_tag(python_tag),
+        "--implementation",
+        "cp",
+        "--abi",
+        python_tag,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
+    for platform in platforms:
+        arguments += ["--platform", platform]
+    return arguments
+
+
 class Wheelhouse:
     """The cache directory and the trusted step that fills it."""
 
@@ -217,7 +237,6 @@ class Wheelhouse:
         Returns False when pip could not get all of them as wheels; the build then
         fetches what is missing itself, as it would without a cache.
         """
-        version = python_version_of_tag(python_tag)
         # pip writes a wheel in place as it copies it: downloads go to a folder of this
         # call's own and are renamed into the cache whole, since the builds of other
         # slots read the cache meanwhile.
@@ -235,19 +254,8 @@ class Wheelhouse:
             # What the cache has already is taken from it, not downloaded again.
             "--find-links",
             str(self.root),
-            "--python-version",
-            version,
-            "--implementation",
-            "cp",
-            "--abi",
-            python_tag,
-            "--abi",
-            "abi3",
-            "--abi",
-            "none",
+            *target_arguments(python_tag, platforms),
         ]
-        for platform in platforms:
-            command += ["--platform", platform]
         if constraints is not None:
             command += ["--constraint", str(constraints)]
         command += [str(requirement) for requirement in requirements]

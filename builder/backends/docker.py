@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,6 +57,7 @@ from builder.backends.recipe_image import (
     ensure_recipe_image,
     installer_prefix,
 )
+from builder.backends.smoke_install import install_for_import
 from builder.egress import EgressProxy
 from builder.engine import ENGINE_ERRORS, wait_for_exit
 from builder.identity import BuilderIdentity
@@ -75,7 +77,8 @@ CA_PATH = "/armwheels/ca-bundle.crt"
 WORK = "/armwheels/work"
 # Paths inside the throw-away container, not on the host.
 CONTAINER_TMP = ["/tmp", "/var/tmp"]  # noqa: S108
-SMOKE_ENV = "/tmp/smoke"  # noqa: S108
+# The smoke test's wheel, installed on the host, as the target's container sees it.
+SMOKE_SITE = "/armwheels/smoke-site"
 WHEELHOUSE = "/armwheels/wheelhouse"
 CONSTRAINTS = "/armwheels/recipe/constraints.txt"
 SMOKE_TIMEOUT = 600.0
@@ -550,23 +553,30 @@ class DockerBackend:
         the libraries it needs."""
 
         def run_smoke(wheel: Path, modules: list[str], requirements: list[str]) -> StepExit:
-            inside = f"/armwheels/wheel/{wheel.name}"
-            command = [
-                "/bin/bash",
-                "/armwheels/scripts/smoke.sh",
-                inside,
-                spec.python_tag,
-                *modules,
-            ]
-            volumes = {str(wheel): {"bind": inside, "mode": "ro"}}
-            env = {"ARMWHEELS_SMOKEENV": SMOKE_ENV}
+            # Installed natively on the host (builder/backends/smoke_install.py), imported
+            # in the target's container: only the import is emulated.
+            site = wheel.parent.parent / "smoke-site"
+            shutil.rmtree(site, ignore_errors=True)
             platforms = platform_tags(self.arch, self.glibc_minor)
+            links = None
             if offer_runtime_requirements(
                 self.wheelhouse, requirements, spec.python_tag, platforms, log_sink
             ):
                 assert self.wheelhouse is not None
-                volumes[str(self.wheelhouse.root)] = {"bind": WHEELHOUSE, "mode": "ro"}
-                env["ARMWHEELS_SMOKE_LINKS"] = WHEELHOUSE
+                links = self.wheelhouse.root
+            started = time.monotonic()
+            if not install_for_import(wheel, site, spec.python_tag, platforms, links, log_sink):
+                return StepExit(15)
+            note(log_sink, f"smoke install on the host: {time.monotonic() - started:.1f} s")
+            command = [
+                "/bin/bash",
+                "/armwheels/scripts/smoke.sh",
+                wheel.name,
+                spec.python_tag,
+                *modules,
+            ]
+            volumes = {str(site): {"bind": SMOKE_SITE, "mode": "ro"}}
+            env = {"ARMWHEELS_SMOKE_SITE": SMOKE_SITE}
             return self._run(
                 self.target.image,
                 command,
