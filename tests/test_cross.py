@@ -220,3 +220,6 @@ def test_a_job_the_master_wants_emulated_is_not_cross_built(work: Path, tmp_path
     assert outcome.build_path is BuildPath.EMULATED
     assert "build path: emulated, since its recipe says so" in log
     assert "cross-compiling" not in log
+    # Built under QEMU, repaired natively: auditwheel ran in the cross image, for aarch64.
+    assert "repairing speed-1.0-cp311-cp311-linux_aarch64.whl for aarch64 on x86_64" in log
+    assert "repair on the builder's host:" in log

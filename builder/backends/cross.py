@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +41,7 @@ from builder.backends import (
 from builder.backends.docker import (
     CONSTRAINTS,
     INTERPRETER_PROBE,
+    REPAIR_TIMEOUT,
     WHEELHOUSE,
     WORK,
     DockerBackend,
@@ -182,6 +185,52 @@ class CrossBackend(DockerBackend):
         if outcome.built:
             note(log_sink, "published from the emulated path, after the cross path failed")
         return outcome
+
+    def _repair_elsewhere(
+        self, spec: JobSpec, image: str, sandbox: Path, log_sink: BinaryIO
+    ) -> Callable[[], StepExit] | None:
+        """An emulated build's wheel is repaired natively, in the cross image with the
+        sysroot of the image it was built in (auditwheel under QEMU cost 5-8 s of every
+        job), and in that image after all when that fails: the emulated path stays the
+        last resort it is."""
+
+        def repair() -> StepExit:
+            started = time.monotonic()
+            try:
+                sysroot = self._sysroot(image, log_sink)
+            except SysrootError as exc:
+                note(log_sink, f"{exc}: repairing in the build image")
+                return self._repair_in_image(spec, image, sandbox, log_sink)
+            done = self._run(
+                self.cross_image,
+                [
+                    "/bin/bash",
+                    "/armwheels/scripts/repair_wheel.sh",
+                    spec.policy,
+                    self.arch,
+                    self.triplet,
+                ],
+                {
+                    str(sandbox): {"bind": WORK, "mode": "rw"},
+                    str(sysroot): {"bind": SYSROOT, "mode": "ro"},
+                },
+                "none",
+                spec.job_id,
+                log_sink,
+                REPAIR_TIMEOUT,
+                {"ARMWHEELS_SYSROOT": SYSROOT},
+                guard_root=sandbox,
+            )
+            if done.code == 0:
+                note(log_sink, f"repair on the builder's host: {time.monotonic() - started:.1f} s")
+                return done
+            if done.killed_for is not None:
+                return done
+            note(log_sink, "the repair on the builder's host failed: repairing in the build image")
+            shutil.rmtree(sandbox / "out" / "wheelhouse", ignore_errors=True)
+            return self._repair_in_image(spec, image, sandbox, log_sink)
+
+        return repair
 
     def _sysroot(self, image: str, log_sink: BinaryIO) -> Path:
         note(log_sink, f"sysroot of {image}")

@@ -22,6 +22,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -82,6 +83,8 @@ SMOKE_SITE = "/armwheels/smoke-site"
 WHEELHOUSE = "/armwheels/wheelhouse"
 CONSTRAINTS = "/armwheels/recipe/constraints.txt"
 SMOKE_TIMEOUT = 600.0
+# auditwheel repair of one wheel in a container of its own.
+REPAIR_TIMEOUT = 600.0
 # An egress build's proxy: where the container sees the host's socket folder.
 EGRESS = "/armwheels/egress"
 
@@ -506,6 +509,9 @@ class DockerBackend:
                 self.settings, EGRESS if proxy else None, log_sink, self.settings.network
             )
         )
+        repair = self._repair_elsewhere(spec, image, sandbox, log_sink)
+        if repair is not None:
+            env["ARMWHEELS_REPAIR"] = "elsewhere"
 
         def run_once(seconds_left: float) -> StepExit:
             command = [
@@ -532,7 +538,7 @@ class DockerBackend:
             self._prepare_sandbox(sandbox)
 
         def run_build() -> StepExit:
-            return build_in_rounds(
+            built = build_in_rounds(
                 run_once,
                 start_afresh,
                 spec=spec,
@@ -544,8 +550,34 @@ class DockerBackend:
                 constraints=constraints,
                 log_sink=log_sink,
             )
+            if repair is None or built.code != 0 or built.killed_for is not None:
+                return built
+            return repair()
 
         return run_recipe(out, log_sink, timeout, run_build, self._smoke_step(spec, log_sink))
+
+    def _repair_elsewhere(
+        self, spec: JobSpec, image: str, sandbox: Path, log_sink: BinaryIO
+    ) -> Callable[[], StepExit] | None:
+        """The step that repairs the built wheel outside its build container, or None:
+        build.sh repairs it where it was built (here, in the target's image)."""
+        return None
+
+    def _repair_in_image(
+        self, spec: JobSpec, image: str, sandbox: Path, log_sink: BinaryIO
+    ) -> StepExit:
+        """auditwheel in the target's own image, on the wheel a build left in `sandbox`."""
+        return self._run(
+            image,
+            ["/bin/bash", "/armwheels/scripts/repair_wheel.sh", spec.policy],
+            {str(sandbox): {"bind": WORK, "mode": "rw"}},
+            "none",
+            spec.job_id,
+            log_sink,
+            REPAIR_TIMEOUT,
+            {},
+            guard_root=sandbox,
+        )
 
     def _smoke_step(self, spec: JobSpec, log_sink: BinaryIO) -> RunSmoke:
         """The smoke test of a repaired wheel, on any path: a fresh container of the

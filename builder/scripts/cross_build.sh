@@ -27,8 +27,5 @@ if [ -z "$WHEEL" ]; then step "no wheel produced"; exit 11; fi
 case "$WHEEL" in
     *-none-any.whl) step "pure-Python wheel $(basename "$WHEEL")"; exit 12 ;;
 esac
-# auditwheel looks for the libraries to graft in the target's tree: a host library of
-# the same name is of another machine, and lddtree passes it by.
-export LD_LIBRARY_PATH="$SYSROOT/usr/lib/$TRIPLET:$SYSROOT/usr/lib:$SYSROOT/usr/local/lib"
-AUDITWHEEL="$TOOLS/bin/python $(dirname "$0")/auditwheel_for.py $ARCH"
+. "$(dirname "$0")/target_auditwheel.sh"
 . "$(dirname "$0")/repair.sh"
