@@ -48,6 +48,9 @@ MAX_SCAN_SECONDS = 10.0
 READ_CHUNK = 1024 * 1024
 MAX_REQUIREMENTS = 64
 DOWNLOAD_TIMEOUT = 600
+# How long a set of requirements fetched whole from the index is answered from the cache
+# alone: PyPI serves its Simple pages with max-age=600, and pip reuses them that long.
+FRESH_SECONDS = 600.0
 
 
 class NoBuildRequirements(Exception):
@@ -213,6 +216,8 @@ class Wheelhouse:
         # name one.
         self.ca_bundle = ca_bundle
         self.root.mkdir(parents=True, exist_ok=True)
+        # When each set of requirements (for one target) last came whole from the index.
+        self._fetched: dict[tuple[str, ...], float] = {}
 
     def pip_environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -235,8 +240,38 @@ class Wheelhouse:
         """Download the requirements' wheels (and their dependencies') for the target.
 
         Returns False when pip could not get all of them as wheels; the build then
-        fetches what is missing itself, as it would without a cache.
+        fetches what is missing itself, as it would without a cache. The same set asked
+        for again within FRESH_SECONDS is answered from the cache alone, without asking
+        the index, as pip itself reuses an index page that young.
         """
+        key = (
+            python_tag,
+            *platforms,
+            constraints.read_text() if constraints is not None else "",
+            *sorted(map(str, requirements)),
+        )
+        fetched = self._fetched.get(key)
+        fresh = fetched is not None and time.monotonic() - fetched < FRESH_SECONDS
+        arguments = (requirements, python_tag, platforms, constraints, env, log_sink)
+        if fresh and self._download(*arguments, cache_only=True):
+            return True
+        if self._download(*arguments, cache_only=False):
+            self._fetched[key] = time.monotonic()
+            return True
+        return False
+
+    def _download(
+        self,
+        requirements: list[Requirement],
+        python_tag: str,
+        platforms: list[str],
+        constraints: Path | None,
+        env: dict[str, str],
+        log_sink: BinaryIO,
+        cache_only: bool,
+    ) -> bool:
+        """One pip download run into the cache; `cache_only`: from the cache's own wheels,
+        without the index."""
         # pip writes a wheel in place as it copies it: downloads go to a folder of this
         # call's own and are renamed into the cache whole, since the builds of other
         # slots read the cache meanwhile.
@@ -256,6 +291,8 @@ class Wheelhouse:
             str(self.root),
             *target_arguments(python_tag, platforms),
         ]
+        if cache_only:
+            command.append("--no-index")
         if constraints is not None:
             command += ["--constraint", str(constraints)]
         command += [str(requirement) for requirement in requirements]
@@ -280,6 +317,7 @@ class Wheelhouse:
                 "added": len(added),
                 "wheels": len(before) + len(added),
                 "ok": not done.returncode,
+                "index": not cache_only,
             },
         )
         self.prune()
