@@ -89,6 +89,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """The device doctor the master serves at /doctor, run here (common/doctor.py)."""
+    from common import doctor
+
+    farm = args.farm or _settings(args).master.public_url
+    argv = [*([args.project] if args.project else []), *(["--json"] if args.json else [])]
+    return doctor.main(argv, farm=farm)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from master.web.status import collect
 
@@ -650,6 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--arch", choices=ARCHES)
     status = add("status", cmd_status, "show queues, builders and recent outcomes")
     status.add_argument("--json", action="store_true")
+    doctor = add("doctor", cmd_doctor, "which of the farm's wheels this device takes, and why")
+    doctor.add_argument("project", nargs="?", metavar="PROJECT[==VERSION]")
+    doctor.add_argument("--farm", metavar="URL", help="default: master.public_url")
+    doctor.add_argument("--json", action="store_true")
 
     importer = add("import", cmd_import, "backfill existing releases at low priority")
     importer.add_argument("projects", nargs="*", metavar="PROJECT")

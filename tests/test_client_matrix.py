@@ -17,6 +17,7 @@ installs from the index and the modules import.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import struct
 import subprocess
@@ -455,9 +456,17 @@ def test_poetry_and_pdm_lock_a_project_needing_our_wheel_with_pypi_first(
     assert f"--hash=sha256:{_sha256(abi3['aarch64'])}" in pdm_export(project, cert=CA_BUNDLE)
 
 
-def _device_script(device: Device, index: str, requirements: str) -> str:
+DOCTOR_BEGIN, DOCTOR_END = "--- doctor ---", "--- doctor done ---"
+
+
+def _device_script(device: Device, index: str, requirements: str, master: str) -> str:
     """On the device as its user would: a venv from the distribution's own ensurepip, our
-    index, then import what was installed."""
+    index, then import what was installed; then the doctor the master serves, run by the
+    venv's python (its pip's tags), asked about abidemo."""
+    fetch = (
+        "import sys, urllib.request;"
+        " sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())"
+    )
     return (
         "python3 -m venv /tmp/v\n"
         "/tmp/v/bin/pip --version\n"
@@ -465,7 +474,29 @@ def _device_script(device: Device, index: str, requirements: str) -> str:
         "cd /\n"
         "/tmp/v/bin/python -c 'import abidemo, abidemo._speedups, sys, platform; "
         'print("imported abidemo", abidemo.add(2, 3), platform.machine(), sys.version_info[:2])\'\n'
+        f"python3 -c '{fetch}' {master}/doctor > /tmp/doctor.py\n"
+        f"echo '{DOCTOR_BEGIN}'\n"
+        f"/tmp/v/bin/python /tmp/doctor.py abidemo==1.0 --json --farm {master}\n"
+        f"echo '{DOCTOR_END}'\n"
     )
+
+
+def _check_doctor(device: Device, output: str, farm: Farm) -> None:
+    """The doctor read the device right, and named the wheel pip there took."""
+    report = json.loads(output.split(DOCTOR_BEGIN, 1)[1].split(DOCTOR_END, 1)[0])
+    facts = report["device"]
+    assert facts["machine"] == device.arch
+    assert facts["float_abi"] == ("hard" if device.arch == "armv7l" else None)
+    assert facts["userland_bits"] == (32 if device.arch == "armv7l" else 64)
+    assert (facts["libc"], facts["glibc"], facts["pip"]) == ("glibc", device.glibc, device.pip)
+    assert facts["python"].startswith("{}.{}.".format(*device.python))
+    verdicts = {w["filename"]: w for w in report["project"]["wheels"]}
+    mine = farm.wheel("abidemo", "1.0", device.arch)
+    assert verdicts[mine]["fits"], verdicts[mine]
+    for name, verdict in verdicts.items():
+        if name != mine:
+            assert not verdict["fits"] and "wheel, this device takes" in verdict["why_not"]
+    assert report["project"]["install"].endswith("'abidemo==1.0'")
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=[d.name for d in DEVICES])
@@ -477,8 +508,10 @@ def test_each_distribution_s_own_pip_installs_and_imports_on_the_device(
     crashed on a JSON page carrying dist-info-metadata) also demo, whose page has a yanked
     release, one needing Python 3.12 and one whose files were removed."""
     requirements = "abidemo demo" if device.python == (3, 11) else "abidemo"
-    result = run_on_device(device, _device_script(device, farm.simple["master-json"], requirements))
+    script = _device_script(device, farm.simple["master-json"], requirements, farm.master)
+    result = run_on_device(device, script)
     assert result.returncode == 0, result.output[-4000:]
+    _check_doctor(device, result.output, farm)
     assert f"pip {device.pip} from" in result.output
     python = "({}, {})".format(*device.python)
     assert f"imported abidemo 5 {device.arch} {python}" in result.output
