@@ -80,3 +80,51 @@ def covering_wheel(filenames: Iterable[str], python_tag: str, policy: str) -> st
         if filename.endswith(".whl") and not wheel_tags(filename).isdisjoint(wanted):
             return filename
     return None
+
+
+# What each platform's arch is, in the words device owners know it by.
+_ARCH_WORDS = {
+    "aarch64": "64-bit ARM (arm64)",
+    "armv7l": "32-bit ARM, hard-float (armhf, ARMv7 or newer)",
+    "armv6l": "32-bit ARM, hard-float (ARMv6, as Raspberry Pi OS 32-bit)",
+    "x86_64": "64-bit x86",
+}
+# The first pip that reads each kind of manylinux tag.
+_PIP_FOR = {"1": "8.1", "2010": "19.0", "2014": "19.3", None: "20.3"}
+
+
+def who_installs(filename: str) -> str:
+    """Which devices a wheel installs on, in words: arch and float ABI, the glibc and pip
+    its platform tag needs, and the CPythons it serves. Empty for a name not a wheel's."""
+    tags = wheel_tags(filename)
+    if not tags:
+        return ""
+    parts = []
+    floors = []
+    for platform in sorted({tag.platform for tag in tags}):
+        match = _MANYLINUX.match(platform)
+        if match is None:
+            arch = platform.removeprefix("linux_")
+            parts.append(f"{_ARCH_WORDS.get(arch, arch)}, no glibc promise")
+            continue
+        glibc = (
+            _LEGACY[match.group(3)]
+            if match.group(3)
+            else (int(match.group(1)), int(match.group(2)))
+        )
+        floors.append((glibc, match.group(4), _PIP_FOR[match.group(3)]))
+    if floors:
+        glibc, arch, _ = min(floors)
+        pip = min((pip for _, _, pip in floors), key=lambda v: tuple(map(int, v.split("."))))
+        parts.insert(0, f"{_ARCH_WORDS.get(arch, arch)}, glibc {glibc[0]}.{glibc[1]}+, pip {pip}+")
+    pythons = []
+    for tag in sorted(tags, key=str):
+        version = tag.interpreter[2:]
+        words = f"{version[0]}.{version[1:]}" if len(version) > 1 else version
+        if tag.abi == "abi3":
+            pythons.append(f"CPython {words} or newer")
+        elif tag.interpreter.startswith("cp"):
+            pythons.append(f"CPython {words}")
+        else:
+            pythons.append(f"Python {words}")
+    return "; ".join([*parts, ", ".join(dict.fromkeys(pythons))])

@@ -19,6 +19,7 @@ from common.config import Settings
 from common.db import transaction
 from common.models import BuildJob, Release
 from common.states import FailureReason, JobState, TokenRole
+from common.tags import who_installs
 from master import audit
 from master.auth import create_token
 from master.storage import Storage
@@ -332,6 +333,9 @@ def test_project_page(farm: Farm) -> None:
     assert wheel_link.attrs["href"] == f"/files/demo/{filename}"
     job = farm.client.get(f"/api/v1/jobs/{farm.ids['built']}").json()
     assert wheels.find("code", class_="sha256").text == job["files"][0]["sha256"]
+    # Which devices take it, in words (common/tags.who_installs).
+    assert wheels.find("td", class_="devices").text == who_installs(filename)
+    assert "glibc 2.17+" in who_installs(filename) and "CPython 3.11" in who_installs(filename)
     public = farm.settings.master.public_url
     assert page.by_id("pip-command").text == (
         f"pip install --extra-index-url {public}/simple/ demo"

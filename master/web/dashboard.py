@@ -30,6 +30,7 @@ from common.config import Settings
 from common.models import AuditEvent, Builder, BuildJob, OutputFile, Project, Release
 from common.names import BadName, normalize_project
 from common.states import FINAL_STATES, FailureReason, JobState, SkipReason
+from common.tags import who_installs
 from master.builds import liveness
 from master.index import pages as index
 from master.storage import Storage
@@ -115,6 +116,7 @@ def _environment() -> jinja2.Environment:
     env.filters["age"] = human_age
     env.filters["size"] = human_size
     env.filters["one_line"] = _one_line
+    env.filters["installs_on"] = who_installs
     return env
 
 
