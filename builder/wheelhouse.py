@@ -181,6 +181,25 @@ def platform_tags(arch: str, glibc_minor: int) -> list[str]:
     return [*tags, f"linux_{arch}"] if arch != "armv7l" else tags
 
 
+def run_logged(
+    command: list[str], log_sink: BinaryIO, env: dict[str, str], timeout: float
+) -> int | None:
+    """Run a trusted step of the builder's own (pip) with its output in the build log:
+    its exit code, or None when it ran past `timeout`."""
+    try:
+        done = subprocess.run(
+            command,
+            stdout=log_sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    return done.returncode
+
+
 def target_arguments(python_tag: str, platforms: list[str]) -> list[str]:
     """pip's options that make it choose wheels for the target (interpreter, ABIs and
     platforms), not for the host it runs on."""
@@ -298,30 +317,23 @@ class Wheelhouse:
         command += [str(requirement) for requirement in requirements]
         before = {path.name for path in self.wheels()}
         try:
-            done = subprocess.run(
-                command,
-                stdout=log_sink,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=DOWNLOAD_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return False
+            code = run_logged(command, log_sink, env, DOWNLOAD_TIMEOUT)
         finally:
             self._take_in(staging)
+        if code is None:
+            return False
         added = [path.name for path in self.wheels() if path.name not in before]
         log.info(
             "wheelhouse prefetch",
             extra={
                 "added": len(added),
                 "wheels": len(before) + len(added),
-                "ok": not done.returncode,
+                "ok": not code,
                 "index": not cache_only,
             },
         )
         self.prune()
-        return done.returncode == 0
+        return code == 0
 
     def fill_for(
         self,

@@ -10,13 +10,12 @@ of every job; here it takes under a second. Nothing of the wheel runs on the hos
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import BinaryIO
 
 from builder.backends import note
-from builder.wheelhouse import target_arguments
+from builder.wheelhouse import run_logged, target_arguments
 
 # pip unpacking one wheel and its requirements from a local folder.
 INSTALL_TIMEOUT = 300
@@ -54,19 +53,11 @@ def install_for_import(
     if links is not None:
         tries.insert(0, ["--find-links", str(links)])
     for options in tries:
-        try:
-            done = subprocess.run(
-                [*command, *options, str(wheel)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=INSTALL_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
+        code = run_logged([*command, *options, str(wheel)], log, env, INSTALL_TIMEOUT)
+        if code is None:
             note(log, f"smoke test: installing the wheel took over {INSTALL_TIMEOUT} s")
             return False
-        if done.returncode == 0:
+        if code == 0:
             alone = options == ["--no-deps"]
             note(log, f"smoke test: installed {'alone' if alone else 'with its requirements'}")
             return True
