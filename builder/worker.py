@@ -3,6 +3,7 @@ each of its build slots (builder.slots)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import platform
@@ -410,29 +411,25 @@ class BuildSlot:
 def open_slot(
     settings: Settings, arch: Arch, number: int, host_name: str, config_file: Path | None
 ) -> BuildSlot:
-    """Take an instance id, make the backend and register slot `number` with the master."""
-    try:
-        identity = take_identity(settings.builder.work_dir, arch, settings.builder.name)
-    except NoIdentity as exc:
-        raise NoBackend(str(exc)) from exc
-    name = slot_name(host_name or identity.name, number)
-    identity.name = name
-    try:
+    """Take an instance id, make the backend and register slot `number` with the master;
+    what was taken is given back if a later step fails."""
+    with contextlib.ExitStack() as undo:
+        try:
+            identity = take_identity(settings.builder.work_dir, arch, settings.builder.name)
+        except NoIdentity as exc:
+            raise NoBackend(str(exc)) from exc
+        undo.callback(identity.release)
+        name = slot_name(host_name or identity.name, number)
+        identity.name = name
         backend = choose_backend(settings, arch, identity, config_file, number)
-    except BaseException:
-        identity.release()
-        raise
-    client = MasterClient(
-        settings.builder.master_url, settings.builder.token.get_secret_value(), slot=number
-    )
-    try:
+        undo.callback(backend.close)
+        client = MasterClient(
+            settings.builder.master_url, settings.builder.token.get_secret_value(), slot=number
+        )
+        undo.callback(client.close)
         tags = backend.python_tags()
         client.register(arch, backend.name, tags, VERSION, free_disk(settings))
-    except BaseException:
-        client.close()
-        backend.close()
-        identity.release()
-        raise
+        undo.pop_all()
     log.info(
         "builder registered",
         extra={
