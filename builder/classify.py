@@ -292,6 +292,9 @@ _NO_DISTRIBUTION = re.compile(
     r"Could not find a version that satisfies the requirement (?P<req>[^\s(]{1,200})"
     r"(?: \(from versions: (?P<versions>[^)\n]{0,400})\))?"
     r"|No matching distribution found for (?P<req2>[^\s]{1,200})"
+    # The cross build's own words (cross_build.py): a compiled build requirement whose
+    # target wheel is not in the target's wheelhouse.
+    r"|::armwheels:: the target has no wheel of (?P<req3>[^\s]{1,200})"
 )
 # Plain-words network trouble first (it reads better in a summary), then exception names.
 _NETWORK_WORDS = (
@@ -593,7 +596,7 @@ def missing_requirement(log_text: str | bytes) -> str | None:
     match = _NO_DISTRIBUTION.search(text)
     if match is None:
         return None
-    return match.group("req") or match.group("req2")
+    return match.group("req") or match.group("req2") or match.group("req3")
 
 
 def offline_network_failure(log_text: str | bytes) -> str | None:

@@ -85,13 +85,27 @@ def _elf_files(wheel: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize(
     ("project", "version", "arch"),
-    [("msgpack", "1.1.0", "aarch64"), ("frozenlist", "1.5.0", "armv7l")],
+    [
+        ("msgpack", "1.1.0", "aarch64"),  # C
+        ("murmurhash", "1.0.16", "aarch64"),  # Cython and C++, Cython from the wheelhouse
+        ("frozenlist", "1.5.0", "armv7l"),  # Cython
+    ],
 )
 def test_real_sdists_are_cross_built_checked_and_imported(
     work: Path, project: str, version: str, arch: str
 ) -> None:
+    wheelhouses = work / "work" / "wheelhouse"
+    if project == "frozenlist":
+        # murmurhash, built before it, left Cython in the host wheelhouse but only in the
+        # aarch64 one; frozenlist asks for Cython at build time (not in pyproject.toml),
+        # so the armv7l build finds the host's Cython and must fetch the target's.
+        assert list((wheelhouses / "x86_64-for-cross").glob("cython-*"))
+        assert not list((wheelhouses / "armv7l").glob("cython-*"))
     outcome, log = _build(pypi_sdist(project, version), work, arch, f"{project}-{arch}")
     assert outcome.built, log[-4000:]
+    if project == "frozenlist":
+        assert "the target has no wheel of cython==" in log
+        assert "offline build: round 2 with cython==" in log
     assert outcome.build_path is BuildPath.CROSS
     assert outcome.wheel is not None
     assert f"cross-compiling for {'aarch64' if arch == 'aarch64' else 'arm'}" in log

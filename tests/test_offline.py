@@ -39,6 +39,10 @@ none)
 def test_the_requirement_pip_could_not_find_is_read_from_the_log() -> None:
     assert missing_requirement(PIP_OFFLINE) == "cmake>=3.15"
     assert missing_requirement(b"error: command 'gcc' failed") is None
+    # The cross build's words for a compiled build requirement the host has and the
+    # target's wheelhouse lacks.
+    cross = b"::armwheels:: the target has no wheel of cython==3.3.1\n::armwheels:: cross build"
+    assert missing_requirement(cross) == "cython==3.3.1"
 
 
 def test_a_requirement_without_a_wheel_fails_the_job_as_missing_dependency(

@@ -79,14 +79,8 @@ def test_pure_python_sdist_is_not_an_arm_build(work: Path) -> None:
 # tests/test_e2e.py (`armwheels up`): not built a second time here.
 
 
-def test_cython_project_is_cythonized_and_built(work: Path) -> None:
-    outcome, log = _build(pypi_sdist("murmurhash", "1.0.16"), work, "murmurhash")
-    wheel = _assert_aarch64_wheel(outcome, log)
-    assert any(name.startswith("murmurhash/mrmr.cpython-311") for name in wheel.namelist())
-    # Its build requirements came in as wheels, fetched by the builder for aarch64.
-    wheelhouse = sorted(p.name for p in (work / "work" / "wheelhouse" / "aarch64").glob("*"))
-    assert any(name.startswith(("Cython-", "cython-")) for name in wheelhouse), wheelhouse
-    assert any("aarch64" in name for name in wheelhouse), wheelhouse
+# Cython projects (murmurhash with C++, frozenlist) are cross-built in tests/test_cross.py,
+# as the farm builds them on an x86_64 host: not cythonized under QEMU here.
 
 
 def test_system_library_fails_without_its_recipe_and_names_the_package(work: Path) -> None:

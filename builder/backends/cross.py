@@ -82,6 +82,8 @@ class HostWheelhouse(Wheelhouse):
     ) -> bool:
         fetched = super().fetch_missing(requirement, python_tag, platforms, constraints, log_sink)
         if fetched and self.target is not None and self.target_platforms is not None:
+            # Also what a cross build asks for when the host has the requirement and the
+            # target does not (cross_build.py): a round without it stops at the same place.
             self.target.fetch_missing(
                 requirement, python_tag, self.target_platforms, constraints, log_sink
             )

@@ -159,11 +159,14 @@ def overlay_target_files(python: str, target_wheels: Path | None) -> None:
             continue
         match = offered.get((name, version))
         if match is None:
+            # The builder fetches the target's wheel of it for another round, as it does
+            # for a requirement pip found nowhere (builder/classify.py reads this line).
+            step(f"the target has no wheel of {name}=={version}")
             message = (
                 f"{name} {version} is a compiled build requirement with headers or libraries"
                 " and the target has no wheel of it: its files would be the host's"
             )
-            raise CrossFailed(message, EXIT_ENVIRONMENT)
+            raise CrossFailed(message, EXIT_BUILD_FAILED)
         if match.name.endswith("-any.whl"):
             continue
         replaced = 0
