@@ -30,6 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.job_spec import DEFAULT_NEWER_POLICY, NewerPolicy
 from common.names import BadName, normalize_project, python_version_of_tag
 from common.protocol import HEARTBEAT_SECONDS, MAX_SLOTS
 from common.recipes import parse_recipes
@@ -223,6 +224,8 @@ class TargetSettings(_Section):
     image: str
     python_tags: list[str] = Field(default_factory=lambda: ["cp311"], min_length=1)
     policy: str
+    # A wheel that meets only a newer policy than `policy`: "publish" or "fail" it.
+    newer_policy: NewerPolicy = DEFAULT_NEWER_POLICY
     enabled: bool = True
 
     @field_validator("python_tags")
@@ -430,6 +433,12 @@ class Settings(BaseSettings):
 
     def enabled_targets(self) -> dict[str, TargetSettings]:
         return {arch: t for arch, t in self.targets.items() if t.enabled}
+
+    def newer_policy(self, arch: str) -> NewerPolicy:
+        """The target's rule for a wheel meeting only a newer policy; "fail" for an arch
+        no longer configured, whose jobs may still be building."""
+        target = self.targets.get(arch)
+        return target.newer_policy if target is not None else "fail"
 
 
 def _describe(error: ValidationError) -> str:

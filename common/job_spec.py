@@ -8,12 +8,19 @@ mistyped field is a validation error, never a half-filled job.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 from common.recipes import Recipe
+
+# What becomes of a wheel that meets only a newer manylinux policy than its target's (its
+# symbols need a newer glibc): published under the policy it meets, for the devices with
+# that glibc, or failed as auditwheel-rejected. The target's setting (targets.<arch>.
+# newer_policy); builders follow it on every backend and the master checks it on upload.
+NewerPolicy = Literal["publish", "fail"]
+DEFAULT_NEWER_POLICY: NewerPolicy = "publish"
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="ignore"))
@@ -35,6 +42,8 @@ class JobSpec:
     # Why the master wants this job built under emulation, not cross-compiled (its
     # recipe says so, or the project's last cross build fell back); None: cross allowed.
     emulate_because: str | None = None
+    # Added after emulate_because: a job from a master without it gets the default.
+    newer_policy: NewerPolicy = DEFAULT_NEWER_POLICY
 
     @classmethod
     def from_json(cls, data: Any) -> JobSpec:

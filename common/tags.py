@@ -42,6 +42,16 @@ def policy_platforms(policy: str) -> tuple[str, ...]:
     return tuple(platforms)
 
 
+def is_manylinux(platform: str) -> bool:
+    """A manylinux platform tag (PEP 600 or a legacy alias): a glibc floor is promised."""
+    return _MANYLINUX.match(platform) is not None
+
+
+def meets_policy(platforms: Iterable[str], policy: str) -> bool:
+    """Does a system meeting `policy` accept a wheel with these platform tags?"""
+    return not set(platforms).isdisjoint(policy_platforms(policy))
+
+
 @cache
 def interpreter_tags(python_tag: str, platforms: tuple[str, ...]) -> frozenset[Tag]:
     """Every tag CPython `python_tag` installs on those platforms: its own ABI, the

@@ -50,6 +50,7 @@ class Check(StrEnum):
     UPLOAD_SIZE = "upload-size"  # larger than master.max_upload_bytes
     UPSTREAM = "upstream"  # PyPI serves that file name
     PUBLISHED = "published"  # the farm serves that file name already
+    POLICY = "policy"  # no manylinux tag, or a newer policy than its target allows
     ZIP = "zip"  # not a zip, corrupt, encrypted, an unusual compression
     LIMITS = "limits"  # entry count, sizes, compression ratio
     PATH = "path"  # a name outside the archive root, or not plain UTF-8

@@ -161,3 +161,29 @@ def unloadable_extension_sdist(workdir: Path, dest: Path) -> Path:
         ),
     }
     return make_sdist(workdir, dest, "unloadable", "1.0", files)
+
+
+_RAND_BYTE = """#include <sys/random.h>
+static PyObject *rand_byte(PyObject *self, PyObject *args) {
+    unsigned char byte;
+    if (getrandom(&byte, 1, 0) != 1) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(byte);
+}"""
+# getrandom() is GLIBC_2.25, past manylinux2014's 2.17; auditwheel has no 2_25 policy, so
+# the most compatible one such a wheel meets is manylinux_2_26, on every arch.
+GETRANDOM_POLICY = "manylinux_2_26"
+
+
+def getrandom_sdist(workdir: Path, dest: Path) -> Path:
+    """`randbyte`: one call to a glibc 2.25 function, so its wheel meets only a newer
+    policy than manylinux2014 wherever it is built against glibc 2.25 or later."""
+    files = {
+        "randbyte/__init__.py": "from randbyte._speed import rand_byte\n",
+        "src/speed.c": _MODULE_C.format(body=_RAND_BYTE, function="rand_byte", module="_speed"),
+        "setup.py": (
+            "from setuptools import Extension, setup\n"
+            "setup(packages=['randbyte'],\n"
+            "      ext_modules=[Extension('randbyte._speed', ['src/speed.c'])])\n"
+        ),
+    }
+    return make_sdist(workdir, dest, "randbyte", "1.0", files)

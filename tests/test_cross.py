@@ -23,9 +23,9 @@ from builder.backends import BuildOutcome
 from builder.backends.cross import CrossBackend
 from builder.identity import BuilderIdentity
 from common.config import BuilderSettings, load_settings
-from common.job_spec import JobSpec
+from common.job_spec import JobSpec, NewerPolicy
 from common.states import BuildPath, FailureReason
-from tests.sdists import make_sdist, pypi_sdist
+from tests.sdists import GETRANDOM_POLICY, getrandom_sdist, make_sdist, pypi_sdist
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -49,12 +49,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(
-    sdist: Path, work: Path, arch: str, job: str, emulate_because: str | None = None
+    sdist: Path,
+    work: Path,
+    arch: str,
+    job: str,
+    emulate_because: str | None = None,
+    newer_policy: NewerPolicy = "publish",
 ) -> tuple[BuildOutcome, str]:
     name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
     spec = JobSpec(
         1, name, version, arch, "cp311", f"manylinux2014_{arch}", sdist.name, "", "", None,
-        1, None, emulate_because,
+        1, None, emulate_because, newer_policy,
     )  # fmt: skip
     builder = BuilderSettings(
         ca_bundle=CA_BUNDLE if CA_BUNDLE.exists() else None,
@@ -237,3 +242,31 @@ def test_a_job_the_master_wants_emulated_is_not_cross_built(work: Path, tmp_path
     # Built under QEMU, repaired natively: auditwheel ran in the cross image, for aarch64.
     assert "repairing speed-1.0-cp311-cp311-linux_aarch64.whl for aarch64 on x86_64" in log
     assert "repair on the builder's host:" in log
+
+
+@pytest.mark.parametrize("newer_policy", ["publish", "fail"])
+def test_a_wheel_newer_than_its_target_is_handled_as_the_target_says(
+    work: Path, tmp_path: Path, newer_policy: NewerPolicy
+) -> None:
+    """The native backend's case (tests/test_native_backend.py), on the docker backends:
+    against the build image's glibc 2.36 the wheel cannot be manylinux2014. Published,
+    it gets the same policy the native backend gives it; failed, both the cross path and
+    the emulated one after it refuse it with auditwheel's verdict."""
+    sdist = getrandom_sdist(tmp_path / "src", tmp_path / "dist")
+    outcome, log = _build(sdist, work, "aarch64", f"randbyte-{newer_policy}", None, newer_policy)
+    if newer_policy == "fail":
+        assert outcome.reason is FailureReason.AUDITWHEEL_REJECTED, log[-4000:]
+        assert f"the wheel needs {GETRANDOM_POLICY}_aarch64" in outcome.summary
+        assert "GLIBC_2.25" in outcome.summary
+        assert outcome.build_path is BuildPath.EMULATED_AFTER_CROSS
+        # The cross build's repair, then the emulated build's on the host and, that one
+        # having failed, in the build image: each follows the target's rule.
+        assert log.count("this target fails a wheel that meets only a newer policy") == 3
+        assert "the repair on the builder's host failed: repairing in the build image" in log
+        return
+    assert outcome.built, log[-4000:]
+    assert outcome.build_path is BuildPath.CROSS
+    assert outcome.wheel is not None
+    _, _, _, tags = parse_wheel_filename(outcome.wheel.name)
+    assert {tag.platform for tag in tags} == {f"{GETRANDOM_POLICY}_aarch64"}
+    assert "smoke test passed" in log

@@ -114,3 +114,35 @@ def test_a_wheel_named_for_the_job_but_built_for_another_arch_is_refused(
     assert answer.status_code == 400, answer.text
     assert "demo/_x.so is not 64-bit little-endian AArch64 code" in answer.json()["error"]
     assert farm.job().rejected_by == "elf"
+
+
+NEWER = "demo-1.0-cp311-cp311-manylinux_2_28_aarch64.whl"
+PROMISELESS = "demo-1.0-cp311-cp311-linux_aarch64.whl"
+
+
+@pytest.mark.parametrize(
+    ("filename", "newer_policy", "refusal"),
+    [
+        (NEWER, "publish", None),
+        (NEWER, "fail", "needs a newer system than manylinux2014_aarch64, and targets.aarch64"),
+        (PROMISELESS, "publish", "promises no glibc: not a manylinux wheel"),
+    ],
+)
+def test_a_wheel_of_a_newer_policy_is_published_or_refused_as_its_target_says(
+    farm: Farm,  # noqa: F811
+    filename: str,
+    newer_policy: str,
+    refusal: str | None,
+) -> None:
+    """The master applies the target's newer_policy to every upload, whatever builder
+    sent it; a `linux_*` wheel never enters the manylinux index."""
+    farm.settings.targets["aarch64"].newer_policy = newer_policy  # type: ignore[assignment]
+    answer = farm.upload(filename)
+    if refusal is None:
+        assert answer.status_code == 200, answer.text
+        assert filename in farm.client.get("/simple/demo/").text
+        return
+    assert answer.status_code == 400, answer.text
+    assert refusal in answer.json()["error"]
+    assert farm.job().rejected_by == "policy"
+    assert filename not in farm.client.get("/simple/demo/").text

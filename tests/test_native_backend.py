@@ -30,12 +30,14 @@ from builder.backends import BuildOutcome
 from builder.backends.native import TOOLS_BIN, NativeBackend, NativeUnavailable
 from builder.image import TOOLS
 from common.config import BuilderSettings, TargetSettings
-from common.job_spec import JobSpec
+from common.job_spec import JobSpec, NewerPolicy
 from common.recipes import Recipe
 from common.states import FailureReason
 from tests.sdists import (
+    GETRANDOM_POLICY,
     UNRESOLVED_SYMBOL,
     abi3_sdist,
+    getrandom_sdist,
     make_sdist,
     pypi_sdist,
     unloadable_extension_sdist,
@@ -141,9 +143,13 @@ def _build(
     work_root: Path,
     logs: Path,
     recipe: Recipe | None = None,
+    newer_policy: NewerPolicy = "publish",
 ) -> tuple[BuildOutcome, str]:
     name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
-    spec = JobSpec(1, name, version, ARCH, TAG, POLICY, sdist.name, "", "", None, 1, recipe)
+    spec = JobSpec(
+        1, name, version, ARCH, TAG, POLICY, sdist.name, "", "", None, 1, recipe,
+        newer_policy=newer_policy,
+    )  # fmt: skip
     log_path = logs / "build.log"
     with log_path.open("wb") as log:
         outcome = backend.build(spec, sdist, work_root / "job", log)
@@ -202,39 +208,31 @@ def _c_sdist(tmp_path: Path, name: str, source: str, init: str = "", setup_head:
     return make_sdist(tmp_path / "src", tmp_path / "dist", name, "1.0", files)
 
 
-GETRANDOM_C = """#include <Python.h>
-#include <sys/random.h>
-static PyObject *rand_byte(PyObject *self, PyObject *args) {
-    unsigned char byte;
-    if (getrandom(&byte, 1, 0) != 1) return PyErr_SetFromErrno(PyExc_OSError);
-    return PyLong_FromLong(byte);
-}
-static PyMethodDef methods[] = {{"rand_byte", rand_byte, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, methods};
-PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&module); }
-"""
-
-
-def test_a_wheel_newer_than_its_target_gets_the_policy_it_meets(
-    tmp_path: Path, work_root: Path, tools_bin: Path
+@pytest.mark.parametrize("newer_policy", ["publish", "fail"])
+def test_a_wheel_newer_than_its_target_is_handled_as_the_target_says(
+    tmp_path: Path, work_root: Path, tools_bin: Path, newer_policy: NewerPolicy
 ) -> None:
     """getrandom() is GLIBC_2.25, past manylinux2014's 2.17. Built on this host (glibc 2.36)
-    the wheel cannot be manylinux2014: auditwheel picks the most compatible policy it
-    meets, which this host (detected by auditwheel) can install."""
+    the wheel cannot be manylinux2014: published, it gets the most compatible policy it
+    meets (which this host, detected by auditwheel, installs); failed, auditwheel's
+    verdict names the symbol. tests/test_cross.py holds the docker backends to the same."""
     backend = _backend(work_root, tools_bin)
     host = backend.host_policy
     assert host is not None and host.is_newer_than(POLICY)
     assert host.name in {tag.platform for tag in sys_tags()}
-    sdist = _c_sdist(tmp_path, "randbyte", GETRANDOM_C, "from ._speed import rand_byte\n")
-    outcome, log = _build(backend, sdist, work_root, tmp_path)
+    sdist = getrandom_sdist(tmp_path / "src", tmp_path / "dist")
+    outcome, log = _build(backend, sdist, work_root, tmp_path, newer_policy=newer_policy)
+    assert f"this host is {host.name}" in log
+    if newer_policy == "fail":
+        assert outcome.reason is FailureReason.AUDITWHEEL_REJECTED, log[-3000:]
+        assert f"the wheel needs {GETRANDOM_POLICY}_{ARCH}" in outcome.summary
+        assert "GLIBC_2.25" in outcome.summary
+        return
     assert outcome.built, (outcome.reason, outcome.summary, log[-3000:])
     assert outcome.wheel is not None
-    assert f"this host is {host.name}" in log
     assert f"does not meet {POLICY}" in log and "smoke test passed" in log
     _, _, _, tags = parse_wheel_filename(outcome.wheel.name)
-    platforms = {tag.platform for tag in tags}
-    assert not platforms & {POLICY, f"manylinux_2_17_{ARCH}"}
-    assert platforms <= {tag.platform for tag in sys_tags()}, "installable on this host"
+    assert {tag.platform for tag in tags} == {f"{GETRANDOM_POLICY}_{ARCH}"}
 
 
 def test_missing_header_is_a_missing_system_library_naming_it(
@@ -305,12 +303,12 @@ PROBE_C = """#include <Python.h>
 static struct PyModuleDef speed = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, NULL};
 PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&speed); }
 """
-# What the scripts are told: paths, and the policy to fall back to on a newer host.
+# What the scripts are told: paths, and the target's rule for a wheel of a newer policy.
 BUILD_PATHS = {
     "ARMWHEELS_OUT",
     "ARMWHEELS_BUILDENV",
     "ARMWHEELS_SMOKEENV",
-    "ARMWHEELS_FALLBACK_POLICY",
+    "ARMWHEELS_NEWER_POLICY",
 }
 
 

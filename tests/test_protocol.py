@@ -259,9 +259,10 @@ def test_a_builder_of_the_previous_release_gets_the_answers_it_always_got(farm: 
         "sdist_size": 10,
         "attempt": 1,
         "recipe": None,
-        # Added since, at the end: a builder of the previous release ignores it (JobSpec
-        # ignores fields it does not know).
+        # Added since, at the end: a builder of the previous release ignores them
+        # (JobSpec ignores fields it does not know).
         "emulate_because": None,
+        "newer_policy": "publish",
     }
     _exactly(c.post(f"/api/v1/jobs/{job}/claim", headers=auth), 200, spec)
     busy = {"job_id": job, "free_disk": 123456789}

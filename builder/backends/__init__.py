@@ -124,6 +124,12 @@ def recipe_environment(recipe: Recipe | None, constraints: str | None) -> dict[s
     return env
 
 
+def repair_environment(spec: JobSpec) -> dict[str, str]:
+    """What repair.sh, on every backend, is told of the target's rule for a wheel that
+    meets only a newer policy than the job's (publish it under that one, or fail it)."""
+    return {"ARMWHEELS_NEWER_POLICY": spec.newer_policy}
+
+
 def write_constraints(recipe: Recipe | None, folder: Path) -> Path | None:
     """The recipe's pip constraints as a file the build can read (None without any)."""
     if recipe is None or not recipe.constraints:

@@ -35,6 +35,7 @@ from builder.backends import (
     note,
     recipe_environment,
     refuse_unsafe_archive,
+    repair_environment,
     run_recipe,
     write_constraints,
 )
@@ -220,7 +221,7 @@ class CrossBackend(DockerBackend):
                 spec.job_id,
                 log_sink,
                 REPAIR_TIMEOUT,
-                {"ARMWHEELS_SYSROOT": SYSROOT},
+                {"ARMWHEELS_SYSROOT": SYSROOT, **repair_environment(spec)},
                 guard_root=sandbox,
             )
             if done.code == 0:
@@ -259,6 +260,7 @@ class CrossBackend(DockerBackend):
         constraints = write_constraints(spec.recipe, workdir / "recipe")
         env = recipe_environment(spec.recipe, CONSTRAINTS if constraints else None)
         env["ARMWHEELS_SYSROOT"] = SYSROOT
+        env.update(repair_environment(spec))
         volumes = {
             str(sdist): {"bind": sdist_in, "mode": "ro"},
             str(sandbox): {"bind": WORK, "mode": "rw"},

@@ -43,6 +43,7 @@ from builder.backends import (
     passthrough_environment,
     recipe_environment,
     refuse_unsafe_archive,
+    repair_environment,
     run_recipe,
     write_constraints,
 )
@@ -489,6 +490,7 @@ class DockerBackend:
         timeout = self.settings.build_timeout
         constraints = write_constraints(spec.recipe, workdir / "recipe")
         env = recipe_environment(spec.recipe, CONSTRAINTS if constraints else None)
+        env.update(repair_environment(spec))
         volumes = {
             str(sdist): {"bind": sdist_in, "mode": "ro"},
             str(sandbox): {"bind": WORK, "mode": "rw"},
@@ -575,7 +577,7 @@ class DockerBackend:
             spec.job_id,
             log_sink,
             REPAIR_TIMEOUT,
-            {},
+            repair_environment(spec),
             guard_root=sandbox,
         )
 

@@ -59,6 +59,7 @@ from builder.backends import (
     passthrough_environment,
     recipe_environment,
     refuse_unsafe_archive,
+    repair_environment,
     run_recipe,
     write_constraints,
 )
@@ -495,14 +496,14 @@ class NativeBackend:
                 missing.append(package)
         return missing
 
-    def _fallback_policy(self, target: str) -> str | None:
-        """`auto` when this host can link symbols the target policy forbids, else None."""
+    def _may_link_newer(self, target: str) -> bool:
+        """Can this host's C library give a wheel symbols `target` forbids?"""
         if self.host_policy is None:
-            return None
+            return False
         try:
-            return "auto" if self.host_policy.is_newer_than(target) else None
+            return self.host_policy.is_newer_than(target)
         except UnknownPolicy:
-            return None
+            return False
 
     def cancel(self) -> None:
         """Kill the step under way (its whole session) and refuse the next steps of this
@@ -574,14 +575,15 @@ class NativeBackend:
         env.update(reach_env)
         timeout = self.settings.build_timeout
         note(log, f"native build on this host for job {spec.job_id}")
-        fallback = self._fallback_policy(spec.policy)
-        if fallback is not None and self.host_policy is not None:
-            env["ARMWHEELS_FALLBACK_POLICY"] = fallback
+        env.update(repair_environment(spec))
+        if self._may_link_newer(spec.policy):
+            assert self.host_policy is not None
+            fate = {"publish": "published under the policy it meets", "fail": "failed"}
             note(
                 log,
                 f"this host is {self.host_policy.name} (glibc {self.host_policy.glibc}), newer"
-                f" than {spec.policy}: a wheel that does not meet {spec.policy} is repaired to"
-                " the most compatible policy it meets",
+                f" than {spec.policy}: a wheel that does not meet {spec.policy} is"
+                f" {fate[spec.newer_policy]} (the target's newer_policy)",
             )
         reach = "the outside through the builder's proxy" if proxy else "no network"
         note(log, f"build runs as user {self.account.name} (uid {self.account.uid}) with {reach}")

@@ -8,10 +8,14 @@ step "auditwheel show"
 $AUDITWHEEL show "$WHEEL"
 step "auditwheel repair --plat $POLICY"
 if ! $AUDITWHEEL repair --plat "$POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL"; then
-    # Native builds only: the host's glibc is newer than the target policy's.
-    [ -n "${ARMWHEELS_FALLBACK_POLICY:-}" ] || exit 13
-    step "the wheel does not meet $POLICY; auditwheel repair --plat $ARMWHEELS_FALLBACK_POLICY"
+    # The target's newer_policy: a wheel that meets only a newer policy (its symbols
+    # need a newer glibc) is published under the most compatible one it meets, or failed.
+    if [ "${ARMWHEELS_NEWER_POLICY:-fail}" != publish ]; then
+        step "the wheel does not meet $POLICY, and this target fails a wheel that meets only a newer policy"
+        exit 13
+    fi
+    step "the wheel does not meet $POLICY; this target publishes it under the policy it meets: auditwheel repair --plat auto"
     rm -rf "$OUT/wheelhouse"
-    $AUDITWHEEL repair --plat "$ARMWHEELS_FALLBACK_POLICY" --wheel-dir "$OUT/wheelhouse" "$WHEEL" || exit 13
+    $AUDITWHEEL repair --plat auto --wheel-dir "$OUT/wheelhouse" "$WHEEL" || exit 13
 fi
 step "repaired: $(ls "$OUT/wheelhouse")"

@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 
 from common.config import PushTarget
 from common.db import lock_rows
+from common.job_spec import NewerPolicy
 from common.models import Builder, BuildJob, OutputFile, Release
 from common.states import FailureReason, JobState, SkipReason
-from common.tags import installs_on
+from common.tags import installs_on, is_manylinux, meets_policy
 from common.wheels import (
     BadWheel,
     Check,
@@ -92,7 +93,7 @@ def check_job_owner(job: BuildJob | None, builder: Builder) -> BuildJob:
     return job
 
 
-def check_wheel_name(job: BuildJob, filename: str) -> WheelName:
+def check_wheel_name(job: BuildJob, filename: str, newer_policy: NewerPolicy = "fail") -> WheelName:
     try:
         wheel = parse_name(filename)
     except BadWheel as exc:
@@ -107,6 +108,7 @@ def check_wheel_name(job: BuildJob, filename: str) -> WheelName:
     if any(not platform.endswith("_" + job.arch) for platform in wheel.platforms):
         message = f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}"
         raise Rejected(400, message, check=Check.FILENAME)
+    check_policy(job, sorted(wheel.platforms), newer_policy)
     if not installs_on(wheel.tags, job.python_tag):
         # A cp36-abi3 wheel passes for a cp311 job: CPython 3.11 installs it.
         tags = sorted(f"{tag.interpreter}-{tag.abi}" for tag in wheel.tags)
@@ -116,6 +118,23 @@ def check_wheel_name(job: BuildJob, filename: str) -> WheelName:
         message = f"{filename} exists upstream; publishing it would shadow PyPI"
         raise Rejected(409, message, check=Check.UPSTREAM)
     return wheel
+
+
+def check_policy(job: BuildJob, platforms: list[str], newer_policy: NewerPolicy) -> None:
+    """The index under /simple/ promises a glibc floor: a `linux_*` wheel never enters
+    it, and one meeting only a newer policy than its target's enters only where the
+    target publishes such wheels (the same rule the builders follow, checked here for
+    every backend and every builder release)."""
+    promiseless = [platform for platform in platforms if not is_manylinux(platform)]
+    if promiseless:
+        message = f"wheel platform {promiseless} promises no glibc: not a manylinux wheel"
+        raise Rejected(400, message, check=Check.POLICY)
+    if newer_policy == "fail" and not meets_policy(platforms, job.policy):
+        message = (
+            f"wheel platform {platforms} needs a newer system than {job.policy}, and"
+            f" targets.{job.arch}.newer_policy is fail"
+        )
+        raise Rejected(400, message, check=Check.POLICY)
 
 
 class AlreadyServed(Exception):
@@ -162,11 +181,12 @@ def accept_wheel(
     limit: int,
     *,
     push_targets: Sequence[PushTarget] = (),
+    newer_policy: NewerPolicy = "fail",
 ) -> OutputFile:
     """Verify an uploaded wheel and move it into the file tree; raises Rejected (and
     notes on the job which check refused it), leaving nothing published."""
     try:
-        wheel = check_wheel_name(job, filename)
+        wheel = check_wheel_name(job, filename, newer_policy)
         # One wheel of a release is checked, written and recorded at a time: the jobs of
         # two CPythons uploading the one stable-ABI wheel they both build would both find
         # it unpublished, the second would write over the first's file, and its row would

@@ -246,6 +246,7 @@ def router(ctx: MasterContext) -> APIRouter:
             attempt=job.attempts,
             recipe=recipe,
             emulate_because=build_paths.emulate_because(job.release.project, recipe),
+            newer_policy=settings.newer_policy(job.arch),
         )
 
     @app.post("/api/v1/jobs/{job_id}/release")
@@ -354,6 +355,7 @@ def router(ctx: MasterContext) -> APIRouter:
                         wheel.file,
                         limits.max_upload_bytes,
                         push_targets=settings.push,
+                        newer_policy=settings.newer_policy(job.arch),
                     )
                     written += [
                         storage.wheel_path(project, published.filename),
