@@ -247,10 +247,11 @@ def _default_targets() -> dict[str, TargetSettings]:
             python_tags=["cp311"],
             policy="manylinux2014_aarch64",
         ),
+        # PyPA publishes no manylinux2014 image for armv7l: its oldest is manylinux_2_31.
         "armv7l": TargetSettings(
             image="armwheels/build-armv7l:bookworm",
             python_tags=["cp311"],
-            policy="manylinux2014_armv7l",
+            policy="manylinux_2_31_armv7l",
             enabled=False,
         ),
     }
