@@ -779,6 +779,8 @@ def _fallback_summary(text: str) -> str:
 
 # --- auditwheel --------------------------------------------------------------------------
 
+# auditwheel's words for a wheel whose symbols need a newer glibc than the policy's.
+NEWER_SYMBOLS = "too-recent versioned symbols"
 _AW_CANNOT = re.compile(
     r"cannot repair \"(?P<wheel>[^\"\n]{1,300})\" to \"(?P<plat>[^\"\n]{1,80})\" ABI because "
     r"(?:of the presence of )?(?:it )?(?P<why>[^.\n]{1,200})"

@@ -49,6 +49,7 @@ from builder.backends.docker import (
     DockerUnavailable,
 )
 from builder.backends.network import build_in_rounds, network_environment, wants_egress
+from builder.classify import NEWER_SYMBOLS
 from builder.engine import ENGINE_ERRORS
 from builder.identity import BuilderIdentity
 from builder.image import CROSS_TRIPLETS
@@ -56,7 +57,7 @@ from builder.sysroot import SysrootError, prune_sysroots, target_sysroot
 from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
-from common.states import BuildPath
+from common.states import BuildPath, FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,17 @@ class HostWheelhouse(Wheelhouse):
                 requirement, python_tag, self.target_platforms, constraints, log_sink
             )
         return fetched
+
+
+def _refused_by_newer_policy(spec: JobSpec, outcome: BuildOutcome) -> bool:
+    """The target fails a wheel that meets only a newer policy, and auditwheel found this
+    one's symbols too recent: the emulated build would link the same C library of the
+    same image (the sysroot is that image's tree) and meet the same verdict."""
+    return (
+        spec.newer_policy == "fail"
+        and outcome.reason is FailureReason.AUDITWHEEL_REJECTED
+        and NEWER_SYMBOLS in outcome.summary
+    )
 
 
 class CrossUnavailable(RuntimeError):
@@ -175,6 +187,14 @@ class CrossBackend(DockerBackend):
         note(log_sink, f"build path: cross ({self.cross_image} for {self.arch})")
         outcome = self._cross(spec, sdist, workdir / "cross", log_sink)
         if outcome.built or self._cancelled.is_set():
+            outcome.build_path = BuildPath.CROSS
+            return outcome
+        if _refused_by_newer_policy(spec, outcome):
+            note(
+                log_sink,
+                "the target fails a wheel of a newer policy, and the emulated build would link"
+                " the same C library of the same image: not built again",
+            )
             outcome.build_path = BuildPath.CROSS
             return outcome
         note(
