@@ -139,6 +139,22 @@ def abi3_sdist(workdir: Path, dest: Path) -> Path:
     return make_sdist(workdir, dest, "abidemo", "1.0", files)
 
 
+def _extension_sdist(
+    workdir: Path, dest: Path, package: str, module: str, function: str, body: str, init: str = ""
+) -> Path:
+    """`package` 1.0 with one C extension, `package.module`, whose `function` is `body`."""
+    files = {
+        f"{package}/__init__.py": init,
+        f"src/{module}.c": _MODULE_C.format(body=body, function=function, module=module),
+        "setup.py": (
+            "from setuptools import Extension, setup\n"
+            f"setup(packages=['{package}'],\n"
+            f"      ext_modules=[Extension('{package}.{module}', ['src/{module}.c'])])\n"
+        ),
+    }
+    return make_sdist(workdir, dest, package, "1.0", files)
+
+
 UNRESOLVED_SYMBOL = "armwheels_defined_nowhere"
 
 
@@ -151,16 +167,7 @@ def unloadable_extension_sdist(workdir: Path, dest: Path) -> Path:
         f"    return PyLong_FromLong({UNRESOLVED_SYMBOL}());\n"
         "}"
     )
-    files = {
-        "unloadable/__init__.py": "",
-        "src/broken.c": _MODULE_C.format(body=body, function="call", module="_broken"),
-        "setup.py": (
-            "from setuptools import Extension, setup\n"
-            "setup(packages=['unloadable'],\n"
-            "      ext_modules=[Extension('unloadable._broken', ['src/broken.c'])])\n"
-        ),
-    }
-    return make_sdist(workdir, dest, "unloadable", "1.0", files)
+    return _extension_sdist(workdir, dest, "unloadable", "_broken", "call", body)
 
 
 _RAND_BYTE = """#include <sys/random.h>
@@ -177,13 +184,5 @@ GETRANDOM_POLICY = "manylinux_2_26"
 def getrandom_sdist(workdir: Path, dest: Path) -> Path:
     """`randbyte`: one call to a glibc 2.25 function, so its wheel meets only a newer
     policy than manylinux2014 wherever it is built against glibc 2.25 or later."""
-    files = {
-        "randbyte/__init__.py": "from randbyte._speed import rand_byte\n",
-        "src/speed.c": _MODULE_C.format(body=_RAND_BYTE, function="rand_byte", module="_speed"),
-        "setup.py": (
-            "from setuptools import Extension, setup\n"
-            "setup(packages=['randbyte'],\n"
-            "      ext_modules=[Extension('randbyte._speed', ['src/speed.c'])])\n"
-        ),
-    }
-    return make_sdist(workdir, dest, "randbyte", "1.0", files)
+    init = "from randbyte._speed import rand_byte\n"
+    return _extension_sdist(workdir, dest, "randbyte", "_speed", "rand_byte", _RAND_BYTE, init)

@@ -24,7 +24,7 @@ import subprocess
 import tomllib
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +63,13 @@ from tests.clients import (
     write_pdm_project,
     write_poetry_project,
 )
-from tests.devices import DEVICES, Device, ensure_device_images, run_on_device
+from tests.devices import (
+    DEVICES,
+    CompletedResult,
+    Device,
+    ensure_device_images,
+    run_on_device,
+)
 from tests.sdists import abi3_sdist
 from tests.seed import add_release
 from tests.servers import free_port, nginx_config, serve_app, stop_process, wait_until
@@ -499,17 +505,30 @@ def _check_doctor(device: Device, output: str, farm: Farm) -> None:
     assert report["project"]["install"].endswith("'abidemo==1.0'")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def device_runs(farm: Farm) -> Iterator[dict[str, Future[CompletedResult]]]:
+    """Each device's script, run one at a time in the background from the module's first
+    test on: a device's pip under QEMU keeps one core busy, the host's pip tests the other
+    one, and the device tests then read what their device did."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    runs = {}
+    for device in DEVICES:
+        requirements = "abidemo demo" if device.python == (3, 11) else "abidemo"
+        script = _device_script(device, farm.simple["master-json"], requirements, farm.master)
+        runs[device.name] = pool.submit(run_on_device, device, script)
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.parametrize("device", DEVICES, ids=[d.name for d in DEVICES])
 def test_each_distribution_s_own_pip_installs_and_imports_on_the_device(
-    farm: Farm, device: Device
+    farm: Farm, device: Device, device_runs: dict[str, Future[CompletedResult]]
 ) -> None:
     """Under QEMU, with the pip the distribution ships: the abi3 wheel that the farm built
     on CPython 3.11 serves this device's CPython too. On bookworm (pip 23.0.1, which
     crashed on a JSON page carrying dist-info-metadata) also demo, whose page has a yanked
     release, one needing Python 3.12 and one whose files were removed."""
-    requirements = "abidemo demo" if device.python == (3, 11) else "abidemo"
-    script = _device_script(device, farm.simple["master-json"], requirements, farm.master)
-    result = run_on_device(device, script)
+    result = device_runs[device.name].result()
     assert result.returncode == 0, result.output[-4000:]
     _check_doctor(device, result.output, farm)
     assert f"pip {device.pip} from" in result.output
