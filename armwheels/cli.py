@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import platform
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from common.config import ConfigError, Settings, load_settings
 from common.logs import setup_logging
+from common.protocol import TARGET_NAME_PATTERN
 from common.states import ARCHES, TokenRole
 
 if TYPE_CHECKING:
@@ -75,7 +77,11 @@ def cmd_builder(args: argparse.Namespace) -> int:
     if args.backend:
         settings.builder.backend = args.backend
     try:
-        return run_builder(settings, args.arch, args.config)
+        target = settings.builder_target(args.arch, args.target)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        return run_builder(settings, target, args.config)
     except NoBackend as exc:
         raise UsageError(str(exc)) from exc
 
@@ -112,21 +118,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     console = Console()
     queues = Table(title="Queues")
+    queues.add_column("target")
     queues.add_column("arch")
     states = ["pending", "queued", "building", "built", "failed", "skipped"]
     for state in states:
         queues.add_column(state, justify="right")
-    for arch in ARCHES:
-        counts = data["queues"].get(arch, {})
-        queues.add_row(arch, *(str(counts.get(s, 0)) for s in states))
+    names = {name: target.arch for name, target in settings.targets.items()}
+    for name in sorted(set(names) | set(data["targets"])):
+        counts = data["targets"].get(name, {})
+        queues.add_row(name, names.get(name, "?"), *(str(counts.get(s, 0)) for s in states))
     console.print(queues)
     builders = Table(title="Builders")
-    for column in ("name", "arch", "backend", "state", "job", "last seen"):
+    for column in ("name", "target", "backend", "state", "job", "last seen"):
         builders.add_column(column)
     for b in data["builders"]:
         builders.add_row(
             b["name"],
-            b["arch"],
+            b["target"],
             b["backend"],
             b["state"],
             str(b["current_job"] or ""),
@@ -134,14 +142,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     console.print(builders)
     recent = Table(title="Recent outcomes")
-    for column in ("job", "release", "arch", "state", "reason", "seconds"):
+    for column in ("job", "release", "target", "state", "reason", "seconds"):
         recent.add_column(column)
     for r in data["recent"]:
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else ""
         recent.add_row(
             str(r["job"]),
             f"{r['project']} {r['version']}",
-            r["arch"],
+            r["target"],
             r["state"],
             r["reason"] or "",
             seconds,
@@ -173,10 +181,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         with _database(settings) as factory, transaction(factory) as session:
             actor = f"cli:{getpass.getuser()}"
             outcome = request_rebuild(
-                session, settings, args.project, args.version, args.arch, requested_by=actor
+                session,
+                settings,
+                args.project,
+                args.version,
+                args.arch,
+                requested_by=actor,
+                target=args.target,
             )
-            created = [(j.id, j.arch, j.python_tag) for j in outcome.created]
-            waiting = [(j.id, j.arch, j.python_tag, j.state.value) for j in outcome.existing]
+            created = [(j.id, j.target, j.python_tag) for j in outcome.created]
+            waiting = [(j.id, j.target, j.python_tag, j.state.value) for j in outcome.existing]
             audit.record(
                 session,
                 actor,
@@ -185,16 +199,17 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                 f"{outcome.project} {outcome.version}",
                 jobs=[job_id for job_id, *_ in created + waiting],
                 arch=args.arch,
+                target=args.target,
                 duplicate=not created,
             )
     except RebuildError as exc:
         raise UsageError(str(exc)) from exc
-    for job_id, arch, tag, state in waiting:
-        print(f"job {job_id} already {state}: {args.project} {arch} {tag}")
+    for job_id, target, tag, state in waiting:
+        print(f"job {job_id} already {state}: {args.project} {target} {tag}")
     if not created:
         print("nothing to do: a build is already pending for every target")
-    for job_id, arch, tag in created:
-        print(f"job {job_id} pending: {args.project} {arch} {tag}")
+    for job_id, target, tag in created:
+        print(f"job {job_id} pending: {args.project} {target} {tag}")
     return 0
 
 
@@ -415,10 +430,16 @@ def cmd_image_build(args: argparse.Namespace) -> int:
             raise UsageError(f"the cross image is for x86_64 hosts, not {platform.machine()}")
         build_cross_image(settings.builder.cross_image, settings.builder.ca_bundle, args.force)
         return 0
-    target = settings.targets.get(args.arch)
-    if target is None:
-        raise UsageError(f"no target configured for {args.arch}")
-    build_local_image(args.arch, target.image, settings.builder.ca_bundle, force=args.force)
+    if args.target is not None:
+        target = settings.targets.get(args.target)
+        if target is None:
+            raise UsageError(f"no target {args.target} in the configuration")
+    else:
+        names = settings.targets_of(args.arch, enabled=False)
+        if not names:
+            raise UsageError(f"no target configured for {args.arch}")
+        target = settings.targets[args.arch if args.arch in names else names[0]]
+    build_local_image(target.arch, target.image, settings.builder.ca_bundle, force=args.force)
     return 0
 
 
@@ -624,6 +645,12 @@ def _name(value: str) -> str:
     return value
 
 
+def _target_name(value: str) -> str:
+    if not re.match(TARGET_NAME_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"invalid target name: {value!r}")
+    return value
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -650,13 +677,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("up", cmd_up, "run the whole farm on this machine with embedded defaults")
     add("master", cmd_master, "run the feed poller, scheduler and HTTP server")
-    builder = add("builder", cmd_builder, "run a builder worker for one architecture")
-    builder.add_argument("--arch", choices=ARCHES, required=True)
+    builder = add("builder", cmd_builder, "run a builder worker for one target")
+    which = builder.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", choices=ARCHES, help="the arch's target, when it has one")
+    which.add_argument("--target", type=_target_name, help="a target by its name")
     builder.add_argument("--backend", choices=["auto", "cross", "docker", "native"], default=None)
     rebuild = add("rebuild", cmd_rebuild, "ask for a rebuild of a project's release")
     rebuild.add_argument("project")
     rebuild.add_argument("version", nargs="?")
     rebuild.add_argument("--arch", choices=ARCHES)
+    rebuild.add_argument("--target", type=_target_name)
     status = add("status", cmd_status, "show queues, builders and recent outcomes")
     status.add_argument("--json", action="store_true")
     doctor = add("doctor", cmd_doctor, "which of the farm's wheels this device takes, and why")
@@ -766,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the local Debian build image for an arch, or the host's cross image",
     )
     which = build.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", choices=ARCHES)
+    which.add_argument("--arch", choices=ARCHES, help="the image of the arch's target")
+    which.add_argument("--target", type=_target_name, help="the image of a target by its name")
     which.add_argument(
         "--cross", action="store_true", help="the cross image (builder.cross_image) for x86_64"
     )

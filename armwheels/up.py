@@ -1,7 +1,7 @@
 """`armwheels up`: the whole farm on one machine with embedded defaults.
 
 SQLite for the database and the broker, a local data directory, one builder per
-enabled arch. Each node runs as its own process, as it would on separate machines.
+enabled target. Each node runs as its own process, as it would on separate machines.
 """
 
 from __future__ import annotations
@@ -55,20 +55,21 @@ def _issue_builder_tokens(settings: Settings) -> dict[str, str]:
         upgrade(engine)
         with transaction(make_sessionmaker(engine)) as session:
             return {
-                arch: rotate_token(session, f"local-{arch}", TokenRole.BUILDER)
-                for arch in settings.enabled_targets()
+                name: rotate_token(session, f"local-{name}", TokenRole.BUILDER)
+                for name in settings.enabled_targets()
             }
 
 
 def run_up(config: Path | None) -> int:
     settings = load_settings(config)
     settings.master.data_dir.mkdir(parents=True, exist_ok=True)
-    backends = {arch: _backend_for(settings, arch) for arch in settings.enabled_targets()}
-    for arch, backend in backends.items():
+    targets = settings.enabled_targets()
+    backends = {name: _backend_for(settings, target.arch) for name, target in targets.items()}
+    for name, backend in backends.items():
         if backend in ("docker", "cross"):
             from builder.image import build_local_image
 
-            build_local_image(arch, settings.targets[arch].image, settings.builder.ca_bundle)
+            build_local_image(targets[name].arch, targets[name].image, settings.builder.ca_bundle)
     if "cross" in backends.values():
         from builder.image import build_cross_image
 
@@ -83,13 +84,13 @@ def run_up(config: Path | None) -> int:
     children: list[subprocess.Popen[bytes]] = [
         subprocess.Popen([*base, "master", *config_args], env=env)
     ]
-    for arch, backend in backends.items():
+    for name, backend in backends.items():
         # No name given: each builder names itself after the host and its own instance id
         # (builder/identity.py), so that two farms on one Docker host never share one.
-        builder_env = dict(env, ARMWHEELS_BUILDER__TOKEN=tokens[arch])
+        builder_env = dict(env, ARMWHEELS_BUILDER__TOKEN=tokens[name])
         children.append(
             subprocess.Popen(
-                [*base, "builder", "--arch", arch, "--backend", backend, *config_args],
+                [*base, "builder", "--target", name, "--backend", backend, *config_args],
                 env=builder_env,
             )
         )

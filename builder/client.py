@@ -163,6 +163,7 @@ class MasterClient:
     def register(
         self,
         arch: Arch,
+        target: str,
         backend: str,
         python_tags: list[str],
         version: str,
@@ -171,6 +172,7 @@ class MasterClient:
         """Say what this builder builds; ProtocolError when the answer is not understood."""
         body = Registration(
             arch=arch,
+            target=target,
             backend=backend,
             python_tags=python_tags,
             version=version,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-# Builders of one arch that may share a work directory at once.
+# Builders of one target that may share a work directory at once.
 SLOTS = 64
 
 
@@ -41,27 +41,28 @@ class BuilderIdentity:
             self._lock = None
 
 
-def default_name(arch: str, instance: str) -> str:
+def default_name(target: str, instance: str) -> str:
     """Unique per host and work directory, and the same across restarts of one builder."""
-    return f"{platform.node()}-{arch}-{instance[:8]}"
+    return f"{platform.node()}-{target}-{instance[:8]}"
 
 
-def take_identity(work_dir: Path, arch: str, name: str = "") -> BuilderIdentity:
-    """The first free slot of `work_dir` for `arch`, locked for this process's life, with
-    its instance id (made on first use); `name` when given, else default_name()."""
+def take_identity(work_dir: Path, target: str, name: str = "") -> BuilderIdentity:
+    """The first free slot of `work_dir` for `target` (a target named after its arch keeps
+    the files its arch had), locked for this process's life, with its instance id (made on
+    first use); `name` when given, else default_name()."""
     folder = work_dir / "identity"
     folder.mkdir(parents=True, exist_ok=True)
     for slot in range(SLOTS):
-        handle = (folder / f"{arch}-{slot}.lock").open("a")
+        handle = (folder / f"{target}-{slot}.lock").open("a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             continue
-        instance = _instance_id(folder / f"{arch}-{slot}.id")
-        return BuilderIdentity(name or default_name(arch, instance), instance, handle)
+        instance = _instance_id(folder / f"{target}-{slot}.id")
+        return BuilderIdentity(name or default_name(target, instance), instance, handle)
     raise NoIdentity(
-        f"{SLOTS} {arch} builders already run with the work directory {work_dir};"
+        f"{SLOTS} {target} builders already run with the work directory {work_dir};"
         " give this one a builder.work_dir of its own"
     )
 

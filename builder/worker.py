@@ -1,5 +1,5 @@
-"""`armwheels builder`: a Celery worker on build.<arch> that runs one job at a time in
-each of its build slots (builder.slots)."""
+"""`armwheels builder`: a Celery worker on its target's queues (build.<target>.<tag>) that
+runs one job at a time in each of its build slots (builder.slots)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from common.protocol import (
     ResultForm,
     slot_name,
 )
-from common.states import Arch, FailureReason
+from common.states import FailureReason
 from common.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,15 @@ def is_arm_host(arch: str) -> bool:
 
 def choose_backend(
     settings: Settings,
-    arch: str,
+    target_name: str,
     identity: BuilderIdentity,
     config_file: Path | None = None,
     slot: int = 0,
 ) -> Backend:
-    target = settings.targets.get(arch)
+    target = settings.targets.get(target_name)
     if target is None or not target.enabled:
-        raise NoBackend(f"no enabled target for {arch} in the configuration")
+        raise NoBackend(f"no enabled target {target_name} in the configuration")
+    arch = target.arch
     wanted = settings.builder.backend
     if wanted == "auto":
         wanted = "native" if is_arm_host(arch) else "cross"
@@ -115,7 +116,7 @@ def choose_backend(
     except DockerUnavailable as exc:
         raise NoBackend(
             f"{exc}; install docker.io and qemu-user-static (apt) and start dockerd,"
-            f" then `armwheels image build --arch {arch}`"
+            f" then `armwheels image build --target {target_name}`"
         ) from exc
     if not container.python_tags():
         container.close()
@@ -409,32 +410,34 @@ class BuildSlot:
 
 
 def open_slot(
-    settings: Settings, arch: Arch, number: int, host_name: str, config_file: Path | None
+    settings: Settings, target: str, number: int, host_name: str, config_file: Path | None
 ) -> BuildSlot:
     """Take an instance id, make the backend and register slot `number` with the master;
     what was taken is given back if a later step fails."""
+    arch = settings.targets[target].arch
     with contextlib.ExitStack() as undo:
         try:
-            identity = take_identity(settings.builder.work_dir, arch, settings.builder.name)
+            identity = take_identity(settings.builder.work_dir, target, settings.builder.name)
         except NoIdentity as exc:
             raise NoBackend(str(exc)) from exc
         undo.callback(identity.release)
         name = slot_name(host_name or identity.name, number)
         identity.name = name
-        backend = choose_backend(settings, arch, identity, config_file, number)
+        backend = choose_backend(settings, target, identity, config_file, number)
         undo.callback(backend.close)
         client = MasterClient(
             settings.builder.master_url, settings.builder.token.get_secret_value(), slot=number
         )
         undo.callback(client.close)
         tags = backend.python_tags()
-        client.register(arch, backend.name, tags, VERSION, free_disk(settings))
+        client.register(arch, target, backend.name, tags, VERSION, free_disk(settings))
         undo.pop_all()
     log.info(
         "builder registered",
         extra={
             "builder": name,
             "slot": number,
+            "target": target,
             "arch": arch,
             "backend": backend.name,
             "python_tags": ",".join(tags),
@@ -446,25 +449,28 @@ def open_slot(
     return BuildSlot(number, name, identity, backend, client, runner, heartbeats)
 
 
-def run_builder(settings: Settings, arch: Arch, config_file: Path | None = None) -> int:
+def run_builder(settings: Settings, target: str, config_file: Path | None = None) -> int:
+    """Build the jobs of one configured target (Settings.builder_target chooses it)."""
     if not settings.builder.token.get_secret_value():
         raise NoBackend("builder.token is not set (ARMWHEELS_BUILDER__TOKEN)")
+    if target not in settings.enabled_targets():
+        raise NoBackend(f"no enabled target {target} in the configuration")
     count = slot_count(settings.builder)
     slots: list[BuildSlot] = []
     try:
         for number in range(count):
             slots.append(
-                open_slot(settings, arch, number, slots[0].name if slots else "", config_file)
+                open_slot(settings, target, number, slots[0].name if slots else "", config_file)
             )
         for slot in slots:
             slot.heartbeats.start()
-        return _work(settings, arch, slots)
+        return _work(settings, target, slots)
     finally:
         for slot in slots:
             slot.close()
 
 
-def _work(settings: Settings, arch: Arch, slots: list[BuildSlot]) -> int:
+def _work(settings: Settings, target: str, slots: list[BuildSlot]) -> int:
     """The Celery worker: as many tasks at once as there are slots, each run by a free
     slot's runner."""
     app = make_celery(settings)
@@ -486,9 +492,9 @@ def _work(settings: Settings, arch: Arch, slots: list[BuildSlot]) -> int:
         finally:
             free.put(runner)
 
-    queues = [queue_name(arch, tag) for tag in slots[0].backend.python_tags()]
+    queues = [queue_name(target, tag) for tag in slots[0].backend.python_tags()]
     declare_queues(app, queues)
-    log.info("builder at work", extra={"arch": arch, "slots": len(slots)})
+    log.info("builder at work", extra={"target": target, "slots": len(slots)})
     app.worker_main(
         [
             "worker",

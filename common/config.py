@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,9 +33,9 @@ from pydantic_settings import (
 
 from common.job_spec import DEFAULT_NEWER_POLICY, NewerPolicy
 from common.names import BadName, normalize_project, python_version_of_tag
-from common.protocol import HEARTBEAT_SECONDS, MAX_SLOTS
+from common.protocol import HEARTBEAT_SECONDS, MAX_SLOTS, TARGET_NAME_PATTERN
 from common.recipes import parse_recipes
-from common.states import ARCHES
+from common.states import ARCHES, Arch
 
 CONFIG_ENV = "ARMWHEELS_CONFIG"
 
@@ -221,6 +222,12 @@ class PushTarget(_Section):
 
 
 class TargetSettings(_Section):
+    """What the farm builds every release for: an arch, a manylinux policy, the image that
+    builds it and the CPython tags of that image. Several targets may share an arch (for
+    example manylinux2014 and manylinux_2_28 builds of aarch64)."""
+
+    # The ELF machine of its wheels; may be left out when the target is named after it.
+    arch: Arch
     image: str
     python_tags: list[str] = Field(default_factory=lambda: ["cp311"], min_length=1)
     policy: str
@@ -243,12 +250,14 @@ class TargetSettings(_Section):
 def _default_targets() -> dict[str, TargetSettings]:
     return {
         "aarch64": TargetSettings(
+            arch="aarch64",
             image="armwheels/build-aarch64:bookworm",
             python_tags=["cp311"],
             policy="manylinux2014_aarch64",
         ),
         # PyPA publishes no manylinux2014 image for armv7l: its oldest is manylinux_2_31.
         "armv7l": TargetSettings(
+            arch="armv7l",
             image="armwheels/build-armv7l:bookworm",
             python_tags=["cp311"],
             policy="manylinux_2_31_armv7l",
@@ -397,14 +406,30 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
         return tuple(sources)
 
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _target_arches(cls, value: Any) -> Any:
+        """A target named after an arch is of that arch unless it says otherwise."""
+        if isinstance(value, dict):
+            for name, target in value.items():
+                if isinstance(target, dict) and "arch" not in target:
+                    if name not in ARCHES:
+                        raise ValueError(
+                            f"target {name!r} names no arch: set arch to one of {', '.join(ARCHES)}"
+                        )
+                    target["arch"] = name
+        return value
+
     @field_validator("targets")
     @classmethod
     def _targets(cls, value: dict[str, TargetSettings]) -> dict[str, TargetSettings]:
-        for arch, target in value.items():
-            if arch not in ARCHES:
-                raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
-            if not target.policy.endswith("_" + arch):
-                raise ValueError(f"policy {target.policy!r} is not for {arch}")
+        for name, target in value.items():
+            if not re.match(TARGET_NAME_PATTERN, name):
+                raise ValueError(
+                    f"target name {name!r}: lower case letters, digits, '-' and '_' only"
+                )
+            if not target.policy.endswith("_" + target.arch):
+                raise ValueError(f"policy {target.policy!r} is not for {target.arch}")
         return value
 
     @field_validator("push")
@@ -433,13 +458,41 @@ class Settings(BaseSettings):
         return self
 
     def enabled_targets(self) -> dict[str, TargetSettings]:
-        return {arch: t for arch, t in self.targets.items() if t.enabled}
+        return {name: t for name, t in self.targets.items() if t.enabled}
 
-    def newer_policy(self, arch: str) -> NewerPolicy:
-        """The target's rule for a wheel meeting only a newer policy; "fail" for an arch
+    def targets_of(self, arch: str, enabled: bool = True) -> list[str]:
+        """The names of the targets of an arch, sorted."""
+        chosen = self.enabled_targets() if enabled else self.targets
+        return sorted(name for name, t in chosen.items() if t.arch == arch)
+
+    def builder_target(self, arch: str | None, target: str | None) -> str:
+        """The one target a builder started with --arch and/or --target builds; ConfigError
+        when none or several fit."""
+        if target is not None:
+            found = self.targets.get(target)
+            if found is None or not found.enabled:
+                known = ", ".join(sorted(self.enabled_targets())) or "none"
+                raise ConfigError(f"no enabled target {target} (enabled: {known})")
+            if arch is not None and found.arch != arch:
+                raise ConfigError(f"target {target} is for {found.arch}, not {arch}")
+            return target
+        if arch is None:
+            raise ConfigError("name the target to build: --arch ARCH or --target NAME")
+        names = self.targets_of(arch)
+        if not names:
+            raise ConfigError(f"no enabled target for {arch} in the configuration")
+        if len(names) > 1:
+            raise ConfigError(
+                f"{arch} has several targets ({', '.join(names)}): pass --target NAME,"
+                " one builder per target"
+            )
+        return names[0]
+
+    def newer_policy(self, target: str) -> NewerPolicy:
+        """The target's rule for a wheel meeting only a newer policy; "fail" for a target
         no longer configured, whose jobs may still be building."""
-        target = self.targets.get(arch)
-        return target.newer_policy if target is not None else "fail"
+        settings = self.targets.get(target)
+        return settings.newer_policy if settings is not None else "fail"
 
 
 def _describe(error: ValidationError) -> str:

@@ -17,7 +17,7 @@ from common.recipes import Recipe
 
 # What becomes of a wheel that meets only a newer manylinux policy than its target's (its
 # symbols need a newer glibc): published under the policy it meets, for the devices with
-# that glibc, or failed as auditwheel-rejected. The target's setting (targets.<arch>.
+# that glibc, or failed as auditwheel-rejected. The target's setting (targets.<name>.
 # newer_policy); builders follow it on every backend and the master checks it on upload.
 NewerPolicy = Literal["publish", "fail"]
 DEFAULT_NEWER_POLICY: NewerPolicy = "publish"
@@ -44,6 +44,9 @@ class JobSpec:
     emulate_because: str | None = None
     # Added after emulate_because: a job from a master without it gets the default.
     newer_policy: NewerPolicy = DEFAULT_NEWER_POLICY
+    # The configured target (targets.<name>) it is built for; empty from a master that
+    # had none but its arches.
+    target: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> JobSpec:

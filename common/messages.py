@@ -22,17 +22,19 @@ BUILD_TASK = "armwheels.build"
 REDIS_PRIORITY_STEPS: list[int] = list(range(10))
 
 
-def queue_name(arch: str, python_tag: str) -> str:
-    """One queue per target interpreter: a builder consumes only the tags its image has."""
-    return f"build.{arch}.{python_tag}"
+def queue_name(target: str, python_tag: str) -> str:
+    """One queue per target interpreter: a builder consumes only its target's queues of
+    the tags its image has. A target named after its arch keeps build.<arch>.<tag>."""
+    return f"build.{target}.{python_tag}"
 
 
 def configured_queues(settings: Settings) -> list[str]:
+    """Every configured target's queues, in the order of ARCHES and then of names."""
     return [
-        queue_name(arch, tag)
+        queue_name(name, tag)
         for arch in ARCHES
-        if arch in settings.targets
-        for tag in settings.targets[arch].python_tags
+        for name in settings.targets_of(arch, enabled=False)
+        for tag in settings.targets[name].python_tags
     ]
 
 

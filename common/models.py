@@ -170,6 +170,8 @@ class Builder(Base):
     token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"))
     slot: Mapped[int] = mapped_column(default=0, server_default="0")
     arch: Mapped[str] = mapped_column(String(16))
+    # The target (targets.<name>) it builds: it claims only that target's jobs.
+    target: Mapped[str] = mapped_column(String(48))
     backend: Mapped[str] = mapped_column(String(16))
     python_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     version: Mapped[str] = mapped_column(String(40), default="")
@@ -184,17 +186,19 @@ class Builder(Base):
 class BuildJob(Base):
     __tablename__ = "build_jobs"
     __table_args__ = (
-        # One active job per (release, target): duplicates are refused by the database.
+        # One active job per (release, target, interpreter): duplicates are refused by
+        # the database.
         Index(
             "uq_build_jobs_active_target",
             "release_id",
-            "arch",
+            "target",
             "python_tag",
             unique=True,
             sqlite_where=text(ACTIVE_SQL),
             postgresql_where=text(ACTIVE_SQL),
         ),
         Index("ix_build_jobs_state_arch", "state", "arch"),
+        Index("ix_build_jobs_state_target", "state", "target"),
         # The dashboard's latest builds and failures, and its throughput ranges.
         Index("ix_build_jobs_finished_at", "finished_at"),
         Index("ix_build_jobs_state_finished_at", "state", "finished_at"),
@@ -203,6 +207,8 @@ class BuildJob(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
     source_file_id: Mapped[int] = mapped_column(ForeignKey("source_files.id"))
+    # The configured target (targets.<name>) it builds for, and that target's arch.
+    target: Mapped[str] = mapped_column(String(48))
     arch: Mapped[str] = mapped_column(String(16))
     python_tag: Mapped[str] = mapped_column(String(16))
     policy: Mapped[str] = mapped_column(String(64))

@@ -64,6 +64,7 @@ __all__ = [
     "Registration",
     "ResultAnswer",
     "ResultForm",
+    "TargetName",
     "slot_name",
 ]
 
@@ -92,6 +93,10 @@ WHEEL_PART = "wheel"
 Outcome = Literal["built", "failed"]
 # A CPython interpreter a builder has, as a wheel's tag names it.
 PythonTag = Annotated[str, Field(pattern=r"^cp3\d{1,2}$")]
+# A configured target's name (targets.<name>): part of its queue names (build.<target>.
+# <tag>) and of paths, so lower case letters, digits, '-' and '_', starting with a letter.
+TARGET_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"
+TargetName = Annotated[str, Field(pattern=TARGET_NAME_PATTERN)]
 
 
 class ProtocolError(ValueError):
@@ -151,6 +156,9 @@ class Registration(Body):
     builder lost whatever it was doing."""
 
     arch: Arch
+    # Added with named targets: a builder without it builds the target named after its
+    # arch, as every builder did before.
+    target: TargetName | None = None
     backend: str = Field(min_length=1, max_length=16)
     python_tags: list[PythonTag] = Field(default_factory=list, max_length=50)
     version: str = Field(default="", max_length=40)

@@ -61,6 +61,7 @@ def add_builder(
     builder = Builder(
         name=name,
         token_id=token.id,
+        target=arch,
         arch=arch,
         backend="docker",
         python_tags=list(python_tags),

@@ -307,6 +307,7 @@ def test_builders_claim_only_jobs_for_their_interpreters(farm: Farm) -> None:
         other = BuildJob(
             release_id=first.release_id,
             source_file_id=first.source_file_id,
+            target="aarch64",
             arch="aarch64",
             python_tag="cp312",
             policy=first.policy,

@@ -208,7 +208,7 @@ def test_dashboard_live_pages(
         token = form.locator('input#token[type="password"]')
         result = page.locator("div#rebuild-result")
         token.fill(farm.maintainer_token)
-        form.locator("select#rebuild-arch").select_option("aarch64")
+        form.locator("select#rebuild-target").select_option("aarch64")
         # demo 0.9's aarch64 wheel is served: the form shows the refusal, naming it.
         form.locator("input#rebuild-version").fill("0.9")
         form.locator("button#rebuild").click()

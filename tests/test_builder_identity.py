@@ -129,7 +129,9 @@ def tiny_image() -> Iterator[str]:
 
 def _backend(work: Path, image: str, name: str) -> DockerBackend:
     settings = BuilderSettings(work_dir=work, wheelhouse=False)
-    target = TargetSettings(image=image, python_tags=["cp311"], policy="manylinux2014_aarch64")
+    target = TargetSettings(
+        arch="aarch64", image=image, python_tags=["cp311"], policy="manylinux2014_aarch64"
+    )
     return DockerBackend(settings, "aarch64", target, take_identity(work, "aarch64", name))
 
 

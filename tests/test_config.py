@@ -42,7 +42,15 @@ def test_toml_and_environment_override(tmp_path: Path, monkeypatch: pytest.Monke
         ("[upstream]\nxmlrpc_url = 'pypi.org/pypi'\n", "upstream.xmlrpc_url"),
         ("[upstream]\nchangelog_start = -1\n", "upstream.changelog_start"),
         ("[master]\nqueue_depth = 0\n", "master.queue_depth"),
-        ("[targets.x86_64]\nimage = 'i'\npolicy = 'manylinux2014_x86_64'\n", "unknown arch"),
+        ("[targets.x86_64]\nimage = 'i'\npolicy = 'manylinux2014_x86_64'\n", "names no arch"),
+        (
+            "[targets.pc]\narch = 'x86_64'\nimage = 'i'\npolicy = 'manylinux2014_x86_64'\n",
+            "targets.pc.arch",
+        ),
+        (
+            "[targets.Big]\narch = 'aarch64'\nimage = 'i'\npolicy = 'manylinux2014_aarch64'\n",
+            "target name",
+        ),
         ("[targets.aarch64]\nimage = 'i'\npolicy = 'manylinux2014_armv7l'\n", "is not for"),
         (
             "[targets.aarch64]\nimage='i'\npolicy='manylinux2014_aarch64'\npython_tags=['x']\n",

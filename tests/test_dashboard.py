@@ -116,6 +116,7 @@ def _job(session: Session, release: Release, arch: str, state: JobState, **field
     job = BuildJob(
         release=release,
         source_file=source,
+        target=arch,
         arch=arch,
         python_tag="cp311",
         policy=f"manylinux2014_{arch}",
@@ -344,7 +345,7 @@ def test_project_page(farm: Farm) -> None:
     assert form.attrs["data-action"] == "/api/v1/projects/demo/rebuild"
     token = page.by_id("token")
     assert token.attrs["type"] == "password" and "name" not in token.attrs
-    options = [o.attrs["value"] for o in page.by_id("rebuild-arch").find_all("option")]
+    options = [o.attrs["value"] for o in page.by_id("rebuild-target").find_all("option")]
     assert options == ["", "aarch64"]
     page.by_id("rebuild-version")
     assert page.by_id("rebuild").attrs["type"] == "submit"

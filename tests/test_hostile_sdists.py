@@ -159,7 +159,7 @@ def farm() -> Iterator[Farm]:
             "egress_allowed_networks": pypi_networks(),
         }
     )
-    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    target = TargetSettings.model_construct(arch=ARCH, image="", python_tags=[TAG], policy=POLICY)
     backend = NativeBackend(
         settings, ARCH, target, build_user=BUILD_USER, tools_bin=tools_bin, config_file=config
     )

@@ -268,6 +268,7 @@ def _database(tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]
             },
             targets={
                 "aarch64": TargetSettings(
+                    arch="aarch64",
                     image="armwheels/build-aarch64:bookworm",
                     python_tags=list(TAGS),
                     policy="manylinux2014_aarch64",

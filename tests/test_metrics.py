@@ -141,15 +141,15 @@ def test_metrics_report_the_seeded_farm(settings: Settings, factory: sessionmake
     assert types["armwheels_build_failures"] == "counter"
     assert types["armwheels_build_duration_seconds"] == "histogram"
 
-    # Waiting and running per arch; armv7l has nothing waiting and still has samples.
+    # Waiting and running per target; armv7l has nothing waiting and still has samples.
     assert _with_prefix(samples, "armwheels_queue_depth") == {
-        frozenset({("arch", "aarch64")}): 3,
-        frozenset({("arch", "armv7l")}): 0,
+        frozenset({("target", "aarch64"), ("arch", "aarch64")}): 3,
+        frozenset({("target", "armv7l"), ("arch", "armv7l")}): 0,
     }
-    assert _get(samples, "armwheels_oldest_queued_seconds", arch="aarch64") == 600
-    assert _get(samples, "armwheels_oldest_queued_seconds", arch="armv7l") == 0
-    assert _get(samples, "armwheels_builds_running", arch="aarch64") == 1
-    assert _get(samples, "armwheels_builds_running", arch="armv7l") == 1
+    assert _get(samples, "armwheels_oldest_queued_seconds", target="aarch64", arch="aarch64") == 600
+    assert _get(samples, "armwheels_oldest_queued_seconds", target="armv7l", arch="armv7l") == 0
+    assert _get(samples, "armwheels_builds_running", target="aarch64", arch="aarch64") == 1
+    assert _get(samples, "armwheels_builds_running", target="armv7l", arch="armv7l") == 1
 
     # Finished jobs by outcome, failures by reason (every reason has a sample).
     assert _with_prefix(samples, "armwheels_builds_total") == {
@@ -220,7 +220,9 @@ def test_empty_database_renders_zeros(settings: Settings, factory: sessionmaker[
         "armwheels_oldest_queued_seconds",
         "armwheels_builds_running",
     ):
-        assert _with_prefix(samples, name) == {frozenset({("arch", "aarch64")}): 0}
+        assert _with_prefix(samples, name) == {
+            frozenset({("target", "aarch64"), ("arch", "aarch64")}): 0
+        }
     assert set(_with_prefix(samples, "armwheels_builds_total").values()) == {0}
     assert len(_with_prefix(samples, "armwheels_builds_total")) == 3
     assert set(_with_prefix(samples, "armwheels_build_failures_total").values()) == {0}

@@ -62,6 +62,7 @@ def test_upgrade_from_first_revision_keeps_rows_and_the_active_job_constraint(
                     BuildJob(
                         release_id=job.release_id,
                         source_file_id=job.source_file_id,
+                        target=job.target,
                         arch=job.arch,
                         python_tag=job.python_tag,
                         policy=job.policy,
@@ -72,5 +73,40 @@ def test_upgrade_from_first_revision_keeps_rows_and_the_active_job_constraint(
             pass
         else:
             raise AssertionError("a second active job for one target was accepted")
+    finally:
+        engine.dispose()
+
+
+def test_named_targets_upgrade_gives_old_rows_their_arch_as_target(database_url: str) -> None:
+    """0011: jobs and builders of a farm whose targets were its arches keep building."""
+    engine = make_engine(database_url)
+    now = "CURRENT_TIMESTAMP"
+    try:
+        upgrade(engine, "0010")
+        with engine.begin() as connection:
+            for sql in (
+                f"INSERT INTO projects (id, name, display_name, created_at) "
+                f"VALUES (1, 'old', 'old', {now})",
+                f"INSERT INTO releases (id, project_id, version, yanked, upstream_files,"
+                f" created_at) VALUES (1, 1, '1.0', false, '[]', {now})",
+                f"INSERT INTO source_files (id, release_id, filename, url, sha256, created_at)"
+                f" VALUES (1, 1, 'old-1.0.tar.gz', 'http://x/old-1.0.tar.gz', "
+                f"'{'0' * 64}', {now})",
+                f"INSERT INTO build_jobs (id, release_id, source_file_id, arch, python_tag,"
+                f" policy, state, priority, attempts, created_at) VALUES (1, 1, 1, 'armv7l',"
+                f" 'cp311', 'manylinux_2_31_armv7l', 'pending', 0, 0, {now})",
+                f"INSERT INTO tokens (id, name, role, token_hash, created_at)"
+                f"  VALUES (1, 'b1', 'builder', '{'1' * 64}', {now})",
+                f"INSERT INTO builders (id, name, token_id, arch, backend, python_tags, version,"
+                f" registered_at, last_seen_at) VALUES (1, 'pi', 1, 'aarch64', 'native',"
+                f" '[\"cp311\"]', '0.1', {now}, {now})",
+            ):
+                connection.exec_driver_sql(sql)
+        upgrade(engine)
+        with engine.connect() as connection:
+            jobs = connection.exec_driver_sql("SELECT target, arch FROM build_jobs").all()
+            builders = connection.exec_driver_sql("SELECT target, arch FROM builders").all()
+        assert [tuple(row) for row in jobs] == [("armv7l", "armv7l")]
+        assert [tuple(row) for row in builders] == [("aarch64", "aarch64")]
     finally:
         engine.dispose()

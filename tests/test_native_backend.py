@@ -133,7 +133,7 @@ def _backend(
             **limits,
         }
     )
-    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    target = TargetSettings.model_construct(arch=ARCH, image="", python_tags=[TAG], policy=POLICY)
     return NativeBackend(settings, ARCH, target, build_user=BUILD_USER, tools_bin=tools_bin)
 
 
@@ -353,7 +353,7 @@ def test_an_unknown_or_root_build_user_or_a_builder_not_root_is_refused(
     work_root: Path, tools_bin: Path
 ) -> None:
     settings = BuilderSettings(work_dir=work_root)
-    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    target = TargetSettings.model_construct(arch=ARCH, image="", python_tags=[TAG], policy=POLICY)
     with pytest.raises(NativeUnavailable, match="does not exist"):
         NativeBackend(settings, ARCH, target, build_user="no-such-user-here", tools_bin=tools_bin)
     with pytest.raises(NativeUnavailable, match="is root"):
@@ -370,7 +370,7 @@ def test_a_config_file_others_can_read_with_the_token_is_refused(
     tmp_path: Path, work_root: Path, tools_bin: Path
 ) -> None:
     settings = BuilderSettings(work_dir=work_root, token=SecretStr(SECRET))
-    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    target = TargetSettings.model_construct(arch=ARCH, image="", python_tags=[TAG], policy=POLICY)
     config = tmp_path / "armwheels.toml"
     config.write_text(f'[builder]\ntoken = "{SECRET}"\n')
     config.chmod(0o644)

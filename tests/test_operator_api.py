@@ -132,6 +132,7 @@ def test_requeue_refuses_a_second_active_job_for_the_same_target(farm: Farm) -> 
         twin = BuildJob(
             release_id=job.release_id,
             source_file_id=job.source_file_id,
+            target=job.target,
             arch=job.arch,
             python_tag=job.python_tag,
             policy=job.policy,

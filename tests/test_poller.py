@@ -356,7 +356,7 @@ def test_requires_python_excludes_targets(
         pypi.publish(sdists[version])
     settings.upstream.backfill = True
     settings.targets["aarch64"] = TargetSettings(
-        image="img", python_tags=["cp27", "cp311"], policy="manylinux2014_aarch64"
+        arch="aarch64", image="img", python_tags=["cp27", "cp311"], policy="manylinux2014_aarch64"
     )
     with client_for(pypi.url) as client:
         page = client.project_page(PROJECT)

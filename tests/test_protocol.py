@@ -58,6 +58,7 @@ SAMPLES: list[tuple[type[Body], dict[str, Any]]] = [
             "python_tags": ["cp311", "cp313"],
             "version": "0.2.0",
             "free_disk": 2**40,
+            "target": "armv7l-pi",
         },
     ),
     (Heartbeat, {"job_id": 7, "free_disk": 0}),
@@ -263,6 +264,7 @@ def test_a_builder_of_the_previous_release_gets_the_answers_it_always_got(farm: 
         # (JobSpec ignores fields it does not know).
         "emulate_because": None,
         "newer_policy": "publish",
+        "target": "aarch64",
     }
     _exactly(c.post(f"/api/v1/jobs/{job}/claim", headers=auth), 200, spec)
     busy = {"job_id": job, "free_disk": 123456789}
@@ -361,7 +363,7 @@ def _client(farm: Farm) -> MasterClient:
 
 def test_this_builder_and_this_master_understand_each_other(farm: Farm, tmp_path: Path) -> None:
     client = _client(farm)
-    registered = client.register("aarch64", "docker", ["cp311"], VERSION, 2**33)
+    registered = client.register("aarch64", "aarch64", "docker", ["cp311"], VERSION, 2**33)
     assert registered.name == "old-builder"
     assert client.heartbeat() == HeartbeatAnswer()
     spec = client.claim(farm.job_id)
@@ -409,7 +411,7 @@ def test_an_answer_this_builder_cannot_read_names_the_field() -> None:
         with pytest.raises(ProtocolError, match=r"^LogAccepted: total: "):
             client.append_log(7, 0, b"x")
         with pytest.raises(ProtocolError, match=r"^Registered: builder_id: Field required"):
-            client.register("armv7l", "native", [], VERSION)
+            client.register("armv7l", "armv7l", "native", [], VERSION)
 
 
 def test_the_api_states_the_package_version(farm: Farm) -> None:

@@ -111,7 +111,7 @@ def test_an_operator_may_rebuild_any_project(farm: Farm) -> None:
         ("nope", "operator", {}, 404, "unknown project: nope"),
         ("demo", "maintainer", {"version": "9.9"}, 400, "demo has no release 9.9"),
         ("demo", "maintainer", {"version": "not a version"}, 400, "invalid version"),
-        ("demo", "maintainer", {"arch": "armv7l"}, 400, "arch armv7l is not an enabled target"),
+        ("demo", "maintainer", {"arch": "armv7l"}, 400, "arch armv7l has no enabled target"),
         ("demo", "maintainer", {"arch": "sparc"}, 422, "arch"),
         ("demo", "maintainer", {"priority": 0}, 422, "priority"),
     ],

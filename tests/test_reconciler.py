@@ -24,7 +24,12 @@ def _builder(session: Session, name: str, last_seen: datetime) -> Builder:
     session.add(token)
     session.flush()
     builder = Builder(
-        name=name, token_id=token.id, arch="aarch64", backend="docker", last_seen_at=last_seen
+        name=name,
+        token_id=token.id,
+        target="aarch64",
+        arch="aarch64",
+        backend="docker",
+        last_seen_at=last_seen,
     )
     session.add(builder)
     session.flush()

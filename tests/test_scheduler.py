@@ -16,7 +16,7 @@ from tests.seed import add_release
 
 def _two_pythons(settings: Settings) -> None:
     settings.targets["aarch64"] = TargetSettings(
-        image="img", python_tags=["cp39", "cp311"], policy="manylinux2014_aarch64"
+        arch="aarch64", image="img", python_tags=["cp39", "cp311"], policy="manylinux2014_aarch64"
     )
     settings.targets["armv7l"].enabled = True
 
@@ -59,6 +59,7 @@ def test_database_refuses_duplicate_active_job(
             BuildJob(
                 release_id=release_id,
                 source_file_id=source_id,
+                target="aarch64",
                 arch="aarch64",
                 python_tag="cp311",
                 policy="manylinux2014_aarch64",
@@ -72,6 +73,7 @@ def test_database_refuses_duplicate_active_job(
             BuildJob(
                 release_id=release_id,
                 source_file_id=source_id,
+                target="aarch64",
                 arch="aarch64",
                 python_tag="cp311",
                 policy="manylinux2014_aarch64",

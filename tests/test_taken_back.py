@@ -216,7 +216,7 @@ def test_a_cancelled_build_is_killed_at_once_and_the_builder_goes_on(
         token = create_token(session, "b1", TokenRole.BUILDER)
         operator = create_token(session, "op", TokenRole.OPERATOR)
     sdists = _sdists(tmp_path / "sdists")
-    target = TargetSettings(image="", python_tags=[TAG], policy=POLICY)
+    target = TargetSettings.model_construct(arch=ARCH, image="", python_tags=[TAG], policy=POLICY)
     backend = NativeBackend(settings.builder, ARCH, target, BUILD_USER, tools_bin)
     assert backend.python_tags() == [TAG]
     with (

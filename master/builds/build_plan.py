@@ -85,16 +85,17 @@ def create_jobs(
     priority: int = PRIORITY_NEW,
     requested_by: str | None = None,
 ) -> list[BuildJob]:
-    """One pending job per (arch, python tag) the release admits and has no active job for."""
+    """One pending job per (target, python tag) the release admits and has no active job
+    for."""
     created: list[BuildJob] = []
-    for arch, target in sorted(targets.items()):
+    for name, target in sorted(targets.items()):
         for tag in target.python_tags:
             if not target_allowed(release.requires_python, tag, release.project.name):
                 continue
             active = session.scalar(
                 select(BuildJob.id).where(
                     BuildJob.release_id == release.id,
-                    BuildJob.arch == arch,
+                    BuildJob.target == name,
                     BuildJob.python_tag == tag,
                     BuildJob.state.in_(ACTIVE_STATES),
                 )
@@ -105,7 +106,8 @@ def create_jobs(
                         session,
                         release,
                         source,
-                        arch,
+                        name,
+                        target.arch,
                         tag,
                         target.policy,
                         priority=priority,
@@ -153,13 +155,13 @@ def settle_covered_jobs(session: Session, job: BuildJob, filename: str) -> list[
 
 def _settled_targets(session: Session, release_id: int) -> set[tuple[str, str]]:
     rows = session.execute(
-        select(BuildJob.arch, BuildJob.python_tag, BuildJob.state, BuildJob.skip_reason).where(
+        select(BuildJob.target, BuildJob.python_tag, BuildJob.state, BuildJob.skip_reason).where(
             BuildJob.release_id == release_id
         )
     ).all()
     return {
-        (arch, tag)
-        for arch, tag, state, reason in rows
+        (target, tag)
+        for target, tag, state, reason in rows
         if not (state == JobState.SKIPPED and reason in REOPENING_REASONS)
     }
 
@@ -226,16 +228,17 @@ def plan_builds(
     settled = _settled_targets(session, release.id)
     ours = served_wheels(session, release.id)
     created: list[BuildJob] = []
-    for arch, target in sorted(settings.enabled_targets().items()):
+    for name, target in sorted(settings.enabled_targets().items()):
         for tag in target.python_tags:
-            if (arch, tag) in settled or not target_allowed(release.requires_python, tag, project):
+            if (name, tag) in settled or not target_allowed(release.requires_python, tag, project):
                 continue
             covered = target_covered(release, ours, tag, target.policy, settings)
             job = jobs.create(
                 session,
                 release,
                 source,
-                arch,
+                name,
+                target.arch,
                 tag,
                 target.policy,
                 priority=priority,
@@ -268,18 +271,18 @@ def plan_rebuild(
     ours = served_wheels(session, release.id)
     passed: list[str] = []
     allowed: dict[str, TargetSettings] = {}
-    for arch, target in sorted(targets.items()):
+    for name, target in sorted(targets.items()):
         tags = []
         for tag in target.python_tags:
             if not target_allowed(release.requires_python, tag, project):
-                passed.append(f"{arch} {tag}: outside Requires-Python {release.requires_python}")
+                passed.append(f"{name} {tag}: outside Requires-Python {release.requires_python}")
                 continue
             covered = target_covered(release, ours, tag, target.policy, settings)
             if covered is not None:
-                passed.append(f"{arch} {tag}: {covered[1]}")
+                passed.append(f"{name} {tag}: {covered[1]}")
                 continue
             tags.append(tag)
         if tags:
-            allowed[arch] = target.model_copy(update={"python_tags": tags})
+            allowed[name] = target.model_copy(update={"python_tags": tags})
     created = create_jobs(session, release, source, allowed, PRIORITY_REBUILD, requested_by)
     return created, passed

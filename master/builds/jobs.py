@@ -186,6 +186,7 @@ def create(
     session: Session,
     release: Release,
     source: SourceFile,
+    target: str,
     arch: str,
     python_tag: str,
     policy: str,
@@ -199,6 +200,7 @@ def create(
     job = BuildJob(
         release=release,
         source_file=source,
+        target=target,
         arch=arch,
         python_tag=python_tag,
         policy=policy,
@@ -219,6 +221,7 @@ def create(
             "why": covered[1] if covered else f"requested by {requested_by or 'the feed'}",
             "project": release.project.name,
             "version": release.version,
+            "target": target,
             "arch": arch,
             "python_tag": python_tag,
         },

@@ -49,6 +49,7 @@ def request_rebuild(
     version: str | None = None,
     arch: str | None = None,
     requested_by: str = "cli",
+    target: str | None = None,
 ) -> RebuildOutcome:
     try:
         name = normalize_project(project_name)
@@ -67,10 +68,14 @@ def request_rebuild(
         )
     release: Release = max(releases, key=lambda r: Version(r.version))
     targets = settings.enabled_targets()
+    if target is not None:
+        if target not in targets:
+            raise RebuildError(f"{target} is not an enabled target")
+        targets = {target: targets[target]}
     if arch is not None:
-        if arch not in targets:
-            raise RebuildError(f"arch {arch} is not an enabled target")
-        targets = {arch: targets[arch]}
+        targets = {name: t for name, t in targets.items() if t.arch == arch}
+        if not targets:
+            raise RebuildError(f"arch {arch} has no enabled target")
     try:
         created, passed = _create_once(session, settings, release, targets, requested_by)
     except NotBuildable as exc:
@@ -80,7 +85,7 @@ def request_rebuild(
         select(BuildJob)
         .where(
             BuildJob.release_id == release.id,
-            BuildJob.arch.in_(sorted(targets)),
+            BuildJob.target.in_(sorted(targets)),
             BuildJob.state.in_(ACTIVE_STATES),
             BuildJob.id.not_in(fresh) if fresh else BuildJob.id.is_not(None),
         )

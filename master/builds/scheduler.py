@@ -23,14 +23,15 @@ DISPATCH_BATCH = 500
 
 
 def served_targets(session: Session, builder_timeout: float) -> set[tuple[str, str]]:
-    """(arch, python tag) pairs that a builder heard from recently has an interpreter for."""
+    """(target, python tag) pairs that a builder heard from recently has an interpreter
+    for."""
     served: set[tuple[str, str]] = set()
-    for arch, tags in session.execute(
-        select(Builder.arch, Builder.python_tags).where(
+    for target, tags in session.execute(
+        select(Builder.target, Builder.python_tags).where(
             liveness.online(datetime.now(UTC), builder_timeout)
         )
     ):
-        served.update((arch, tag) for tag in tags or [])
+        served.update((target, tag) for tag in tags or [])
     return served
 
 
@@ -45,13 +46,13 @@ def dispatch_pending(
 ) -> int:
     """Send a Celery message for each pending job, highest priority first; returns the count.
 
-    Works in batches per arch: one transaction locks a batch of pending rows (SKIP LOCKED,
+    Works in batches per target: one transaction locks a batch of pending rows (SKIP LOCKED,
     so two masters never send the same batch), sends their messages through one producer
     and marks them queued with one UPDATE. The message goes out before the state changes:
     a builder accepts a job that is pending or queued, so a crash between the two only
     leaves jobs to send again.
 
-    Each (arch, python tag) has its own queue. With `targets`, only those (the ones an
+    Each (target, python tag) has its own queue. With `targets`, only those (the ones an
     online builder has an interpreter for) are sent; the others wait in the database.
     With queue_depth, a queue never has more than that many jobs queued (per master: two
     masters counting at once may each fill the gap). The rest wait in the database, in
@@ -61,7 +62,7 @@ def dispatch_pending(
     with factory() as session:
         waiting = set(
             session.execute(
-                select(BuildJob.arch, BuildJob.python_tag)
+                select(BuildJob.target, BuildJob.python_tag)
                 .where(BuildJob.state == JobState.PENDING)
                 .distinct()
             ).tuples()
@@ -75,16 +76,18 @@ def dispatch_pending(
             )
         waiting &= set(targets)
     sent = 0
-    for arch, tag in sorted(waiting):
-        if queue_name(arch, tag) not in celery.amqp.queues:
+    for target, tag in sorted(waiting):
+        if queue_name(target, tag) not in celery.amqp.queues:
             log.warning(
                 "pending jobs for a target that is not configured",
-                extra={"arch": arch, "python_tag": tag},
+                extra={"target": target, "python_tag": tag},
             )
             continue
         while limit is None or sent < limit:
             want = batch_size if limit is None else min(batch_size, limit - sent)
-            count = _dispatch_batch(factory, celery, arch, tag, want, queue_depth, redis_priorities)
+            count = _dispatch_batch(
+                factory, celery, target, tag, want, queue_depth, redis_priorities
+            )
             sent += count
             if count < want:
                 break
@@ -99,14 +102,14 @@ def _publish_batch(producer: Any) -> AbstractContextManager[object]:
 def _dispatch_batch(
     factory: sessionmaker[Session],
     celery: Celery,
-    arch: str,
+    target: str,
     python_tag: str,
     want: int,
     queue_depth: int | None,
     redis_priorities: bool,
 ) -> int:
     """One batch of one target's queue; returns how many messages went out."""
-    queue = queue_name(arch, python_tag)
+    queue = queue_name(target, python_tag)
     with factory() as session, session.begin():
         if queue_depth is not None:
             queued = session.scalar(
@@ -114,7 +117,7 @@ def _dispatch_batch(
                 .select_from(BuildJob)
                 .where(
                     BuildJob.state == JobState.QUEUED,
-                    BuildJob.arch == arch,
+                    BuildJob.target == target,
                     BuildJob.python_tag == python_tag,
                 )
             )
@@ -126,7 +129,7 @@ def _dispatch_batch(
             select(BuildJob.id, BuildJob.priority)
             .where(
                 BuildJob.state == JobState.PENDING,
-                BuildJob.arch == arch,
+                BuildJob.target == target,
                 BuildJob.python_tag == python_tag,
             )
             .order_by(BuildJob.priority.desc(), BuildJob.id)

@@ -132,7 +132,7 @@ def check_policy(job: BuildJob, platforms: list[str], newer_policy: NewerPolicy)
     if newer_policy == "fail" and not meets_policy(platforms, job.policy):
         message = (
             f"wheel platform {platforms} needs a newer system than {job.policy}, and"
-            f" targets.{job.arch}.newer_policy is fail"
+            f" targets.{job.target}.newer_policy is fail"
         )
         raise Rejected(400, message, check=Check.POLICY)
 

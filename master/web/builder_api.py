@@ -140,6 +140,12 @@ def router(ctx: MasterContext) -> APIRouter:
 
     @app.post("/api/v1/builders/register")
     def register(reg: Registration, db: DB, token: BuilderToken, slot: BuilderSlot) -> Registered:
+        target = reg.target or reg.arch
+        configured = settings.targets.get(target)
+        if configured is not None and configured.arch != reg.arch:
+            raise HTTPException(
+                400, f"target {target} is for {configured.arch}, the builder builds {reg.arch}"
+            )
         found = builder_for(db, token, slot)
         # A builder that registers again has lost whatever it was doing.
         # The attempt counts (a board that keeps rebooting mid-build is the build's
@@ -162,10 +168,11 @@ def router(ctx: MasterContext) -> APIRouter:
                 token_id=token.id,
                 slot=slot,
                 arch=reg.arch,
+                target=target,
                 backend=reg.backend,
             )
             db.add(found)
-        found.arch, found.backend = reg.arch, reg.backend
+        found.arch, found.target, found.backend = reg.arch, target, reg.backend
         found.python_tags, found.version = reg.python_tags, reg.version
         found.free_disk, found.reported_job_id = reg.free_disk, None
         found.last_seen_at = utcnow()
@@ -181,7 +188,10 @@ def router(ctx: MasterContext) -> APIRouter:
         db.commit()
         for job_id, claim in stale:
             live.discard(job_id, claim)
-        log.info("builder registered", extra={"builder": found.name, "arch": found.arch})
+        log.info(
+            "builder registered",
+            extra={"builder": found.name, "target": found.target, "arch": found.arch},
+        )
         return Registered(builder_id=found.id, name=found.name)
 
     @app.post("/api/v1/builders/heartbeat")
@@ -218,8 +228,10 @@ def router(ctx: MasterContext) -> APIRouter:
         job = db.get(BuildJob, job_id, with_for_update=True)
         if job is None:
             raise HTTPException(404, "no such job")
-        if job.arch != me.arch:
-            raise HTTPException(409, f"job {job_id} is for {job.arch}, builder is {me.arch}")
+        if job.target != me.target:
+            raise HTTPException(
+                409, f"job {job_id} is for target {job.target}, builder builds {me.target}"
+            )
         if job.python_tag not in me.python_tags:
             raise HTTPException(
                 409, f"job {job_id} needs {job.python_tag}, builder has no such interpreter"
@@ -246,7 +258,8 @@ def router(ctx: MasterContext) -> APIRouter:
             attempt=job.attempts,
             recipe=recipe,
             emulate_because=build_paths.emulate_because(job.release.project, recipe),
-            newer_policy=settings.newer_policy(job.arch),
+            newer_policy=settings.newer_policy(job.target),
+            target=job.target,
         )
 
     @app.post("/api/v1/jobs/{job_id}/release")
@@ -355,7 +368,7 @@ def router(ctx: MasterContext) -> APIRouter:
                         wheel.file,
                         limits.max_upload_bytes,
                         push_targets=settings.push,
-                        newer_policy=settings.newer_policy(job.arch),
+                        newer_policy=settings.newer_policy(job.target),
                     )
                     written += [
                         storage.wheel_path(project, published.filename),

@@ -208,6 +208,7 @@ class JobRow:
     id: int
     project: str
     version: str
+    target: str
     arch: str
     python_tag: str
     state: str
@@ -224,7 +225,7 @@ class JobRow:
 
     @property
     def label(self) -> str:
-        return f"{self.project} {self.version} {self.arch} {self.python_tag}"
+        return f"{self.project} {self.version} {self.target} {self.python_tag}"
 
 
 def _job_rows(session: Session, query: Any) -> list[JobRow]:
@@ -234,6 +235,7 @@ def _job_rows(session: Session, query: Any) -> list[JobRow]:
             id=job.id,
             project=name,
             version=version,
+            target=job.target,
             arch=job.arch,
             python_tag=job.python_tag,
             state=job.state.value,
@@ -266,6 +268,7 @@ def _jobs_query() -> Any:
 
 @dataclass
 class QueueRow:
+    target: str
     arch: str
     depth: int = 0
     running: int = 0
@@ -313,24 +316,27 @@ class Throughput:
 
 
 def _queues(session: Session, settings: Settings, now: datetime) -> list[QueueRow]:
-    rows = {arch: QueueRow(arch) for arch in settings.enabled_targets()}
-    for arch, state, count in session.execute(
-        select(BuildJob.arch, BuildJob.state, func.count())
+    """A row per enabled target, and per target since disabled while it has jobs."""
+    enabled = settings.enabled_targets()
+    rows = {name: QueueRow(name, target.arch) for name, target in sorted(enabled.items())}
+    for target, arch, state, count in session.execute(
+        select(BuildJob.target, BuildJob.arch, BuildJob.state, func.count())
         .where(BuildJob.state.in_((*WAITING_STATES, JobState.BUILDING)))
-        .group_by(BuildJob.arch, BuildJob.state)
+        .group_by(BuildJob.target, BuildJob.arch, BuildJob.state)
     ):
-        row = rows.setdefault(arch, QueueRow(arch))
+        row = rows.setdefault(target, QueueRow(target, arch))
         if state == JobState.BUILDING:
             row.running += count
         else:
             row.depth += count
-    for arch, oldest in session.execute(
-        select(BuildJob.arch, func.min(BuildJob.created_at))
+    for target, oldest in session.execute(
+        select(BuildJob.target, func.min(BuildJob.created_at))
         .where(BuildJob.state.in_(WAITING_STATES))
-        .group_by(BuildJob.arch)
+        .group_by(BuildJob.target)
     ):
-        rows.setdefault(arch, QueueRow(arch)).oldest = oldest
-    return [row for row in rows.values() if row.arch in settings.enabled_targets() or row.depth]
+        if target in rows:
+            rows[target].oldest = oldest
+    return [row for row in rows.values() if row.target in enabled or row.depth]
 
 
 def _bucket_column(session: Session, per: str) -> Any:
@@ -545,14 +551,14 @@ _PROJECT_RELEASES = (
 _newest_jobs = (
     select(func.max(BuildJob.id).label("id"))
     .where(BuildJob.release_id.in_(bindparam("releases", expanding=True)))
-    .group_by(BuildJob.release_id, BuildJob.arch, BuildJob.python_tag)
+    .group_by(BuildJob.release_id, BuildJob.target, BuildJob.python_tag)
     .subquery()
 )
 _newest_job = aliased(BuildJob)
 _MATRIX = select(
     _newest_job.id,
     _newest_job.release_id,
-    _newest_job.arch,
+    _newest_job.target,
     _newest_job.python_tag,
     _newest_job.state,
 ).join(_newest_jobs, _newest_job.id == _newest_jobs.c.id)
@@ -580,17 +586,17 @@ def _matrix(
     shown = found[:RELEASES_SHOWN]
     latest: dict[tuple[int, str, str], Cell] = {}
     if shown:
-        for job_id, release_id, arch, tag, state in session.connection().execute(
+        for job_id, release_id, target, tag, state in session.connection().execute(
             _MATRIX, {"releases": [row.id for row in shown]}
         ):
-            latest[(release_id, arch, tag)] = Cell(job_id, JobState(state).value)
+            latest[(release_id, target, tag)] = Cell(job_id, JobState(state).value)
     return [
         MatrixRow(
             version=row.version,
             yanked=row.yanked,
             removed=row.removed_at is not None,
             skip=SkipReason(row.skip_reason).value if row.skip_reason else None,
-            cells=[latest.get((row.id, arch, tag)) for arch, tag in targets],
+            cells=[latest.get((row.id, target, tag)) for target, tag in targets],
         )
         for row in shown
     ]
@@ -613,8 +619,8 @@ def project_body(db: Session, settings: Settings, name: str) -> bytes:
         reverse=True,
     )
     targets = [
-        (arch, tag)
-        for arch, target in sorted(settings.enabled_targets().items())
+        (name, tag)
+        for name, target in sorted(settings.enabled_targets().items())
         for tag in target.python_tags
     ]
     rows = _matrix(db, releases, targets)
@@ -631,7 +637,7 @@ def project_body(db: Session, settings: Settings, name: str) -> bytes:
             "wheels": wheels,
             "wheels_shown": WHEELS_SHOWN,
             "public_url": settings.master.public_url,
-            "arches": sorted(settings.enabled_targets()),
+            "rebuild_targets": sorted(settings.enabled_targets()),
         },
     )
 
@@ -687,7 +693,7 @@ def build_page(request: Request, job_id: str, db: DB) -> HTMLResponse:
         _jobs_query()
         .where(
             BuildJob.release_id == found.release_id,
-            BuildJob.arch == found.arch,
+            BuildJob.target == found.target,
             BuildJob.python_tag == found.python_tag,
             BuildJob.id != found.id,
         )
@@ -733,6 +739,7 @@ def build_page(request: Request, job_id: str, db: DB) -> HTMLResponse:
 @dataclass
 class BuilderRow:
     name: str
+    target: str
     arch: str
     backend: str
     python_tags: Sequence[str]
@@ -752,6 +759,7 @@ def builders_page(request: Request, db: DB) -> HTMLResponse:
         rows.append(
             BuilderRow(
                 name=builder.name,
+                target=builder.target,
                 arch=builder.arch,
                 backend=builder.backend,
                 python_tags=builder.python_tags,

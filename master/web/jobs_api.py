@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from common.db import lock_rows
 from common.models import BuildJob, Token
 from common.names import BadName, normalize_project
+from common.protocol import TargetName
 from common.states import Arch, JobState
 from master import audit
 from master.auth import NotPermitted, check_project_scope
@@ -44,6 +45,7 @@ class RebuildRequest(BaseModel):
 
     version: str | None = Field(default=None, min_length=1, max_length=100)
     arch: Arch | None = None
+    target: TargetName | None = None
 
 
 def router(ctx: MasterContext) -> APIRouter:
@@ -85,7 +87,13 @@ def router(ctx: MasterContext) -> APIRouter:
             )
         try:
             outcome = request_rebuild(
-                db, settings, normal, wanted.version, wanted.arch, requested_by=token.name
+                db,
+                settings,
+                normal,
+                wanted.version,
+                wanted.arch,
+                requested_by=token.name,
+                target=wanted.target,
             )
         except UnknownProject as exc:
             raise HTTPException(404, str(exc)) from exc
@@ -102,6 +110,7 @@ def router(ctx: MasterContext) -> APIRouter:
             f"{outcome.project} {outcome.version}",
             jobs=[job.id for job in jobs],
             arch=wanted.arch,
+            target=wanted.target,
             duplicate=not outcome.created,
         )
         db.commit()
@@ -113,6 +122,7 @@ def router(ctx: MasterContext) -> APIRouter:
             "jobs": [
                 {
                     "id": job.id,
+                    "target": job.target,
                     "arch": job.arch,
                     "python_tag": job.python_tag,
                     "state": job.state.value,
@@ -132,6 +142,7 @@ def router(ctx: MasterContext) -> APIRouter:
             "job": job.id,
             "project": job.release.project.name,
             "version": job.release.version,
+            "target": job.target,
             "arch": job.arch,
             "python_tag": job.python_tag,
             "policy": job.policy,

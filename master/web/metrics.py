@@ -84,45 +84,55 @@ class FarmCollector(Collector):
             yield self._pushes(session)
 
     def _jobs(self, session: Session, now: datetime) -> Iterator[Metric]:
-        """Waiting and running jobs per arch: one grouped query over the active states."""
+        """Waiting and running jobs per target: one grouped query over the active states."""
         waiting: dict[str, int] = {}
         oldest: dict[str, datetime] = {}
         running: dict[str, int] = {}
+        arch_of: dict[str, str] = {name: t.arch for name, t in self.settings.targets.items()}
         rows = session.execute(
-            select(BuildJob.arch, BuildJob.state, func.count(), func.min(BuildJob.created_at))
+            select(
+                BuildJob.target,
+                BuildJob.arch,
+                BuildJob.state,
+                func.count(),
+                func.min(BuildJob.created_at),
+            )
             .where(BuildJob.state.in_(ACTIVE_STATES))
-            .group_by(BuildJob.arch, BuildJob.state)
+            .group_by(BuildJob.target, BuildJob.arch, BuildJob.state)
         )
-        for arch, state, count, first in rows:
+        for target, arch, state, count, first in rows:
+            arch_of.setdefault(target, arch)
             if state in WAITING_STATES:
-                waiting[arch] = waiting.get(arch, 0) + count
+                waiting[target] = waiting.get(target, 0) + count
                 if first is not None:
-                    oldest[arch] = min(oldest.get(arch, first), first)
+                    oldest[target] = min(oldest.get(target, first), first)
             elif state == JobState.BUILDING:
-                running[arch] = running.get(arch, 0) + count
-        # Every enabled arch has a sample (0 when idle); an arch since disabled still shows
-        # while it has jobs, so none are hidden.
-        arches = sorted(set(self.settings.enabled_targets()) | set(waiting) | set(running))
+                running[target] = running.get(target, 0) + count
+        # Every enabled target has a sample (0 when idle); a target since disabled still
+        # shows while it has jobs, so none are hidden.
+        targets = sorted(set(self.settings.enabled_targets()) | set(waiting) | set(running))
+        labels = ["target", "arch"]
         depth = GaugeMetricFamily(
             "armwheels_queue_depth",
-            "Build jobs waiting for a builder (pending or queued), per target arch.",
-            labels=["arch"],
+            "Build jobs waiting for a builder (pending or queued), per target.",
+            labels=labels,
         )
         age = GaugeMetricFamily(
             "armwheels_oldest_queued_seconds",
-            "Age in seconds of the oldest waiting (pending or queued) build job, per target "
-            "arch; 0 when none waits.",
-            labels=["arch"],
+            "Age in seconds of the oldest waiting (pending or queued) build job, per "
+            "target; 0 when none waits.",
+            labels=labels,
         )
         busy = GaugeMetricFamily(
             "armwheels_builds_running",
-            "Build jobs being built right now, per target arch.",
-            labels=["arch"],
+            "Build jobs being built right now, per target.",
+            labels=labels,
         )
-        for arch in arches:
-            depth.add_metric([arch], waiting.get(arch, 0))
-            age.add_metric([arch], _age(now, oldest.get(arch)))
-            busy.add_metric([arch], running.get(arch, 0))
+        for target in targets:
+            values = [target, arch_of[target]]
+            depth.add_metric(values, waiting.get(target, 0))
+            age.add_metric(values, _age(now, oldest.get(target)))
+            busy.add_metric(values, running.get(target, 0))
         yield depth
         yield age
         yield busy

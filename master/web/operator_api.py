@@ -54,6 +54,7 @@ def _job_summary(job: BuildJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "state": job.state.value,
+        "target": job.target,
         "arch": job.arch,
         "python_tag": job.python_tag,
         "summary": job.summary,

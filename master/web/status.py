@@ -16,17 +16,24 @@ from master.builds import liveness
 def collect(session: Session, builder_timeout: float, recent: int = 20) -> dict[str, Any]:
     """Queues, builders (online as master.builder_timeout says), recent outcomes, feeds."""
     now = datetime.now(UTC)
+    # Per arch (as before targets had names) and per target.
     queues: dict[str, dict[str, int]] = {}
-    for arch, state, count in session.execute(
-        select(BuildJob.arch, BuildJob.state, func.count()).group_by(BuildJob.arch, BuildJob.state)
+    targets: dict[str, dict[str, int]] = {}
+    for target, arch, state, count in session.execute(
+        select(BuildJob.target, BuildJob.arch, BuildJob.state, func.count()).group_by(
+            BuildJob.target, BuildJob.arch, BuildJob.state
+        )
     ):
-        queues.setdefault(arch, {s.value: 0 for s in JobState})[state.value] = count
+        for key, table in ((arch, queues), (target, targets)):
+            counts = table.setdefault(key, {s.value: 0 for s in JobState})
+            counts[state.value] += count
     builders = []
     for builder in session.scalars(select(Builder).order_by(Builder.name)):
         builders.append(
             {
                 "name": builder.name,
                 "slot": builder.slot,
+                "target": builder.target,
                 "arch": builder.arch,
                 "backend": builder.backend,
                 "python_tags": builder.python_tags,
@@ -50,6 +57,7 @@ def collect(session: Session, builder_timeout: float, recent: int = 20) -> dict[
             "job": job.id,
             "project": name,
             "version": version,
+            "target": job.target,
             "arch": job.arch,
             "python_tag": job.python_tag,
             "state": job.state.value,
@@ -63,6 +71,7 @@ def collect(session: Session, builder_timeout: float, recent: int = 20) -> dict[
     ]
     return {
         "queues": queues,
+        "targets": targets,
         "builders": builders,
         "recent": outcomes,
         "feeds": _feeds(session),

@@ -350,6 +350,7 @@ class Farm:
                 job = BuildJob(
                     release=release,
                     source_file=source,
+                    target=ARCH,
                     arch=ARCH,
                     python_tag=TAG,
                     policy=POLICY,

@@ -49,11 +49,11 @@
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       var token = document.getElementById("token").value.trim();
-      var arch = document.getElementById("rebuild-arch").value;
+      var target = document.getElementById("rebuild-target").value;
       var version = document.getElementById("rebuild-version").value.trim();
       var body = {};
-      if (arch) {
-        body.arch = arch;
+      if (target) {
+        body.target = target;
       }
       if (version) {
         body.version = version;

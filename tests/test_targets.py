@@ -1,0 +1,180 @@
+"""Several named targets of one arch: configuration, jobs, queues and who may claim what."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.config import ConfigError, Settings, load_settings
+from common.db import make_engine, make_sessionmaker, transaction, upgrade
+from common.messages import configured_queues, queue_name
+from common.models import Builder, BuildJob
+from common.states import JobState, TokenRole
+from master.auth import create_token
+from master.builds.rebuild import request_rebuild
+from master.web.app import create_app
+from tests.seed import add_release
+
+TWO_AARCH64 = {
+    "aarch64": {"image": "img-2014", "policy": "manylinux2014_aarch64"},
+    "aarch64-2-28": {
+        "arch": "aarch64",
+        "image": "img-2-28",
+        "policy": "manylinux_2_28_aarch64",
+        "python_tags": ["cp311", "cp312"],
+        "newer_policy": "fail",
+    },
+    "armv7l": {"image": "img-armhf", "policy": "manylinux_2_31_armv7l", "enabled": False},
+}
+
+
+@pytest.fixture
+def two_targets(database_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        None,
+        database={"url": database_url},
+        master={"data_dir": tmp_path / "data"},
+        targets=TWO_AARCH64,
+    )
+
+
+@pytest.fixture
+def two_factory(two_targets: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(two_targets.database.url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def test_a_target_named_after_its_arch_needs_no_arch(two_targets: Settings) -> None:
+    assert two_targets.targets["aarch64"].arch == "aarch64"
+    assert two_targets.targets_of("aarch64") == ["aarch64", "aarch64-2-28"]
+    assert two_targets.targets_of("armv7l") == []
+    assert two_targets.targets_of("armv7l", enabled=False) == ["armv7l"]
+    assert two_targets.newer_policy("aarch64-2-28") == "fail"
+    assert two_targets.newer_policy("aarch64") == "publish"
+    assert two_targets.newer_policy("gone") == "fail"
+
+
+def test_a_builder_builds_exactly_one_target(two_targets: Settings) -> None:
+    assert two_targets.builder_target(None, "aarch64-2-28") == "aarch64-2-28"
+    assert two_targets.builder_target("aarch64", "aarch64") == "aarch64"
+    with pytest.raises(ConfigError, match=r"several targets \(aarch64, aarch64-2-28\)"):
+        two_targets.builder_target("aarch64", None)
+    with pytest.raises(ConfigError, match="no enabled target for armv7l"):
+        two_targets.builder_target("armv7l", None)
+    with pytest.raises(ConfigError, match="no enabled target armv7l"):
+        two_targets.builder_target(None, "armv7l")
+    with pytest.raises(ConfigError, match="is for aarch64, not armv7l"):
+        two_targets.builder_target("armv7l", "aarch64-2-28")
+    with pytest.raises(ConfigError, match="no enabled target nope"):
+        two_targets.builder_target(None, "nope")
+
+
+def test_each_target_has_its_queues(two_targets: Settings) -> None:
+    assert configured_queues(two_targets) == [
+        "build.aarch64.cp311",
+        "build.aarch64-2-28.cp311",
+        "build.aarch64-2-28.cp312",
+        "build.armv7l.cp311",
+    ]
+    assert queue_name("aarch64-2-28", "cp312") == "build.aarch64-2-28.cp312"
+
+
+def test_every_release_gets_a_job_per_target_and_tag(
+    two_targets: Settings, two_factory: sessionmaker[Session]
+) -> None:
+    with transaction(two_factory) as session:
+        _, release, jobs = add_release(session, two_targets)
+        release_id = release.id
+    got = sorted((j.target, j.arch, j.python_tag, j.policy) for j in jobs)
+    assert got == [
+        ("aarch64", "aarch64", "cp311", "manylinux2014_aarch64"),
+        ("aarch64-2-28", "aarch64", "cp311", "manylinux_2_28_aarch64"),
+        ("aarch64-2-28", "aarch64", "cp312", "manylinux_2_28_aarch64"),
+    ]
+    # A rebuild for one target touches only its jobs; for an arch, all of the arch's.
+    with transaction(two_factory) as session:
+        for job in session.scalars(select(BuildJob)):
+            job.state = JobState.FAILED
+    with transaction(two_factory) as session:
+        one = request_rebuild(
+            session, two_targets, "demo", "1.0", requested_by="op", target="aarch64-2-28"
+        )
+        assert sorted(j.python_tag for j in one.created) == ["cp311", "cp312"]
+        assert {j.target for j in one.created} == {"aarch64-2-28"}
+    with transaction(two_factory) as session:
+        both = request_rebuild(
+            session, two_targets, "demo", "1.0", requested_by="op", arch="aarch64"
+        )
+        waiting = session.scalars(
+            select(BuildJob.target).where(
+                BuildJob.release_id == release_id, BuildJob.state == JobState.PENDING
+            )
+        ).all()
+        assert sorted(waiting) == ["aarch64", "aarch64-2-28", "aarch64-2-28"]
+        # The target just rebuilt already waits: only the other one gets a new job.
+        assert [j.target for j in both.created] == ["aarch64"]
+        assert sorted(j.python_tag for j in both.existing) == ["cp311", "cp312"]
+
+
+def test_a_builder_claims_only_its_targets_jobs(
+    two_targets: Settings, two_factory: sessionmaker[Session]
+) -> None:
+    with transaction(two_factory) as session:
+        _, _, jobs = add_release(session, two_targets)
+        by_target = {(j.target, j.python_tag): j.id for j in jobs}
+        secret = create_token(session, "b1", TokenRole.BUILDER)
+    auth = {"Authorization": f"Bearer {secret}"}
+    with TestClient(create_app(two_targets, two_factory)) as client:
+        wrong_arch = client.post(
+            "/api/v1/builders/register",
+            headers=auth,
+            json={"arch": "armv7l", "target": "aarch64-2-28", "backend": "docker"},
+        )
+        assert wrong_arch.status_code == 400
+        assert wrong_arch.json() == {
+            "error": "target aarch64-2-28 is for aarch64, the builder builds armv7l"
+        }
+        registered = client.post(
+            "/api/v1/builders/register",
+            headers=auth,
+            json={
+                "arch": "aarch64",
+                "target": "aarch64-2-28",
+                "backend": "docker",
+                "python_tags": ["cp311", "cp312"],
+            },
+        )
+        assert registered.status_code == 200, registered.text
+        other = by_target[("aarch64", "cp311")]
+        refused = client.post(f"/api/v1/jobs/{other}/claim", headers=auth)
+        assert refused.status_code == 409
+        assert refused.json()["error"] == (
+            f"job {other} is for target aarch64, builder builds aarch64-2-28"
+        )
+        mine = by_target[("aarch64-2-28", "cp312")]
+        claimed = client.post(f"/api/v1/jobs/{mine}/claim", headers=auth)
+        assert claimed.status_code == 200, claimed.text
+        spec = claimed.json()
+        assert (spec["target"], spec["arch"], spec["policy"], spec["newer_policy"]) == (
+            "aarch64-2-28",
+            "aarch64",
+            "manylinux_2_28_aarch64",
+            "fail",
+        )
+        # A registration without a target is of the target named after its arch.
+        plain = client.post(
+            "/api/v1/builders/register",
+            headers=auth,
+            json={"arch": "aarch64", "backend": "docker"},
+        )
+        assert plain.status_code == 200
+    with two_factory() as session:
+        builder = session.scalar(select(Builder))
+        assert builder is not None and builder.target == "aarch64"
