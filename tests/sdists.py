@@ -96,8 +96,12 @@ def pypi_sdist(project: str, version: str) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     assert digest == entry["hashes"]["sha256"], f"{entry['filename']}: hash mismatch"
     target = CACHE / str(entry["filename"])
-    target.write_bytes(data)
-    target.with_name(target.name + ".sha256").write_text(digest)
+    # Two test workers may fetch the same sdist: each renames a whole file into place.
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    partial.write_bytes(data)
+    partial.replace(target)
+    partial.write_text(digest)
+    partial.replace(target.with_name(target.name + ".sha256"))
     return target
 
 
