@@ -431,15 +431,34 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         build_cross_image(settings.builder.cross_image, settings.builder.ca_bundle, args.force)
         return 0
     if args.target is not None:
-        target = settings.targets.get(args.target)
-        if target is None:
+        if args.target not in settings.targets:
             raise UsageError(f"no target {args.target} in the configuration")
+        names = [args.target]
     else:
         names = settings.targets_of(args.arch, enabled=False)
         if not names:
             raise UsageError(f"no target configured for {args.arch}")
-        target = settings.targets[args.arch if args.arch in names else names[0]]
-    build_local_image(target.arch, target.image, settings.builder.ca_bundle, force=args.force)
+    # Every target of the arch, each image once (targets may share one).
+    made: set[str] = set()
+    for name in names:
+        target = settings.targets[name]
+        if target.kind == "distribution":
+            if args.target is not None:
+                raise UsageError(
+                    f"target {name} is a distribution target: its image is the"
+                    " distribution's own, which this release does not make"
+                )
+            continue
+        if target.image in made:
+            continue
+        made.add(target.image)
+        build_local_image(
+            target.arch,
+            target.image,
+            settings.builder.ca_bundle,
+            force=args.force,
+            suite=target.suite,
+        )
     return 0
 
 
@@ -796,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the local Debian build image for an arch, or the host's cross image",
     )
     which = build.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", choices=ARCHES, help="the image of the arch's target")
+    which.add_argument("--arch", choices=ARCHES, help="the images of the arch's targets")
     which.add_argument("--target", type=_target_name, help="the image of a target by its name")
     which.add_argument(
         "--cross", action="store_true", help="the cross image (builder.cross_image) for x86_64"

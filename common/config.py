@@ -36,6 +36,22 @@ from common.names import BadName, normalize_project, python_version_of_tag
 from common.protocol import HEARTBEAT_SECONDS, MAX_SLOTS, TARGET_NAME_PATTERN
 from common.recipes import parse_recipes
 from common.states import ARCHES, Arch
+from common.tags import (
+    DISTRIBUTION_MACHINES,
+    distribution_machines,
+    distribution_platform,
+    is_distribution_policy,
+    is_manylinux,
+)
+
+DebianSuite = Literal["bullseye", "bookworm", "trixie"]
+TargetKind = Literal["manylinux", "distribution"]
+FloatAbi = Literal["hard", "soft"]
+# Top-level paths of the master: a distribution target is served at /<name>/simple/.
+RESERVED_TARGET_NAMES = frozenset(
+    {"api", "audit", "builders", "builds", "doctor", "files", "logs", "metrics", "projects"}
+    | {"simple", "static"}
+)
 
 CONFIG_ENV = "ARMWHEELS_CONFIG"
 
@@ -224,16 +240,34 @@ class PushTarget(_Section):
 class TargetSettings(_Section):
     """What the farm builds every release for: an arch, a manylinux policy, the image that
     builds it and the CPython tags of that image. Several targets may share an arch (for
-    example manylinux2014 and manylinux_2_28 builds of aarch64)."""
+    example manylinux2014 and manylinux_2_28 builds of aarch64).
+
+    A distribution target (kind = "distribution") builds instead in one distribution's
+    own image, for exactly that distribution: its wheels carry the honest linux_<machine>
+    tags and are served only under /<target name>/simple/, never under /simple/."""
 
     # The ELF machine of its wheels; may be left out when the target is named after it.
     arch: Arch
     image: str
     python_tags: list[str] = Field(default_factory=lambda: ["cp311"], min_length=1)
-    policy: str
+    # manylinux targets: the manylinux policy. Distribution targets leave it out: theirs
+    # is the linux_* platform tag of their machines.
+    policy: str = ""
+    kind: TargetKind = "manylinux"
+    # 32-bit ARM: "hard" (armhf; every manylinux armv7l target) or "soft" (armel, only
+    # as a distribution target): the EABI float flag every ELF file must carry.
+    float_abi: FloatAbi = "hard"
+    # Distribution targets: what platform.machine() says on the systems it serves
+    # (default: every CPU from the float ABI's baseline up, armv5tel for armel, armv7l
+    # for armhf, with armv8l for a 64-bit kernel under the 32-bit userland).
+    machines: list[str] = Field(default_factory=list)
     # A wheel that meets only a newer policy than `policy`: "publish" or "fail" it.
     newer_policy: NewerPolicy = DEFAULT_NEWER_POLICY
     enabled: bool = True
+    # The Debian release that `armwheels image build` makes `image` from, on hosts
+    # without a registry: the one whose glibc is the policy's floor, where there is one
+    # (bullseye 2.31, bookworm 2.36, trixie 2.41). A pulled production image ignores it.
+    suite: DebianSuite = "bookworm"
 
     @field_validator("python_tags")
     @classmethod
@@ -246,6 +280,43 @@ class TargetSettings(_Section):
             Tag(tag, tag, "any")
         return value
 
+    @model_validator(mode="after")
+    def _kind(self) -> TargetSettings:
+        """A manylinux target promises a glibc floor, and manylinux armv7l is hard-float;
+        a distribution target's platform tag is its machines'."""
+        if self.arch != "armv7l" and self.float_abi != "hard":
+            raise ValueError(f"float_abi is for 32-bit ARM targets, not {self.arch}")
+        if self.kind == "manylinux":
+            if not self.policy:
+                raise ValueError("policy is required (a manylinux policy of the arch)")
+            if not is_manylinux(self.policy) or not self.policy.endswith("_" + self.arch):
+                raise ValueError(
+                    f"policy {self.policy!r} is not a manylinux policy for {self.arch}"
+                )
+            if self.float_abi != "hard":
+                raise ValueError(
+                    "manylinux armv7l wheels are hard-float: a soft-float (armel) target is"
+                    ' kind = "distribution"'
+                )
+            if self.machines:
+                raise ValueError('machines are for kind = "distribution" targets')
+            return self
+        allowed = DISTRIBUTION_MACHINES[self.arch]
+        machines = self.machines or list(distribution_machines(self.arch, self.float_abi))
+        unknown = [m for m in machines if m not in allowed]
+        if unknown:
+            raise ValueError(
+                f"machines {unknown} are not {self.arch} (known: {', '.join(allowed)})"
+            )
+        machines = sorted(set(machines), key=allowed.index)
+        platform = distribution_platform(machines)
+        if self.policy and self.policy != platform:
+            raise ValueError(
+                f"a distribution target's policy is its machines' platform tag ({platform})"
+            )
+        self.machines, self.policy = machines, platform
+        return self
+
 
 def _default_targets() -> dict[str, TargetSettings]:
     return {
@@ -255,10 +326,22 @@ def _default_targets() -> dict[str, TargetSettings]:
             python_tags=["cp311"],
             policy="manylinux2014_aarch64",
         ),
-        # PyPA publishes no manylinux2014 image for armv7l: its oldest is manylinux_2_31.
+        # PyPA publishes no manylinux2014 image for armv7l: its oldest is manylinux_2_31,
+        # whose glibc floor is bullseye's: the local image links nothing newer.
         "armv7l": TargetSettings(
             arch="armv7l",
+            image="armwheels/build-armv7l:bullseye",
+            suite="bullseye",
+            python_tags=["cp39"],
+            policy="manylinux_2_31_armv7l",
+            enabled=False,
+        ),
+        # CPython 3.11 for the same devices (Debian bookworm, Raspberry Pi OS bookworm):
+        # glibc 2.36, so a wheel linking newer symbols than 2.31's meets a newer policy.
+        "armv7l-bookworm": TargetSettings(
+            arch="armv7l",
             image="armwheels/build-armv7l:bookworm",
+            suite="bookworm",
             python_tags=["cp311"],
             policy="manylinux_2_31_armv7l",
             enabled=False,
@@ -428,8 +511,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"target name {name!r}: lower case letters, digits, '-' and '_' only"
                 )
-            if not target.policy.endswith("_" + target.arch):
-                raise ValueError(f"policy {target.policy!r} is not for {target.arch}")
+            if target.kind == "distribution" and name in RESERVED_TARGET_NAMES:
+                raise ValueError(f"target name {name!r} is a path of the master's own")
+        distributions = [(n, t) for n, t in value.items() if t.kind == "distribution"]
+        for position, (name, target) in enumerate(distributions):
+            for other, seen in distributions[:position]:
+                if target.policy == seen.policy and set(target.python_tags) & set(seen.python_tags):
+                    raise ValueError(
+                        f"targets {other} and {name} would publish wheels of the same names"
+                        f" ({target.policy}): give them different machines or python_tags"
+                    )
         return value
 
     @field_validator("push")
@@ -487,6 +578,19 @@ class Settings(BaseSettings):
                 " one builder per target"
             )
         return names[0]
+
+    def float_abi(self, target: str, policy: str) -> FloatAbi:
+        """The float ABI a job's ELF files must have. A distribution job's target must
+        still be configured: its float ABI is not in the job (ConfigError)."""
+        settings = self.targets.get(target)
+        if settings is None or settings.policy != policy:
+            if is_distribution_policy(policy):
+                raise ConfigError(
+                    f"target {target} is no longer configured as it was: its wheel's float"
+                    " ABI cannot be checked"
+                )
+            return "hard"
+        return settings.float_abi
 
     def newer_policy(self, target: str) -> NewerPolicy:
         """The target's rule for a wheel meeting only a newer policy; "fail" for a target

@@ -97,10 +97,35 @@ def libc() -> tuple[str, tuple[int, int] | None]:
     return (name or "unknown"), None
 
 
+def os_release(path: str = "/etc/os-release") -> dict[str, str]:
+    """The distribution's os-release fields (empty where there is none)."""
+    fields = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    fields[key] = value.strip().strip('"')
+    except OSError:
+        return {}
+    return fields
+
+
+def debian_arch(elf: dict[str, Any]) -> str:
+    """The userland's Debian architecture name, from the interpreter's own ELF header."""
+    if elf["machine"] == "arm":
+        return "armhf" if elf["float_abi"] == "hard" else "armel"
+    return {"aarch64": "arm64", "x86_64": "amd64"}.get(str(elf["machine"]), str(elf["machine"]))
+
+
 def device() -> dict[str, Any]:
     """What this device is, in the terms that decide which wheels fit it."""
     tags, _ = _packaging()
     elf = read_elf(os.path.realpath(sys.executable))
+    release = os_release()
+    # A farm's distribution index for exactly this system is named like this.
+    codename = release.get("VERSION_CODENAME", "")
+    distribution = f"{release.get('ID', 'linux')}-{codename or 'unknown'}-{debian_arch(elf)}"
     kernel = os.uname().machine
     library, glibc = libc()
     supported = [str(tag) for tag in tags.sys_tags()]
@@ -111,6 +136,7 @@ def device() -> dict[str, Any]:
         "userland_bits": elf["bits"],
         "interpreter_machine": elf["machine"],
         "float_abi": elf["float_abi"],
+        "distribution": distribution,
         "libc": library,
         "glibc": None if glibc is None else f"{glibc[0]}.{glibc[1]}",
         "python": ".".join(map(str, sys.version_info[:3])),
@@ -137,8 +163,9 @@ def _arch_of(tag_platform: str) -> str:
     return _platform_need(tag_platform)[1]
 
 
-def why_not(filename: str, facts: dict[str, Any]) -> str | None:
-    """None when pip here takes `filename`; else why not, in words a user can act on."""
+def why_not(filename: str, facts: dict[str, Any], own_index: str | None = None) -> str | None:
+    """None when pip here takes `filename`; else why not, in words a user can act on
+    (`own_index`: the URL of the farm's index for exactly this device's distribution)."""
     tags, version = _packaging()
     parts = filename[: -len(".whl")].split("-")
     if not filename.endswith(".whl") or len(parts) < 5:
@@ -156,16 +183,21 @@ def why_not(filename: str, facts: dict[str, Any]) -> str | None:
     reasons = []
     for tag in sorted(offered, key=str):
         need, arch = _platform_need(tag.platform)
+        # A manylinux armv7l wheel is hard-float; an armel system's pip may still report
+        # linux_armv7l (an ARMv7 CPU), but never a manylinux tag.
+        if arch == "armv7l" and need is not None and facts.get("float_abi") == "soft":
+            where = (
+                f": use {own_index}"
+                if own_index
+                else f"; the farm has no index for {facts.get('distribution')}"
+            )
+            reasons.append(
+                "armhf (hard-float) wheel, this system is armel (soft-float): it would"
+                f" install and crash, so pip refuses it{where}"
+            )
+            continue
         if arch not in device_arches and arch != "any":
-            if arch == "armv7l" and facts.get("float_abi") == "soft":
-                reasons.append(
-                    "armhf (hard-float) wheel, this system is armel (soft-float): it would"
-                    " install and crash, so pip refuses it"
-                )
-            else:
-                reasons.append(
-                    f"{arch} wheel, this device takes {', '.join(sorted(device_arches))}"
-                )
+            reasons.append(f"{arch} wheel, this device takes {', '.join(sorted(device_arches))}")
             continue
         if need is None:
             continue
@@ -193,60 +225,91 @@ def _pip_before(pip: str, version: Any) -> bool:
         return False
 
 
-def project_page(farm: str, project: str) -> dict[str, Any]:
-    """The farm's PEP 691 page of `project`."""
-    if urllib.parse.urlsplit(farm).scheme not in ("http", "https"):
-        raise DoctorError(f"not an http(s) URL: {farm!r}")
-    url = urllib.parse.urljoin(farm.rstrip("/") + "/", f"simple/{project}/")
-    request = urllib.request.Request(url, headers={"Accept": JSON_PAGE})  # noqa: S310
+def _get_json(url: str, farm: str, accept: str = "application/json") -> dict[str, Any] | None:
+    """A JSON document of the farm; None for a 404."""
+    request = urllib.request.Request(url, headers={"Accept": accept})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
             return dict(json.loads(answer.read().decode()))
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            return {"files": []}
+            return None
         raise DoctorError(f"{url}: HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise DoctorError(f"cannot reach the farm at {farm}: {exc}") from exc
 
 
-def check(farm: str, project: str, wanted: str | None, facts: dict[str, Any]) -> dict[str, Any]:
-    """Each of the farm's wheels of `project` (of version `wanted` when given), whether pip
-    here takes it and why not, and the pip line for the best one that fits."""
-    _, version = _packaging()
-    page = project_page(farm, project)
-    wheels = []
-    for entry in page.get("files", []):
-        filename = str(entry.get("filename", ""))
-        if not filename.endswith(".whl"):
-            continue
-        file_version = filename.split("-")[1]
-        if wanted is not None and version.Version(file_version) != version.Version(wanted):
-            continue
-        reason = why_not(filename, facts)
-        requires = entry.get("requires-python")
-        if reason is None and requires:
-            from pip._vendor.packaging.specifiers import SpecifierSet
+def farm_indexes(farm: str) -> list[dict[str, Any]]:
+    """The farm's indexes: /simple/ and its distribution indexes (a farm of an earlier
+    release has only /simple/)."""
+    found = _get_json(farm.rstrip("/") + "/api/v1/indexes", farm)
+    if found is None:
+        return [{"path": "/simple/", "kind": "manylinux"}]
+    return [dict(entry) for entry in found.get("indexes", []) if isinstance(entry, dict)]
 
-            if facts["python"] not in SpecifierSet(requires):
-                reason = f"needs Python {requires}, this is {facts['python']}"
-        if reason is None and entry.get("yanked"):
-            reason = "yanked: pip takes it only when asked for its exact version"
-        wheels.append(
-            {
-                "filename": filename,
-                "version": file_version,
-                "fits": reason is None,
-                "why_not": reason,
-            }
-        )
+
+def project_page(farm: str, project: str, index: str = "/simple/") -> dict[str, Any]:
+    """The farm's PEP 691 page of `project` in one of its indexes."""
+    if urllib.parse.urlsplit(farm).scheme not in ("http", "https"):
+        raise DoctorError(f"not an http(s) URL: {farm!r}")
+    url = urllib.parse.urljoin(farm.rstrip("/") + "/", f"{index.strip('/')}/{project}/")
+    return _get_json(url, farm, JSON_PAGE) or {"files": []}
+
+
+def check(farm: str, project: str, wanted: str | None, facts: dict[str, Any]) -> dict[str, Any]:
+    """Each of the farm's wheels of `project` (of version `wanted` when given) in /simple/
+    and in the farm's index for this device's own distribution, whether pip here takes
+    it and why not, and the pip line for the best one that fits."""
+    _, version = _packaging()
+    base = farm.rstrip("/")
+    indexes = ["/simple/"]
+    own_index = None
+    for entry in farm_indexes(farm):
+        if entry.get("kind") == "distribution" and entry.get("name") == facts["distribution"]:
+            indexes.append(str(entry["path"]))
+            own_index = base + str(entry["path"])
+    wheels = []
+    for index in indexes:
+        for entry in project_page(farm, project, index).get("files", []):
+            filename = str(entry.get("filename", ""))
+            if not filename.endswith(".whl"):
+                continue
+            file_version = filename.split("-")[1]
+            if wanted is not None and version.Version(file_version) != version.Version(wanted):
+                continue
+            reason = why_not(filename, facts, own_index)
+            requires = entry.get("requires-python")
+            if reason is None and requires:
+                from pip._vendor.packaging.specifiers import SpecifierSet
+
+                if facts["python"] not in SpecifierSet(requires):
+                    reason = f"needs Python {requires}, this is {facts['python']}"
+            if reason is None and entry.get("yanked"):
+                reason = "yanked: pip takes it only when asked for its exact version"
+            wheels.append(
+                {
+                    "filename": filename,
+                    "version": file_version,
+                    "index": base + index,
+                    "fits": reason is None,
+                    "why_not": reason,
+                }
+            )
     fitting = [w for w in wheels if w["fits"]]
     best = max(fitting, key=lambda w: version.Version(w["version"]), default=None)
     command = None
     if best is not None:
-        index = farm.rstrip("/") + "/simple/"
-        command = f"python3 -m pip install --extra-index-url {index} '{project}=={best['version']}'"
-    return {"project": project, "version": wanted, "wheels": wheels, "install": command}
+        command = (
+            f"python3 -m pip install --extra-index-url {best['index']}"
+            f" '{project}=={best['version']}'"
+        )
+    return {
+        "project": project,
+        "version": wanted,
+        "distribution_index": own_index,
+        "wheels": wheels,
+        "install": command,
+    }
 
 
 def _parse_project(text: str) -> tuple[str, str | None]:
@@ -275,12 +338,15 @@ def report(facts: dict[str, Any], result: dict[str, Any] | None) -> str:
         abi = "armhf (hard-float)" if facts["float_abi"] == "hard" else "armel (soft-float)"
         lines.append(f"float ABI: {abi}")
     lines.append(f"libc: {facts['libc']} {facts['glibc'] or ''}".rstrip())
+    lines.append(f"distribution: {facts['distribution']}")
     lines.append(f"python: {facts['implementation']} {facts['python']}, pip {facts['pip']}")
     lines.append(f"pip accepts {len(facts['tags'])} tags, first: {', '.join(facts['tags'][:3])}")
     if result is not None:
         wheels = result["wheels"]
         if not wheels:
             lines.append(f"{result['project']}: the farm has no wheel of it")
+        if result.get("distribution_index"):
+            lines.append(f"this distribution's own index: {result['distribution_index']}")
         for wheel in wheels:
             verdict = "fits" if wheel["fits"] else f"no: {wheel['why_not']}"
             lines.append(f"{wheel['filename']}: {verdict}")

@@ -257,6 +257,9 @@ class OutputFile(Base):
     metadata_sha256: Mapped[str] = mapped_column(String(64))
     # Shared libraries auditwheel copied into the wheel.
     grafted: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The index that serves it: "" for /simple/ (manylinux wheels), else the name of the
+    # distribution target whose /<name>/simple/ alone serves it (linux_* wheels).
+    index_name: Mapped[str] = mapped_column(String(48), default="", server_default="")
     published: Mapped[bool] = mapped_column(default=True)
     uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
 

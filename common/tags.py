@@ -22,12 +22,52 @@ _LEGACY = {"2014": (2, 17), "2010": (2, 12), "1": (2, 5)}
 _LEGACY_BY_GLIBC = {glibc: f"manylinux{alias}" for alias, glibc in _LEGACY.items()}
 
 
+# What platform.machine() says on each kind of ARM system, oldest CPU first: a 32-bit
+# userland names its CPU (armv5tel, armv6l, armv7l), and says armv8l under a 64-bit
+# kernel; pip's only tag there is linux_<machine>.
+DISTRIBUTION_MACHINES: dict[str, tuple[str, ...]] = {
+    "aarch64": ("aarch64",),
+    "armv7l": ("armv5tel", "armv6l", "armv7l", "armv8l"),
+}
+# The oldest CPU a 32-bit ARM distribution of each float ABI is built for: soft-float
+# (armel: Debian's baseline is ARMv5TE) and hard-float (armhf: ARMv7 with VFP).
+FLOAT_ABI_BASELINE = {"soft": "armv5tel", "hard": "armv7l"}
+
+
+def distribution_machines(arch: str, float_abi: str) -> tuple[str, ...]:
+    """The machines a distribution's wheels install on by default: every CPU from the
+    float ABI's baseline up."""
+    machines = DISTRIBUTION_MACHINES[arch]
+    if arch != "armv7l":
+        return machines
+    return machines[machines.index(FLOAT_ABI_BASELINE[float_abi]) :]
+
+
+def distribution_platform(machines: Iterable[str]) -> str:
+    """The compressed platform tag (PEP 425) of a distribution's wheels: linux_<machine>
+    for each machine, so that pip on any of them takes the one file."""
+    return ".".join(f"linux_{machine}" for machine in machines)
+
+
+def is_distribution_policy(policy: str) -> bool:
+    """A job's policy names linux_* platforms: its wheels are a distribution's, served
+    only under that distribution's own index."""
+    return policy.startswith("linux_")
+
+
+def publishing_index(target: str, policy: str) -> str:
+    """The index a job's wheel enters: "" for /simple/, or the distribution target's own
+    (served at /<target>/simple/)."""
+    return target if is_distribution_policy(policy) else ""
+
+
 def policy_platforms(policy: str) -> tuple[str, ...]:
     """The platform tags a system meeting `policy` accepts, newest first: a manylinux_2_X
-    system also accepts every older manylinux_2_Y wheel and its legacy alias (PEP 600)."""
+    system also accepts every older manylinux_2_Y wheel and its legacy alias (PEP 600);
+    a distribution's system accepts its own linux_* tags."""
     match = _MANYLINUX.match(policy)
     if match is None:
-        return (policy,)
+        return tuple(policy.split("."))
     if match.group(3):
         glibc_major, glibc_minor = _LEGACY[match.group(3)]
     else:
@@ -103,15 +143,23 @@ _ARCH_WORDS = {
 _PIP_FOR = {"1": "8.1", "2010": "19.0", "2014": "19.3", None: "20.3"}
 
 
-def who_installs(filename: str) -> str:
+def who_installs(filename: str, index: str = "") -> str:
     """Which devices a wheel installs on, in words: arch and float ABI, the glibc and pip
-    its platform tag needs, and the CPythons it serves. Empty for a name not a wheel's."""
+    its platform tag needs, and the CPythons it serves; a distribution index's wheel,
+    which systems of that distribution. Empty for a name not a wheel's."""
     tags = wheel_tags(filename)
     if not tags:
         return ""
     parts = []
     floors = []
-    for platform in sorted({tag.platform for tag in tags}):
+    platforms = sorted({tag.platform for tag in tags})
+    if index:
+        machines = [p.removeprefix("linux_") for p in platforms if p.startswith("linux_")]
+        order = [m for arch in DISTRIBUTION_MACHINES.values() for m in arch]
+        machines.sort(key=lambda m: order.index(m) if m in order else len(order))
+        parts.append(f"{index} systems only ({', '.join(machines)}), from /{index}/simple/")
+        platforms = []
+    for platform in platforms:
         match = _MANYLINUX.match(platform)
         if match is None:
             arch = platform.removeprefix("linux_")

@@ -195,6 +195,15 @@ ELF_TARGETS: dict[str, ElfTarget] = {
         EF_ARM_EABI_VER5 | EF_ARM_ABI_FLOAT_HARD,
         "32-bit little-endian ARM EABI5 hard-float",
     ),
+    # Soft-float 32-bit ARM (armel), for distribution targets only: no manylinux policy
+    # covers it, and a hard-float object would crash there.
+    "armel": ElfTarget(
+        ELFCLASS32,
+        EM_ARM,
+        EF_ARM_EABIMASK | EF_ARM_ABI_FLOAT_HARD,
+        EF_ARM_EABI_VER5,
+        "32-bit little-endian ARM EABI5 soft-float",
+    ),
     # Not a farm target: the native backend's tests build for their x86_64 host.
     "x86_64": ElfTarget(ELFCLASS64, EM_X86_64, 0, 0, "64-bit little-endian x86-64"),
 }
@@ -202,6 +211,11 @@ ELF_TARGETS: dict[str, ElfTarget] = {
 # before e_flags.
 _ELF_HEADER_BYTES = {ELFCLASS32: 52, ELFCLASS64: 64}
 _ELF_FLAGS_AT = {ELFCLASS32: 36, ELFCLASS64: 48}
+
+
+def elf_rule(arch: str, float_abi: str) -> str:
+    """The ELF_TARGETS rule of a target's code: its arch, or armel for soft-float ARM."""
+    return "armel" if arch == "armv7l" and float_abi == "soft" else arch
 
 
 def check_elf(head: bytes, arch: str, name: str) -> None:

@@ -190,3 +190,21 @@ def getrandom_sdist(workdir: Path, dest: Path) -> Path:
     policy than manylinux2014 wherever it is built against glibc 2.25 or later."""
     init = "from randbyte._speed import rand_byte\n"
     return _extension_sdist(workdir, dest, "randbyte", "_speed", "rand_byte", _RAND_BYTE, init)
+
+
+_DLSYM_COUNT = """#include <dlfcn.h>
+static PyObject *has_symbol(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    return PyBool_FromLong(dlsym(RTLD_DEFAULT, name) != NULL);
+}"""
+# glibc 2.34 moved libdl into libc under the version GLIBC_2.34, on every arch: linked
+# against 2.34 or later, a call to dlsym() needs it.
+DLSYM_GLIBC = "GLIBC_2.34"
+
+
+def dlsym_sdist(workdir: Path, dest: Path) -> Path:
+    """`hassym`: one call to dlsym(), which needs glibc 2.34 wherever it is linked
+    against glibc 2.34 or later, and no more than 2.17 against an older one."""
+    init = "from hassym._speed import has_symbol\n"
+    return _extension_sdist(workdir, dest, "hassym", "_speed", "has_symbol", _DLSYM_COUNT, init)

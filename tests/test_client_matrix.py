@@ -37,7 +37,7 @@ from packaging.version import Version
 
 from builder.backends.docker import DockerBackend
 from builder.identity import BuilderIdentity
-from common.config import BuilderSettings, Settings, load_settings
+from common.config import BuilderSettings, Settings, TargetSettings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.job_spec import JobSpec
 from common.states import TokenRole
@@ -137,7 +137,9 @@ def _build_abidemo(spec: JobSpec, sdist: Path, work: Path) -> Path:
         work_dir=work / "work",
         build_timeout=1200,
     )
-    target = load_settings(None).targets[spec.arch]
+    target = TargetSettings.model_validate(
+        {"arch": spec.arch, "image": f"armwheels/build-{spec.arch}:bookworm", "policy": spec.policy}
+    )
     backend = DockerBackend(
         builder, spec.arch, target, BuilderIdentity(f"matrix-{spec.arch}", uuid4().hex)
     )
@@ -496,6 +498,8 @@ def _check_doctor(device: Device, output: str, farm: Farm) -> None:
     assert facts["userland_bits"] == (32 if device.arch == "armv7l" else 64)
     assert (facts["libc"], facts["glibc"], facts["pip"]) == ("glibc", device.glibc, device.pip)
     assert facts["python"].startswith("{}.{}.".format(*device.python))
+    # os-release and the interpreter's ELF header: the name of its distribution's index.
+    assert facts["distribution"] == f"debian-{device.suite}-{device.debian_arch}"
     verdicts = {w["filename"]: w for w in report["project"]["wheels"]}
     mine = farm.wheel("abidemo", "1.0", device.arch)
     assert verdicts[mine]["fits"], verdicts[mine]

@@ -51,7 +51,10 @@ def test_toml_and_environment_override(tmp_path: Path, monkeypatch: pytest.Monke
             "[targets.Big]\narch = 'aarch64'\nimage = 'i'\npolicy = 'manylinux2014_aarch64'\n",
             "target name",
         ),
-        ("[targets.aarch64]\nimage = 'i'\npolicy = 'manylinux2014_armv7l'\n", "is not for"),
+        (
+            "[targets.aarch64]\nimage = 'i'\npolicy = 'manylinux2014_armv7l'\n",
+            "is not a manylinux policy for aarch64",
+        ),
         (
             "[targets.aarch64]\nimage='i'\npolicy='manylinux2014_aarch64'\npython_tags=['x']\n",
             "invalid python tag",
@@ -78,3 +81,18 @@ def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(Path("/nonexistent/armwheels.toml"))
+
+
+def test_the_example_configuration_loads_as_documented() -> None:
+    example = Path(__file__).parent.parent / "docs" / "example.toml"
+    settings = load_settings(example)
+    assert {name: (t.arch, t.suite, t.python_tags) for name, t in settings.targets.items()} == {
+        "aarch64": ("aarch64", "bookworm", ["cp311"]),
+        "armv7l": ("armv7l", "bullseye", ["cp39"]),
+        "armv7l-bookworm": ("armv7l", "bookworm", ["cp311"]),
+    }
+    # The shipped defaults are the same targets.
+    defaults = load_settings(None).targets
+    assert {n: t.image for n, t in defaults.items()} == {
+        n: t.image for n, t in settings.targets.items()
+    }

@@ -22,7 +22,7 @@ from packaging.utils import parse_wheel_filename
 from builder.backends import BuildOutcome
 from builder.backends.cross import CrossBackend
 from builder.identity import BuilderIdentity
-from common.config import BuilderSettings, load_settings
+from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec, NewerPolicy
 from common.states import BuildPath, FailureReason
 from tests.sdists import GETRANDOM_POLICY, getrandom_sdist, make_sdist, pypi_sdist
@@ -66,7 +66,10 @@ def _build(
         work_dir=work / "work",
         build_timeout=1200,
     )
-    target = load_settings(None).targets[arch]
+    # The bookworm images of both arches: the cross image's CPython is bookworm's 3.11.
+    target = TargetSettings.model_validate(
+        {"arch": arch, "image": f"armwheels/build-{arch}:bookworm", "policy": spec.policy}
+    )
     backend = CrossBackend(builder, arch, target, BuilderIdentity("cross-test", uuid4().hex))
     log_path = work / f"{job}.log"
     try:

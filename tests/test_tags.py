@@ -27,3 +27,11 @@ from common.tags import who_installs
 )
 def test_a_wheel_says_which_devices_install_it(filename: str, words: str) -> None:
     assert who_installs(filename) == words
+
+
+def test_a_distribution_wheel_is_described_by_its_index() -> None:
+    filename = "demo-1.0-cp311-cp311-linux_armv5tel.linux_armv6l.linux_armv7l.linux_armv8l.whl"
+    assert who_installs(filename, "debian-bookworm-armel") == (
+        "debian-bookworm-armel systems only (armv5tel, armv6l, armv7l, armv8l), from"
+        " /debian-bookworm-armel/simple/; CPython 3.11"
+    )

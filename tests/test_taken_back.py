@@ -225,7 +225,7 @@ def test_a_cancelled_build_is_killed_at_once_and_the_builder_goes_on(
     ):
         jobs = _x86_64_jobs(settings, factory, files, sdists)
         client = MasterClient(url, token)
-        client.register("aarch64", backend.name, [TAG], "test")
+        client.register("aarch64", "aarch64", backend.name, [TAG], "test")
         with transaction(factory) as session:
             me = session.scalar(select(Builder).where(Builder.name == "b1"))
             assert me is not None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -178,3 +180,64 @@ def test_a_builder_claims_only_its_targets_jobs(
     with two_factory() as session:
         builder = session.scalar(select(Builder))
         assert builder is not None and builder.target == "aarch64"
+
+
+ARMEL = {"arch": "armv7l", "kind": "distribution", "float_abi": "soft", "image": "img-armel"}
+
+
+def test_a_distribution_targets_platform_tag_names_its_machines() -> None:
+    settings = load_settings(
+        None,
+        targets={
+            "aarch64": {"image": "i", "policy": "manylinux2014_aarch64"},
+            "debian-bookworm-armel": ARMEL,
+            "debian-bookworm-armhf": {"arch": "armv7l", "kind": "distribution", "image": "h"},
+            "raspios-bookworm-armhf": {
+                "arch": "armv7l",
+                "kind": "distribution",
+                "image": "r",
+                "machines": ["armv7l", "armv6l", "armv8l"],
+            },
+            "debian-bookworm-arm64": {"arch": "aarch64", "kind": "distribution", "image": "a"},
+        },
+    )
+    policies = {name: t.policy for name, t in settings.targets.items()}
+    assert policies == {
+        "aarch64": "manylinux2014_aarch64",
+        "debian-bookworm-armel": "linux_armv5tel.linux_armv6l.linux_armv7l.linux_armv8l",
+        "debian-bookworm-armhf": "linux_armv7l.linux_armv8l",
+        "raspios-bookworm-armhf": "linux_armv6l.linux_armv7l.linux_armv8l",
+        "debian-bookworm-arm64": "linux_aarch64",
+    }
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (
+            {"armel": {**ARMEL, "kind": "manylinux", "policy": "manylinux_2_31_armv7l"}},
+            "hard-float",
+        ),
+        ({"a": {**ARMEL, "arch": "aarch64"}}, "float_abi is for 32-bit ARM"),
+        ({"a": {**ARMEL, "machines": ["aarch64"]}}, "are not armv7l"),
+        ({"a": {**ARMEL, "policy": "linux_armv7l"}}, "policy is its machines' platform tag"),
+        ({"simple": ARMEL}, "is a path of the master's own"),
+        ({"a": ARMEL, "b": {**ARMEL, "image": "other"}}, "would publish wheels of the same names"),
+        ({"a": {"arch": "aarch64", "image": "i"}}, "policy is required"),
+        ({"a": {"arch": "aarch64", "image": "i", "policy": "linux_aarch64"}}, "not a manylinux"),
+        (
+            {
+                "a": {
+                    "arch": "aarch64",
+                    "image": "i",
+                    "policy": "manylinux2014_aarch64",
+                    "machines": ["aarch64"],
+                }
+            },
+            "machines are for",
+        ),
+    ],
+)
+def test_bad_distribution_targets_are_refused(targets: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(None, targets=targets)

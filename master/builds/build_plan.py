@@ -22,7 +22,7 @@ from common.config import Settings, TargetSettings
 from common.models import BuildJob, OutputFile, Release, SkipRule, SourceFile
 from common.names import python_version_of_tag
 from common.states import ACTIVE_STATES, JobState, SkipReason
-from common.tags import covering_wheel, wheel_tags
+from common.tags import covering_wheel, publishing_index, wheel_tags
 from master.builds import jobs
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,12 @@ def settle_covered_jobs(session: Session, job: BuildJob, filename: str) -> list[
         .execution_options(populate_existing=True)
     ).all()
     settled = []
+    index = publishing_index(job.target, job.policy)
     for sibling in siblings:
+        # A distribution's wheel serves only its own index's jobs, and a manylinux wheel
+        # none of a distribution's (its users are sent to their own index).
+        if publishing_index(sibling.target, sibling.policy) != index:
+            continue
         if covering_wheel([filename], sibling.python_tag, sibling.policy) is None:
             continue
         jobs.cover(sibling, f"armwheels serves {filename}, built by job {job.id}")

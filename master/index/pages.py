@@ -35,7 +35,16 @@ LATEST = {
 
 # A wheel is served while it is published and its release is still on PyPI: a release
 # removed upstream leaves the index (its rows stay), a yanked one stays, marked yanked.
-SERVED = (OutputFile.published.is_(True), Release.removed_at.is_(None))
+PUBLISHED = (OutputFile.published.is_(True), Release.removed_at.is_(None))
+
+
+def served(index: str = "") -> tuple[Any, ...]:
+    """What one index serves: /simple/'s manylinux wheels (""), or a distribution
+    target's own."""
+    return (*PUBLISHED, OutputFile.index_name == index)
+
+
+SERVED = served("")
 
 
 class NotAcceptable(ValueError):
@@ -126,11 +135,11 @@ def _index_file(row: Sequence[Any], project_name: str) -> IndexFile:
     )
 
 
-def project_files(session: Session, project: Project) -> list[IndexFile]:
+def project_files(session: Session, project: Project, index: str = "") -> list[IndexFile]:
     rows = session.execute(
         select(*_FILE_COLUMNS)
         .join(Release, OutputFile.release_id == Release.id)
-        .where(Release.project_id == project.id, *SERVED)
+        .where(Release.project_id == project.id, *served(index))
         .order_by(OutputFile.filename)
     ).all()
     return [_index_file(row, project.name) for row in rows]
@@ -265,14 +274,14 @@ def render_root_html(names: list[str]) -> str:
     )
 
 
-def published_projects(session: Session) -> list[str]:
+def published_projects(session: Session, index: str = "") -> list[str]:
     """Names in code-point order (the static copy's order, whatever the collation)."""
     return sorted(
         session.scalars(
             select(Project.name)
             .join(Release, Release.project_id == Project.id)
             .join(OutputFile, OutputFile.release_id == Release.id)
-            .where(*SERVED)
+            .where(*served(index))
             .distinct()
         )
     )

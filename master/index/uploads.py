@@ -19,18 +19,26 @@ from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.config import PushTarget
+from common.config import FloatAbi, PushTarget
 from common.db import lock_rows
 from common.job_spec import NewerPolicy
 from common.models import Builder, BuildJob, OutputFile, Release
 from common.states import FailureReason, JobState, SkipReason
-from common.tags import installs_on, is_manylinux, meets_policy
+from common.tags import (
+    installs_on,
+    is_distribution_policy,
+    is_manylinux,
+    meets_policy,
+    policy_platforms,
+    publishing_index,
+)
 from common.wheels import (
     BadWheel,
     Check,
     Expected,
     WheelContents,
     WheelName,
+    elf_rule,
     parse_name,
     read_contents,
 )
@@ -105,10 +113,13 @@ def check_wheel_name(job: BuildJob, filename: str, newer_policy: NewerPolicy = "
     if wheel.version != Version(release.version):
         message = f"wheel is version {wheel.version}, job is for {release.version}"
         raise Rejected(400, message, check=Check.FILENAME)
-    if any(not platform.endswith("_" + job.arch) for platform in wheel.platforms):
-        message = f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}"
-        raise Rejected(400, message, check=Check.FILENAME)
-    check_policy(job, sorted(wheel.platforms), newer_policy)
+    if is_distribution_policy(job.policy):
+        check_distribution_platforms(job, sorted(wheel.platforms))
+    else:
+        if any(not platform.endswith("_" + job.arch) for platform in wheel.platforms):
+            message = f"wheel platform {sorted(wheel.platforms)} is not for {job.arch}"
+            raise Rejected(400, message, check=Check.FILENAME)
+        check_policy(job, sorted(wheel.platforms), newer_policy)
     if not installs_on(wheel.tags, job.python_tag):
         # A cp36-abi3 wheel passes for a cp311 job: CPython 3.11 installs it.
         tags = sorted(f"{tag.interpreter}-{tag.abi}" for tag in wheel.tags)
@@ -137,6 +148,15 @@ def check_policy(job: BuildJob, platforms: list[str], newer_policy: NewerPolicy)
         raise Rejected(400, message, check=Check.POLICY)
 
 
+def check_distribution_platforms(job: BuildJob, platforms: list[str]) -> None:
+    """A distribution target's wheel carries exactly its machines' linux_* tags: the index
+    it enters is that distribution's alone, and the name says which systems take it."""
+    wanted = sorted(policy_platforms(job.policy))
+    if platforms != wanted:
+        message = f"wheel platform {platforms} is not target {job.target}'s ({'.'.join(wanted)})"
+        raise Rejected(400, message, check=Check.POLICY)
+
+
 class AlreadyServed(Exception):
     """The job's wheel is one the index already serves for the release, built by the job
     of another CPython that installs it too (a stable-ABI wheel): the job is covered."""
@@ -161,10 +181,15 @@ def check_hash(declared: str, actual: str) -> None:
         raise Rejected(400, message, check=Check.SHA256)
 
 
-def check_contents(path: Path, filename: str, job: BuildJob) -> WheelContents:
-    """Verify the spooled wheel against its job: project, version and target arch."""
+def check_contents(
+    path: Path, filename: str, job: BuildJob, elf: str | None = None
+) -> WheelContents:
+    """Verify the spooled wheel against its job: project, version and the target's code
+    (`elf`: its ELF_TARGETS rule, by default the job's arch)."""
     release = job.release
-    expected = Expected(canonicalize_name(release.project.name), Version(release.version), job.arch)
+    expected = Expected(
+        canonicalize_name(release.project.name), Version(release.version), elf or job.arch
+    )
     try:
         return read_contents(path, filename, expected=expected)
     except BadWheel as exc:
@@ -182,9 +207,11 @@ def accept_wheel(
     *,
     push_targets: Sequence[PushTarget] = (),
     newer_policy: NewerPolicy = "fail",
+    float_abi: FloatAbi = "hard",
 ) -> OutputFile:
     """Verify an uploaded wheel and move it into the file tree; raises Rejected (and
-    notes on the job which check refused it), leaving nothing published."""
+    notes on the job which check refused it), leaving nothing published. A distribution
+    target's wheel enters its own index only, and is never pushed to another."""
     try:
         wheel = check_wheel_name(job, filename, newer_policy)
         # One wheel of a release is checked, written and recorded at a time: the jobs of
@@ -199,7 +226,7 @@ def accept_wheel(
             raise Rejected(413, f"wheel is {exc}", check=Check.UPLOAD_SIZE) from exc
         try:
             check_hash(declared_sha256, sha256)
-            contents = check_contents(spooled, filename, job)
+            contents = check_contents(spooled, filename, job, elf_rule(job.arch, float_abi))
             project = job.release.project.name
             metadata_sha256 = _sha256(contents.metadata)
             storage.write_bytes(storage.metadata_path(project, filename), contents.metadata)
@@ -223,9 +250,11 @@ def accept_wheel(
         metadata_sha256=metadata_sha256,
         grafted=contents.grafted_libraries,
         published=True,
+        index_name=publishing_index(job.target, job.policy),
     )
     session.add(output)
-    queue_pushes(session, output, push_targets)
+    if not output.index_name:
+        queue_pushes(session, output, push_targets)
     settle_covered_jobs(session, job, filename)
     log.info(
         "wheel published",

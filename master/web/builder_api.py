@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from common.config import ConfigError
 from common.models import Builder, BuildJob, OutputFile, utcnow
 from common.protocol import (
     HEARTBEAT_SECONDS,
@@ -42,6 +43,7 @@ from common.protocol import (
     slot_name,
 )
 from common.states import FailureReason, JobState
+from common.wheels import Check
 from master.auth import builder_for
 from master.builds import build_paths, jobs
 from master.builds.jobs import HandBack, IllegalTransition
@@ -359,6 +361,10 @@ def router(ctx: MasterContext) -> APIRouter:
             covered: AlreadyServed | None = None
             if outcome == "built" and wheel is not None and wheel_sha256:
                 try:
+                    try:
+                        float_abi = settings.float_abi(job.target, job.policy)
+                    except ConfigError as exc:
+                        raise Rejected(409, str(exc), check=Check.POLICY) from exc
                     published = accept_wheel(
                         db,
                         storage,
@@ -369,6 +375,7 @@ def router(ctx: MasterContext) -> APIRouter:
                         limits.max_upload_bytes,
                         push_targets=settings.push,
                         newer_policy=settings.newer_policy(job.target),
+                        float_abi=float_abi,
                     )
                     written += [
                         storage.wheel_path(project, published.filename),

@@ -393,6 +393,28 @@ def _recent_throughput(session: Session, now: datetime, cache: PageCache) -> lis
     )
 
 
+@dataclass(frozen=True)
+class IndexRow:
+    path: str
+    serves: str
+
+
+def _indexes(settings: Settings) -> list[IndexRow]:
+    """/simple/ and each distribution target's own index, with whom each serves."""
+    manylinux = sorted(
+        {t.policy for t in settings.enabled_targets().values() if t.kind == "manylinux"}
+    )
+    rows = [IndexRow("/simple/", f"manylinux wheels ({', '.join(manylinux) or 'none enabled'})")]
+    for name, target in sorted(settings.targets.items()):
+        if target.kind == "distribution":
+            machines = ", ".join(target.machines)
+            float_abi = f", {target.float_abi}-float" if target.arch == "armv7l" else ""
+            rows.append(
+                IndexRow(f"/{name}/simple/", f"{name} systems only ({machines}{float_abi})")
+            )
+    return rows
+
+
 def _overview(
     session: Session, settings: Settings, now: datetime, cache: PageCache
 ) -> dict[str, Any]:
@@ -426,6 +448,7 @@ def _overview(
     )
     return {
         "queues": _queues(session, settings, now),
+        "indexes": _indexes(settings),
         "waiting": waiting,
         "running": running,
         "builders": liveness.count_by_state(session, now, settings.master.builder_timeout),
@@ -563,9 +586,15 @@ _MATRIX = select(
     _newest_job.state,
 ).join(_newest_jobs, _newest_job.id == _newest_jobs.c.id)
 _WHEELS = (
-    select(OutputFile.filename, OutputFile.size, OutputFile.sha256, Release.version)
+    select(
+        OutputFile.filename,
+        OutputFile.size,
+        OutputFile.sha256,
+        Release.version,
+        OutputFile.index_name,
+    )
     .join(Release, OutputFile.release_id == Release.id)
-    .where(Release.project_id == bindparam("project"), *index.SERVED)
+    .where(Release.project_id == bindparam("project"), *index.PUBLISHED)
     .order_by(OutputFile.id.desc())
     .limit(WHEELS_SHOWN)
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import (
     APIRouter,
@@ -91,18 +92,25 @@ def router(ctx: MasterContext) -> APIRouter:
             return _simple(request, index.render_root_json(names), media, serial)
         return _simple(request, index.render_root_html(names), media, serial)
 
-    @get_and_head("/simple/{name}/")
-    def simple_project(name: str, request: Request, db: DB) -> Response:
+    def distribution(index: str) -> str:
+        """A distribution target's index name, or 404: only configured distribution
+        targets have an index of their own (a disabled one keeps serving its wheels)."""
+        target = settings.targets.get(index)
+        if target is None or target.kind != "distribution":
+            raise HTTPException(404, f"no distribution index {index}")
+        return index
+
+    def project_page(prefix: str, index_name: str, name: str, request: Request, db: DB) -> Response:
         try:
             normal = normalize_project(name)
         except BadName as exc:
             raise HTTPException(404, str(exc)) from exc
         if normal != name:
             query = f"?{request.url.query}" if request.url.query else ""
-            return RedirectResponse(f"/simple/{normal}/{query}", status_code=301)
+            return RedirectResponse(f"{prefix}/simple/{normal}/{query}", status_code=301)
         media = _negotiate(request)
         project = db.scalar(select(Project).where(Project.name == normal))
-        files = index.project_files(db, project) if project else []
+        files = index.project_files(db, project, index_name) if project else []
         if project is None or not files:
             raise HTTPException(404, f"no files for {normal}")
         serial = index.last_serial(db, project.id)
@@ -110,12 +118,9 @@ def router(ctx: MasterContext) -> APIRouter:
             return _simple(request, index.render_project_json(normal, files, serial), media, serial)
         return _simple(request, index.render_project_html(normal, files, serial), media, serial)
 
-    @get_and_head("/simple/{name}")
-    def simple_project_slash(name: str) -> RedirectResponse:
-        return RedirectResponse(f"/simple/{name}/", status_code=301)
-
-    @get_and_head("/files/{name}/{filename}")
-    def files(name: str, filename: str, request: Request, db: DB) -> Response:
+    def file_response(
+        index_name: str, name: str, filename: str, request: Request, db: DB
+    ) -> Response:
         metadata = filename.endswith(".metadata")
         wheel_name = filename.removesuffix(".metadata")
         try:
@@ -126,7 +131,7 @@ def router(ctx: MasterContext) -> APIRouter:
         output = db.scalar(
             select(OutputFile)
             .join(Release, OutputFile.release_id == Release.id)
-            .where(OutputFile.filename == wheel_name, *index.SERVED)
+            .where(OutputFile.filename == wheel_name, *index.served(index_name))
         )
         if output is None or output.release.project.name != normal:
             raise HTTPException(404, "no such file")
@@ -145,5 +150,65 @@ def router(ctx: MasterContext) -> APIRouter:
             filename=wheel_name,
             headers=headers,
         )
+
+    @app.get("/api/v1/indexes")
+    def indexes() -> dict[str, Any]:
+        """/simple/ and every distribution target's own index, with the systems each
+        serves: `armwheels doctor` finds its device's own index here."""
+        found: list[dict[str, Any]] = [{"path": "/simple/", "kind": "manylinux"}]
+        for name, target in sorted(settings.targets.items()):
+            if target.kind == "distribution":
+                found.append(
+                    {
+                        "path": f"/{name}/simple/",
+                        "kind": "distribution",
+                        "name": name,
+                        "arch": target.arch,
+                        "float_abi": target.float_abi if target.arch == "armv7l" else None,
+                        "machines": target.machines,
+                        "python_tags": target.python_tags,
+                        "enabled": target.enabled,
+                    }
+                )
+        return {"indexes": found}
+
+    @get_and_head("/simple/{name}/")
+    def simple_project(name: str, request: Request, db: DB) -> Response:
+        return project_page("", "", name, request, db)
+
+    @get_and_head("/simple/{name}")
+    def simple_project_slash(name: str) -> RedirectResponse:
+        return RedirectResponse(f"/simple/{name}/", status_code=301)
+
+    @get_and_head("/files/{name}/{filename}")
+    def files(name: str, filename: str, request: Request, db: DB) -> Response:
+        return file_response("", name, filename, request, db)
+
+    # A distribution target's own index: linux_* wheels built on exactly that
+    # distribution, which /simple/ never lists (a manylinux client is never offered one).
+    @get_and_head("/{dist}/simple/")
+    def distribution_root(dist: str, request: Request, db: DB) -> Response:
+        name = distribution(dist)
+        media = _negotiate(request)
+        serial = index.last_serial(db)
+        names = index.published_projects(db, name)
+        if media == index.JSON_TYPE:
+            return _simple(request, index.render_root_json(names), media, serial)
+        return _simple(request, index.render_root_html(names), media, serial)
+
+    @get_and_head("/{dist}/simple/{name}/")
+    def distribution_project(dist: str, name: str, request: Request, db: DB) -> Response:
+        index_name = distribution(dist)
+        return project_page(f"/{index_name}", index_name, name, request, db)
+
+    @get_and_head("/{dist}/simple/{name}")
+    def distribution_project_slash(dist: str, name: str) -> RedirectResponse:
+        return RedirectResponse(f"/{distribution(dist)}/simple/{name}/", status_code=301)
+
+    @get_and_head("/{dist}/files/{name}/{filename}")
+    def distribution_files(
+        dist: str, name: str, filename: str, request: Request, db: DB
+    ) -> Response:
+        return file_response(distribution(dist), name, filename, request, db)
 
     return app

@@ -1,0 +1,153 @@
+"""The armv7l targets as shipped: `armv7l` (manylinux_2_31, on Debian bullseye, whose
+glibc is that policy's floor, with bullseye's CPython 3.9) and `armv7l-bookworm` (the
+same policy on bookworm's glibc 2.36 and CPython 3.11), each building a real C
+extension; a wheel that needs a newer glibc than the policy is handled as the target's
+`newer_policy` says."""
+
+from __future__ import annotations
+
+import platform
+import zipfile
+from pathlib import Path
+from uuid import uuid4
+
+import docker
+import docker.errors
+import pytest
+from packaging.utils import parse_wheel_filename
+
+from builder.backends import BuildOutcome
+from builder.backends.cross import CrossBackend
+from builder.backends.docker import DockerBackend
+from builder.identity import BuilderIdentity
+from common.config import BuilderSettings, TargetSettings, load_settings
+from common.job_spec import JobSpec, NewerPolicy
+from common.states import BuildPath, FailureReason
+from tests.sdists import DLSYM_GLIBC, GETRANDOM_POLICY, dlsym_sdist, getrandom_sdist
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+EF_ARM_ABI_FLOAT_HARD = 0x400  # e_flags bit of the armhf (hard-float) ABI
+EM_ARM = 40
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("armv7l")
+
+
+def _builder(work: Path) -> BuilderSettings:
+    return BuilderSettings(
+        ca_bundle=CA_BUNDLE if CA_BUNDLE.exists() else None,
+        work_dir=work / "work",
+        build_timeout=1200,
+    )
+
+
+def _target(name: str) -> TargetSettings:
+    target = load_settings(None).targets[name]
+    try:
+        docker.from_env(timeout=30).images.get(target.image)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{target.image} is missing: armwheels image build --target {name}")
+    return target
+
+
+def _spec(sdist: Path, target: TargetSettings, newer_policy: NewerPolicy) -> JobSpec:
+    name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
+    return JobSpec(
+        1, name, version, target.arch, target.python_tags[0], target.policy, sdist.name, "", "",
+        None, 1, None, None, newer_policy,
+    )  # fmt: skip
+
+
+def _build(
+    backend: DockerBackend, spec: JobSpec, sdist: Path, work: Path, job: str
+) -> tuple[BuildOutcome, str]:
+    log_path = work / f"{job}.log"
+    try:
+        with log_path.open("wb") as sink:
+            outcome = backend.build(spec, sdist, work / job, sink)
+    finally:
+        backend.close()
+    return outcome, log_path.read_text(errors="replace")
+
+
+def _hard_float_arm_objects(wheel: Path) -> list[str]:
+    """The wheel's ELF members, each checked to be 32-bit ARM with the hard-float flag."""
+    found = []
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            head = archive.read(member)[:40]
+            if head[:4] != b"\x7fELF":
+                continue
+            assert head[4] == 1, f"{member}: not 32-bit"
+            assert int.from_bytes(head[18:20], "little") == EM_ARM, f"{member}: not ARM"
+            flags = int.from_bytes(head[36:40], "little")
+            assert flags & EF_ARM_ABI_FLOAT_HARD, f"{member}: not hard-float"
+            found.append(member)
+    return found
+
+
+def test_the_default_armv7l_target_builds_on_bullseye_at_its_policys_floor(
+    work: Path, tmp_path: Path
+) -> None:
+    """Built against glibc 2.31 the wheel cannot link anything newer than its policy; it
+    is tagged manylinux_2_31 for CPython 3.9 and imports in the same image."""
+    target = _target("armv7l")
+    assert (target.suite, target.policy, target.python_tags) == (
+        "bullseye",
+        "manylinux_2_31_armv7l",
+        ["cp39"],
+    )
+    backend = DockerBackend(
+        _builder(work), "armv7l", target, BuilderIdentity("bullseye", uuid4().hex)
+    )
+    assert backend.python_tags() == ["cp39"]
+    assert backend.glibc_minor == 31
+    sdist = getrandom_sdist(tmp_path / "src", tmp_path / "dist")
+    outcome, log = _build(backend, _spec(sdist, target, "fail"), sdist, work, "bullseye")
+    assert outcome.built and outcome.wheel is not None, log[-4000:]
+    # getrandom() (GLIBC_2.25) makes manylinux_2_26 the most compatible policy it meets;
+    # auditwheel names it beside the target's, and nothing newer than 2.31 is linked.
+    name, _, _, tags = parse_wheel_filename(outcome.wheel.name)
+    assert name == "randbyte"
+    assert {(t.interpreter, t.abi) for t in tags} == {("cp39", "cp39")}
+    assert {t.platform for t in tags} == {
+        f"{GETRANDOM_POLICY}_armv7l",
+        "manylinux_2_31_armv7l",
+    }
+    assert _hard_float_arm_objects(outcome.wheel) == [
+        "randbyte/_speed.cpython-39-arm-linux-gnueabihf.so"
+    ]
+    assert "smoke test passed" in log
+
+
+@pytest.mark.parametrize("newer_policy", ["publish", "fail"])
+def test_a_bookworm_wheel_newer_than_manylinux_2_31_is_handled_as_the_target_says(
+    work: Path, tmp_path: Path, newer_policy: NewerPolicy
+) -> None:
+    """dlsym() linked against bookworm's glibc needs GLIBC_2.34: the armv7l-bookworm
+    target publishes it under the policy it meets, or fails it naming the symbol."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the cross path is for x86_64 hosts")
+    target = _target("armv7l-bookworm")
+    backend = CrossBackend(
+        _builder(work), "armv7l", target, BuilderIdentity("bookworm", uuid4().hex)
+    )
+    sdist = dlsym_sdist(tmp_path / "src", tmp_path / "dist")
+    spec = _spec(sdist, target, newer_policy)
+    outcome, log = _build(backend, spec, sdist, work, f"dlsym-{newer_policy}")
+    assert outcome.build_path is BuildPath.CROSS, log[-4000:]
+    if newer_policy == "fail":
+        assert outcome.reason is FailureReason.AUDITWHEEL_REJECTED, log[-4000:]
+        assert DLSYM_GLIBC in outcome.summary
+        return
+    assert outcome.built and outcome.wheel is not None, log[-4000:]
+    _, _, _, tags = parse_wheel_filename(outcome.wheel.name)
+    [platform_tag] = {tag.platform for tag in tags}
+    assert platform_tag.startswith("manylinux_2_") and platform_tag.endswith("_armv7l")
+    assert int(platform_tag.split("_")[2]) >= 34, outcome.wheel.name
+    assert _hard_float_arm_objects(outcome.wheel)
+    assert "smoke test passed" in log
