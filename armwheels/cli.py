@@ -423,6 +423,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     from builder.image import build_cross_image, build_local_image
+    from common.wheels import elf_rule
 
     settings = _settings(args)
     if args.cross:
@@ -442,22 +443,16 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     made: set[str] = set()
     for name in names:
         target = settings.targets[name]
-        if target.kind == "distribution":
-            if args.target is not None:
-                raise UsageError(
-                    f"target {name} is a distribution target: its image is the"
-                    " distribution's own, which this release does not make"
-                )
-            continue
         if target.image in made:
             continue
         made.add(target.image)
         build_local_image(
-            target.arch,
+            elf_rule(target.arch, target.float_abi),
             target.image,
             settings.builder.ca_bundle,
             force=args.force,
             suite=target.suite,
+            distribution=target.kind == "distribution",
         )
     return 0
 

@@ -27,13 +27,14 @@ class FarmCannotStart(Exception):
     """A prerequisite is missing; the message says what to install or run."""
 
 
-def _backend_for(settings: Settings, arch: str) -> str:
-    """native on a matching ARM host, docker where an engine answers, else say what to install."""
+def _backend_for(settings: Settings, arch: str, distribution: bool = False) -> str:
+    """native on a matching ARM host, docker where an engine answers, else say what to
+    install; a distribution target builds in its own image (docker)."""
     from builder.worker import is_arm_host
 
     if settings.builder.backend != "auto":
         return settings.builder.backend
-    if is_arm_host(arch):
+    if is_arm_host(arch) and not distribution:
         return "native"
     try:
         import docker
@@ -64,18 +65,22 @@ def run_up(config: Path | None) -> int:
     settings = load_settings(config)
     settings.master.data_dir.mkdir(parents=True, exist_ok=True)
     targets = settings.enabled_targets()
-    for name in [n for n, t in targets.items() if t.kind == "distribution"]:
-        # Served and checked by the master, not built by this release's builders.
-        log.warning("distribution target not built here", extra={"target": name})
-        del targets[name]
-    backends = {name: _backend_for(settings, target.arch) for name, target in targets.items()}
+    backends = {
+        name: _backend_for(settings, target.arch, target.kind == "distribution")
+        for name, target in targets.items()
+    }
     for name, backend in backends.items():
         if backend in ("docker", "cross"):
             from builder.image import build_local_image
+            from common.wheels import elf_rule
 
             target = targets[name]
             build_local_image(
-                target.arch, target.image, settings.builder.ca_bundle, suite=target.suite
+                elf_rule(target.arch, target.float_abi),
+                target.image,
+                settings.builder.ca_bundle,
+                suite=target.suite,
+                distribution=target.kind == "distribution",
             )
     if "cross" in backends.values():
         from builder.image import build_cross_image

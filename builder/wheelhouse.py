@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from packaging.requirements import InvalidRequirement, Requirement
 
 from common.names import python_version_of_tag
+from common.tags import is_distribution_policy, policy_platforms
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -175,8 +176,12 @@ def _is_top_level_pyproject(member: str) -> bool:
     return len(parts) == 2 and parts[1] == "pyproject.toml"
 
 
-def platform_tags(arch: str, glibc_minor: int) -> list[str]:
-    """manylinux platforms a build image with glibc 2.<glibc_minor> can install."""
+def platform_tags(arch: str, glibc_minor: int, policy: str = "") -> list[str]:
+    """manylinux platforms a build image with glibc 2.<glibc_minor> can install; for a
+    distribution target's job (`policy` its linux_* tags) only those: a manylinux armv7l
+    wheel is hard-float, which an armel distribution cannot load."""
+    if is_distribution_policy(policy):
+        return list(policy_platforms(policy))
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(glibc_minor, 16, -1)]
     return [*tags, f"linux_{arch}"] if arch != "armv7l" else tags
 

@@ -71,15 +71,12 @@ def choose_backend(
     target = settings.targets.get(target_name)
     if target is None or not target.enabled:
         raise NoBackend(f"no enabled target {target_name} in the configuration")
-    if target.kind == "distribution":
-        # The master serves and checks distribution wheels; this builder release builds
-        # manylinux wheels only (its repair step is auditwheel's manylinux repair).
-        raise NoBackend(
-            f"target {target_name} is a distribution target, which this builder release"
-            " does not build yet"
-        )
     arch = target.arch
     wanted = settings.builder.backend
+    if wanted == "auto" and target.kind == "distribution":
+        # Its wheels are built in the distribution's own image: a board of another
+        # distribution (or float ABI) must not build them natively unless told to.
+        wanted = "docker"
     if wanted == "auto":
         wanted = "native" if is_arm_host(arch) else "cross"
         if wanted == "cross" and platform.machine().lower() != "x86_64":
@@ -323,6 +320,7 @@ class JobRunner:
             wheel_sha256=wheel_sha256,
             transient=outcome.transient,
             build_path=outcome.build_path,
+            system_packages=" ".join(outcome.system_packages or []) or None,
         )
         try:
             answer = self.client.report(

@@ -257,6 +257,11 @@ class TargetSettings(_Section):
     # 32-bit ARM: "hard" (armhf; every manylinux armv7l target) or "soft" (armel, only
     # as a distribution target): the EABI float flag every ELF file must carry.
     float_abi: FloatAbi = "hard"
+    # Another manylinux target of the arch whose builds this one takes over: a job of
+    # this target is made only when that target's job fails because the wheel needs a
+    # newer glibc than its policy (auditwheel-rejected under newer_policy = "fail"), so
+    # a manylinux_2_28 target serves what manylinux2014 cannot, and nothing twice.
+    fallback_for: str | None = None
     # Distribution targets: what platform.machine() says on the systems it serves
     # (default: every CPU from the float ABI's baseline up, armv5tel for armel, armv7l
     # for armhf, with armv8l for a 64-bit kernel under the 32-bit userland).
@@ -513,6 +518,26 @@ class Settings(BaseSettings):
                 )
             if target.kind == "distribution" and name in RESERVED_TARGET_NAMES:
                 raise ValueError(f"target name {name!r} is a path of the master's own")
+        for name, target in value.items():
+            if target.fallback_for is None:
+                continue
+            primary = value.get(target.fallback_for)
+            if primary is None or primary.arch != target.arch or target.fallback_for == name:
+                raise ValueError(
+                    f"targets.{name}.fallback_for: {target.fallback_for} is not another"
+                    f" target of {target.arch}"
+                )
+            if "distribution" in (target.kind, primary.kind) or primary.fallback_for:
+                raise ValueError(
+                    f"targets.{name}.fallback_for: only a manylinux target may fall back to"
+                    " another manylinux target that falls back to none"
+                )
+            if primary.newer_policy != "fail":
+                raise ValueError(
+                    f"targets.{name}.fallback_for: target {target.fallback_for} publishes"
+                    " wheels of a newer policy (newer_policy = publish), so none of its jobs"
+                    " ever falls back: set its newer_policy to fail"
+                )
         distributions = [(n, t) for n, t in value.items() if t.kind == "distribution"]
         for position, (name, target) in enumerate(distributions):
             for other, seen in distributions[:position]:
@@ -550,6 +575,15 @@ class Settings(BaseSettings):
 
     def enabled_targets(self) -> dict[str, TargetSettings]:
         return {name: t for name, t in self.targets.items() if t.enabled}
+
+    def planned_targets(self) -> dict[str, TargetSettings]:
+        """The enabled targets every release is planned for: fallback targets only get
+        the jobs their primary target hands them (fallbacks_of)."""
+        return {n: t for n, t in self.enabled_targets().items() if t.fallback_for is None}
+
+    def fallbacks_of(self, target: str) -> dict[str, TargetSettings]:
+        """The enabled targets that take over `target`'s jobs needing a newer glibc."""
+        return {n: t for n, t in self.enabled_targets().items() if t.fallback_for == target}
 
     def targets_of(self, arch: str, enabled: bool = True) -> list[str]:
         """The names of the targets of an arch, sorted."""

@@ -260,6 +260,9 @@ class OutputFile(Base):
     # The index that serves it: "" for /simple/ (manylinux wheels), else the name of the
     # distribution target whose /<name>/simple/ alone serves it (linux_* wheels).
     index_name: Mapped[str] = mapped_column(String(48), default="", server_default="")
+    # A distribution wheel's Debian packages (`package=version`): the libraries it loads
+    # come from them, not from the wheel, as piwheels records apt dependencies.
+    system_packages: Mapped[list[str]] = mapped_column(JSON, default=list)
     published: Mapped[bool] = mapped_column(default=True)
     uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -173,6 +173,12 @@ class Heartbeat(Body):
     free_disk: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES, strict=True)
 
 
+# Debian package names and versions (policy 5.6.1 and 5.6.12), space-separated.
+SYSTEM_PACKAGES_PATTERN = (
+    r"^[a-z0-9][a-z0-9+.-]*=[0-9A-Za-z.+~:-]+( [a-z0-9][a-z0-9+.-]*=[0-9A-Za-z.+~:-]+)*$"
+)
+
+
 class ResultForm(Body):
     """The text fields of a result (a multipart form, beside the files LOG_PART and
     WHEEL_PART). A built outcome carries a wheel and its sha256, a failed one a reason:
@@ -188,6 +194,11 @@ class ResultForm(Body):
     # How the builder got there (cross, emulated-after-cross, emulated, native); builders
     # older than the cross path send none.
     build_path: BuildPath | None = None
+    # A distribution target's wheel: the Debian packages it links, `package=version`
+    # separated by spaces.
+    system_packages: str | None = Field(
+        default=None, max_length=4096, pattern=SYSTEM_PACKAGES_PATTERN
+    )
 
     def fields(self) -> dict[str, str]:
         """The form's fields as a builder sends them: empty ones left out, the build
@@ -203,6 +214,8 @@ class ResultForm(Body):
             data["wheel_sha256"] = self.wheel_sha256
         if self.build_path:
             data["build_path"] = self.build_path.value
+        if self.system_packages:
+            data["system_packages"] = self.system_packages
         return data
 
 

@@ -208,3 +208,26 @@ def dlsym_sdist(workdir: Path, dest: Path) -> Path:
     against glibc 2.34 or later, and no more than 2.17 against an older one."""
     init = "from hassym._speed import has_symbol\n"
     return _extension_sdist(workdir, dest, "hassym", "_speed", "has_symbol", _DLSYM_COUNT, init)
+
+
+_ZLIB_VERSION = """extern const char *zlibVersion(void);
+static PyObject *version(PyObject *self, PyObject *args) {
+    return PyUnicode_FromString(zlibVersion());
+}"""
+
+
+def zlib_linking_sdist(workdir: Path, dest: Path) -> Path:
+    """`zver`: an extension linked against the system's libz.so.1 (no headers needed: it
+    declares the one function it calls), so its wheel loads a library of the system's
+    own package (zlib1g on Debian, in every base system)."""
+    files = {
+        "zver/__init__.py": "from zver._speed import version\n",
+        "src/_speed.c": _MODULE_C.format(body=_ZLIB_VERSION, function="version", module="_speed"),
+        "setup.py": (
+            "from setuptools import Extension, setup\n"
+            "setup(packages=['zver'],\n"
+            "      ext_modules=[Extension('zver._speed', ['src/_speed.c'],\n"
+            "                             libraries=[':libz.so.1'])])\n"
+        ),
+    }
+    return make_sdist(workdir, dest, "zver", "1.0", files)

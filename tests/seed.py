@@ -43,7 +43,7 @@ def add_release(
     )
     session.add_all([release, source])
     session.flush()
-    jobs = create_jobs(session, release, source, settings.enabled_targets(), priority)
+    jobs = create_jobs(session, release, source, settings.planned_targets(), priority)
     return owner, release, jobs
 
 

@@ -16,13 +16,13 @@ import docker.errors
 import pytest
 from packaging.utils import parse_wheel_filename
 
-from builder.backends import BuildOutcome
 from builder.backends.cross import CrossBackend
 from builder.backends.docker import DockerBackend
 from builder.identity import BuilderIdentity
 from common.config import BuilderSettings, TargetSettings, load_settings
 from common.job_spec import JobSpec, NewerPolicy
 from common.states import BuildPath, FailureReason
+from tests.builds import build_logged
 from tests.sdists import DLSYM_GLIBC, GETRANDOM_POLICY, dlsym_sdist, getrandom_sdist
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -62,18 +62,6 @@ def _spec(sdist: Path, target: TargetSettings, newer_policy: NewerPolicy) -> Job
     )  # fmt: skip
 
 
-def _build(
-    backend: DockerBackend, spec: JobSpec, sdist: Path, work: Path, job: str
-) -> tuple[BuildOutcome, str]:
-    log_path = work / f"{job}.log"
-    try:
-        with log_path.open("wb") as sink:
-            outcome = backend.build(spec, sdist, work / job, sink)
-    finally:
-        backend.close()
-    return outcome, log_path.read_text(errors="replace")
-
-
 def _hard_float_arm_objects(wheel: Path) -> list[str]:
     """The wheel's ELF members, each checked to be 32-bit ARM with the hard-float flag."""
     found = []
@@ -107,7 +95,7 @@ def test_the_default_armv7l_target_builds_on_bullseye_at_its_policys_floor(
     assert backend.python_tags() == ["cp39"]
     assert backend.glibc_minor == 31
     sdist = getrandom_sdist(tmp_path / "src", tmp_path / "dist")
-    outcome, log = _build(backend, _spec(sdist, target, "fail"), sdist, work, "bullseye")
+    outcome, log = build_logged(backend, _spec(sdist, target, "fail"), sdist, work, "bullseye")
     assert outcome.built and outcome.wheel is not None, log[-4000:]
     # getrandom() (GLIBC_2.25) makes manylinux_2_26 the most compatible policy it meets;
     # auditwheel names it beside the target's, and nothing newer than 2.31 is linked.
@@ -138,7 +126,7 @@ def test_a_bookworm_wheel_newer_than_manylinux_2_31_is_handled_as_the_target_say
     )
     sdist = dlsym_sdist(tmp_path / "src", tmp_path / "dist")
     spec = _spec(sdist, target, newer_policy)
-    outcome, log = _build(backend, spec, sdist, work, f"dlsym-{newer_policy}")
+    outcome, log = build_logged(backend, spec, sdist, work, f"dlsym-{newer_policy}")
     assert outcome.build_path is BuildPath.CROSS, log[-4000:]
     if newer_policy == "fail":
         assert outcome.reason is FailureReason.AUDITWHEEL_REJECTED, log[-4000:]

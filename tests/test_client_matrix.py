@@ -47,6 +47,7 @@ from master.index.static import StaticIndex
 from master.pypi.feed import apply_events
 from master.pypi.journal import JournalEvent, parse_entry
 from master.web.app import create_app
+from tests.builds import build_logged
 from tests.clients import (
     CA_BUNDLE,
     DEBIAN_PIP,
@@ -143,13 +144,7 @@ def _build_abidemo(spec: JobSpec, sdist: Path, work: Path) -> Path:
     backend = DockerBackend(
         builder, spec.arch, target, BuilderIdentity(f"matrix-{spec.arch}", uuid4().hex)
     )
-    log = work / f"abidemo-{spec.arch}.log"
-    try:
-        with log.open("wb") as sink:
-            outcome = backend.build(spec, sdist, work / f"job-{spec.arch}", sink)
-    finally:
-        backend.close()
-    text = log.read_text(errors="replace")
+    outcome, text = build_logged(backend, spec, sdist, work, f"abidemo-{spec.arch}")
     assert outcome.built and outcome.wheel is not None, text[-3000:]
     assert f"on {spec.arch}" in text, "build.sh ran on an (emulated) machine of the arch"
     # The stale top_level.txt names `_speedups`; the smoke test imported the real module.

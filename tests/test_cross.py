@@ -25,6 +25,7 @@ from builder.identity import BuilderIdentity
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec, NewerPolicy
 from common.states import BuildPath, FailureReason
+from tests.builds import build_logged
 from tests.sdists import GETRANDOM_POLICY, getrandom_sdist, make_sdist, pypi_sdist
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -71,13 +72,7 @@ def _build(
         {"arch": arch, "image": f"armwheels/build-{arch}:bookworm", "policy": spec.policy}
     )
     backend = CrossBackend(builder, arch, target, BuilderIdentity("cross-test", uuid4().hex))
-    log_path = work / f"{job}.log"
-    try:
-        with log_path.open("wb") as sink:
-            outcome = backend.build(spec, sdist, work / job, sink)
-    finally:
-        backend.close()
-    return outcome, log_path.read_text(errors="replace")
+    return build_logged(backend, spec, sdist, work, job)
 
 
 def _elf_files(wheel: Path) -> dict[str, tuple[int, int]]:

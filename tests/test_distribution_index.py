@@ -5,6 +5,9 @@ are checked for the distribution's float ABI, and are served only by their own i
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +23,12 @@ from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.doctor import check
 from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState, TokenRole
-from common.wheels import EF_ARM_EABI_VER5
+from common.wheels import EF_ARM_EABI_VER5, read_contents
 from master.auth import create_token
 from master.web.app import create_app
 from tests.seed import add_release
 from tests.servers import serve_app
-from tests.wheels import elf_header, make_wheel
+from tests.wheels import elf_header, make_wheel, record_hash
 
 ARMEL = "debian-bookworm-armel"
 ARMHF = "debian-bookworm-armhf"
@@ -45,7 +48,7 @@ class Farm:
     jobs: dict[str, int]
     auth: dict[str, dict[str, str]]
 
-    def upload(self, target: str, filename: str, library: bytes) -> Any:
+    def upload(self, target: str, filename: str, library: bytes, **form: str) -> Any:
         body = make_wheel(filename, extra={"demo/_speed.so": library})
         return self.client.post(
             f"/api/v1/jobs/{self.jobs[target]}/result",
@@ -54,6 +57,7 @@ class Farm:
                 "outcome": "built",
                 "summary": "ok",
                 "wheel_sha256": hashlib.sha256(body).hexdigest(),
+                **form,
             },
             files={"log": ("build.log", b"built\n"), "wheel": (filename, body)},
         )
@@ -114,12 +118,14 @@ def test_each_distribution_job_has_its_machines_platform(farm: Farm) -> None:
 
 def test_a_distribution_wheel_is_served_by_its_own_index_only(farm: Farm) -> None:
     c = farm.client
-    accepted = farm.upload(ARMEL, ARMEL_WHEEL, SOFT_FLOAT_SO)
+    packages = "libc6=2.36-9+deb12u13 libffi8=3.4.4-1"
+    accepted = farm.upload(ARMEL, ARMEL_WHEEL, SOFT_FLOAT_SO, system_packages=packages)
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["state"] == "built"
     with farm.factory() as session:
         output = session.scalar(select(OutputFile))
         assert output is not None and output.index_name == ARMEL
+        assert output.system_packages == packages.split()
     # Its own index lists it, in both formats, and serves the file and its metadata.
     page = c.get(f"/{ARMEL}/simple/demo/")
     assert page.status_code == 200 and ARMEL_WHEEL in page.text
@@ -140,6 +146,7 @@ def test_a_distribution_wheel_is_served_by_its_own_index_only(farm: Farm) -> Non
     project = c.get("/projects/demo").text
     assert f'<tr data-index="{ARMEL}"><td><a href="{url}">{ARMEL_WHEEL}</a>' in project
     assert f"{ARMEL} systems only (armv5tel, armv6l, armv7l, armv8l)" in project
+    assert f'with the packages <span class="system-packages">{packages}</span>' in project
     # The overview names every index and whom it serves.
     overview = c.get("/").text
     assert '<a href="/simple/">/simple/</a></td><td>manylinux wheels (manylinux2014_aarch64,' in (
@@ -259,3 +266,65 @@ def test_the_doctor_sends_each_device_to_the_index_that_serves_it(farm: Farm) ->
     assert stranger["install"] is None
     [refused] = stranger["wheels"]
     assert refused["why_not"].endswith("the farm has no index for debian-bullseye-armel")
+
+
+def test_system_packages_must_be_debian_names_and_versions(farm: Farm) -> None:
+    for bad in ("libc6", "libc6=1.0;rm -rf /", "LibC=1", "a=1  b=2", "x" * 5000):
+        answer = farm.upload(ARMEL, ARMEL_WHEEL, SOFT_FLOAT_SO, system_packages=bad)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert "system_packages" in answer.text
+    assert farm.job(ARMEL).state == JobState.BUILDING
+
+
+def test_the_build_containers_tagging_keeps_the_wheel_valid(tmp_path: Path) -> None:
+    """builder/scripts/distribution_wheel.py, run as the build container runs it: the
+    wheel gets the distribution's tag in its name and WHEEL file, RECORD stays true, and
+    the master's verification passes."""
+    built = tmp_path / "demo-1.0-cp311-cp311-linux_armv7l.whl"
+    built.write_bytes(make_wheel(built.name))
+    # As setuptools writes it: a blank line ends the WHEEL file.
+    with zipfile.ZipFile(built) as archive:
+        original = {i.filename: archive.read(i) for i in archive.infolist()}
+    original["demo-1.0.dist-info/WHEEL"] += b"\n"
+    record = original["demo-1.0.dist-info/RECORD"].decode().splitlines()
+    wheel_line = next(
+        n for n, line in enumerate(record) if line.startswith("demo-1.0.dist-info/WHEEL,")
+    )
+    record[wheel_line] = "demo-1.0.dist-info/WHEEL,{},{}".format(
+        record_hash(original["demo-1.0.dist-info/WHEEL"]), len(original["demo-1.0.dist-info/WHEEL"])
+    )
+    original["demo-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    with zipfile.ZipFile(built, "w") as archive:
+        for name, data in original.items():
+            archive.writestr(name, data)
+    read_contents(built)
+    script = Path(__file__).parent.parent / "builder" / "scripts" / "distribution_wheel.py"
+    out, packages = tmp_path / "wheelhouse", tmp_path / "system-packages.txt"
+    done = subprocess.run(
+        [sys.executable, str(script), str(built), ARMEL_PLATFORM, str(out), str(packages)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [tagged] = out.iterdir()
+    assert tagged.name == ARMEL_WHEEL
+    contents = read_contents(tagged)
+    with zipfile.ZipFile(tagged) as archive:
+        wheel_file = archive.read("demo-1.0.dist-info/WHEEL").decode()
+    assert [line for line in wheel_file.splitlines() if line.startswith("Tag:")] == [
+        f"Tag: cp311-cp311-{platform}" for platform in ARMEL_PLATFORM.split(".")
+    ]
+    assert contents.metadata.startswith(b"Metadata-Version")
+    assert packages.read_text() == ""  # no ELF file, no package
+    assert "system packages: none" in done.stdout
+    # A broken archive is refused with exit 13 (the build's "repair failed").
+    broken = tmp_path / "broken-1.0-cp311-cp311-linux_armv7l.whl"
+    broken.write_bytes(b"not a zip")
+    failed = subprocess.run(
+        [sys.executable, str(script), str(broken), ARMEL_PLATFORM, str(out), str(packages)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert failed.returncode == 13 and "cannot tag" in failed.stdout

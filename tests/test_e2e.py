@@ -212,11 +212,16 @@ def _build_containers() -> set[str]:
     return {str(c.id) for c in containers}
 
 
-def _no_build_containers_left(before: set[str]) -> None:
-    """The builders this test started left no container behind; one that was already
-    there (another process's build on a shared engine) is not theirs to remove."""
+def _no_build_containers_left(before: set[str], builders: str) -> None:
+    """The builders this test started (named `builders`, or starting with it) left no
+    container behind; one that was already there, or another builder's (a test running
+    beside this one on the shared engine), is not theirs to remove."""
     containers = docker.from_env().containers.list(all=True, filters={"label": LABEL})
-    left = [(c.name, c.labels, c.status) for c in containers if str(c.id) not in before]
+    left = [
+        (c.name, c.labels, c.status)
+        for c in containers
+        if str(c.id) not in before and c.labels.get(LABEL, "").startswith(builders)
+    ]
     assert left == []
 
 
@@ -237,7 +242,8 @@ def test_armwheels_up_builds_an_aarch64_wheel_into_our_index(
         finally:
             stop_process(farm)
     assert farm.returncode == 0
-    _no_build_containers_left(before)
+    # Its builders name themselves <host>-<target>-<instance> (builder/identity.py).
+    _no_build_containers_left(before, f"{platform.node()}-")
 
 
 @pytest.mark.redis
@@ -282,7 +288,7 @@ def test_master_and_builder_on_redis_and_postgresql(tmp_path: Path, abidemo_upst
                     stop_process(process)
                 broker.flushdb()
                 broker.close()
-    _no_build_containers_left(before)
+    _no_build_containers_left(before, token_name)
 
 
 def test_build_image_carries_tools_and_nothing_else() -> None:

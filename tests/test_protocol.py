@@ -81,6 +81,7 @@ SAMPLES: list[tuple[type[Body], dict[str, Any]]] = [
             "wheel_sha256": None,
             "transient": True,
             "build_path": "emulated-after-cross",
+            "system_packages": "libc6=2.36-9+deb12u13 zlib1g=1:1.2.13.dfsg-1",
         },
     ),
 ]

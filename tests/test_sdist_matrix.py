@@ -18,6 +18,7 @@ from common.config import BuilderSettings, load_settings
 from common.job_spec import JobSpec
 from common.recipes import Recipe
 from common.states import FailureReason
+from tests.builds import build_logged
 from tests.sdists import make_sdist, pypi_sdist
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -51,13 +52,7 @@ def _build(
         1, recipe,
     )  # fmt: skip
     backend = _backend(work, timeout)
-    log_path = work / f"{job}.log"
-    try:
-        with log_path.open("wb") as sink:
-            outcome = backend.build(spec, sdist, work / job, sink)
-    finally:
-        backend.close()
-    return outcome, log_path.read_text(errors="replace")
+    return build_logged(backend, spec, sdist, work, job)
 
 
 def _assert_aarch64_wheel(outcome: BuildOutcome, log: str) -> zipfile.ZipFile:

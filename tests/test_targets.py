@@ -241,3 +241,79 @@ def test_a_distribution_targets_platform_tag_names_its_machines() -> None:
 def test_bad_distribution_targets_are_refused(targets: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(None, targets=targets)
+
+
+FALLBACK = {
+    "aarch64": {"image": "img-2014", "policy": "manylinux2014_aarch64", "newer_policy": "fail"},
+    "aarch64-2-28": {
+        "arch": "aarch64",
+        "image": "img-2-28",
+        "policy": "manylinux_2_28_aarch64",
+        "fallback_for": "aarch64",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"aarch64": {**FALLBACK["aarch64"], "newer_policy": "publish"}}, "set its newer_policy"),
+        ({"aarch64-2-28": {**FALLBACK["aarch64-2-28"], "fallback_for": "x"}}, "is not another"),
+        (
+            {"aarch64-2-28": {**FALLBACK["aarch64-2-28"], "fallback_for": "aarch64-2-28"}},
+            "is not another",
+        ),
+    ],
+)
+def test_a_fallback_needs_a_primary_that_fails_newer_wheels(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, targets={**FALLBACK, **change})
+
+
+@pytest.mark.parametrize(
+    ("reason", "falls_back"),
+    [("auditwheel-rejected", True), ("compile-error", False)],
+)
+def test_a_wheel_needing_a_newer_glibc_is_built_again_by_the_fallback_target(
+    database_url: str, tmp_path: Path, reason: str, falls_back: bool
+) -> None:
+    """Only the primary target is planned; its job failing for a too-new glibc hands the
+    release to the manylinux_2_28 target, once; any other failure does not."""
+    settings = load_settings(
+        None,
+        database={"url": database_url},
+        master={"data_dir": tmp_path / "data"},
+        targets=FALLBACK,
+    )
+    assert list(settings.planned_targets()) == ["aarch64"]
+    assert list(settings.fallbacks_of("aarch64")) == ["aarch64-2-28"]
+    engine = make_engine(database_url)
+    upgrade(engine)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as session:
+        _, _, [job] = add_release(session, settings)
+        secret = create_token(session, "b1", TokenRole.BUILDER)
+    auth = {"Authorization": f"Bearer {secret}"}
+    summary = "the wheel needs manylinux_2_34_aarch64 (libc.so.6 GLIBC_2.34)"
+    with TestClient(create_app(settings, factory)) as client:
+        registration = {"arch": "aarch64", "backend": "docker", "python_tags": ["cp311"]}
+        assert client.post("/api/v1/builders/register", headers=auth, json=registration).is_success
+        assert client.post(f"/api/v1/jobs/{job.id}/claim", headers=auth).is_success
+        failed = client.post(
+            f"/api/v1/jobs/{job.id}/result",
+            headers=auth,
+            data={"outcome": "failed", "reason": reason, "summary": summary},
+            files={"log": ("build.log", b"auditwheel: cannot repair\n")},
+        )
+        assert failed.status_code == 200, failed.text
+    with factory() as session:
+        rows = session.execute(
+            select(BuildJob.target, BuildJob.state, BuildJob.policy).order_by(BuildJob.id)
+        ).all()
+    expected = [("aarch64", JobState.FAILED, "manylinux2014_aarch64")]
+    if falls_back:
+        expected.append(("aarch64-2-28", JobState.PENDING, "manylinux_2_28_aarch64"))
+    assert [tuple(row) for row in rows] == expected
+    engine.dispose()

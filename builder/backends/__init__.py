@@ -47,6 +47,9 @@ class BuildOutcome:
     # it automatically, up to its attempt cap.
     transient: bool = False
     build_path: BuildPath | None = None
+    # A distribution target's wheel: `package=version` of the distribution's packages
+    # that hold the libraries it loads (what a user installs beside it).
+    system_packages: list[str] | None = None
 
 
 class Backend(Protocol):
@@ -254,8 +257,16 @@ def run_recipe(
             reason=FailureReason.SMOKE_TEST_FAILED,
             summary="the repaired wheel did not install or import",
         )
+    packages_file = out / "system-packages.txt"
+    packages = None
+    if packages_file.is_file():
+        packages = [p for p in packages_file.read_text(errors="replace").split() if p]
     return BuildOutcome(
-        True, wheel=wheel, summary=f"built {wheel.name}", grafted=contents.grafted_libraries
+        True,
+        wheel=wheel,
+        summary=f"built {wheel.name}",
+        grafted=contents.grafted_libraries,
+        system_packages=packages,
     )
 
 

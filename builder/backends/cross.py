@@ -58,6 +58,7 @@ from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.states import BuildPath, FailureReason
+from common.tags import is_distribution_policy
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ class CrossBackend(DockerBackend):
             return "its recipe has its own build command"
         if wants_egress(spec):
             return "its recipe builds with egress"
+        if is_distribution_policy(spec.policy):
+            return "a distribution target builds in its own image"
         if spec.python_tag not in self.host_interpreters:
             return f"the cross image has no {spec.python_tag} interpreter"
         return None
@@ -215,7 +218,10 @@ class CrossBackend(DockerBackend):
         """An emulated build's wheel is repaired natively, in the cross image with the
         sysroot of the image it was built in (auditwheel under QEMU cost 5-8 s of every
         job), and in that image after all when that fails: the emulated path stays the
-        last resort it is."""
+        last resort it is. A distribution target's wheel is tagged where it was built:
+        the packages it links are the image's."""
+        if is_distribution_policy(spec.policy):
+            return None
 
         def repair() -> StepExit:
             started = time.monotonic()

@@ -497,7 +497,7 @@ class DockerBackend:
         }
         if constraints is not None:
             volumes[str(constraints)] = {"bind": CONSTRAINTS, "mode": "ro"}
-        platforms = platform_tags(self.arch, self.glibc_minor)
+        platforms = platform_tags(self.arch, self.glibc_minor, spec.policy)
         if self.wheelhouse is not None:
             self.wheelhouse.fill_for(sdist, spec.python_tag, platforms, constraints, log_sink)
             # Offered even when the sdist's requirements could not be read: an offline
@@ -591,7 +591,7 @@ class DockerBackend:
             # in the target's container: only the import is emulated.
             site = wheel.parent.parent / "smoke-site"
             shutil.rmtree(site, ignore_errors=True)
-            platforms = platform_tags(self.arch, self.glibc_minor)
+            platforms = platform_tags(self.arch, self.glibc_minor, spec.policy)
             links = None
             if offer_runtime_requirements(
                 self.wheelhouse, requirements, spec.python_tag, platforms, log_sink

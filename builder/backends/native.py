@@ -562,7 +562,7 @@ class NativeBackend:
         if constraints is not None:
             constraints.parent.chmod(0o755)
         env.update(recipe_environment(spec.recipe, str(constraints) if constraints else None))
-        platforms = platform_tags(self.arch, _glibc_minor())
+        platforms = platform_tags(self.arch, _glibc_minor(), spec.policy)
         if self.wheelhouse is not None:
             self.wheelhouse.fill_for(sdist, spec.python_tag, platforms, constraints, log)
             # Offered even when the sdist's requirements could not be read: an offline

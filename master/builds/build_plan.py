@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from common.config import Settings, TargetSettings
 from common.models import BuildJob, OutputFile, Release, SkipRule, SourceFile
 from common.names import python_version_of_tag
-from common.states import ACTIVE_STATES, JobState, SkipReason
+from common.states import ACTIVE_STATES, FailureReason, JobState, SkipReason
 from common.tags import covering_wheel, publishing_index, wheel_tags
 from master.builds import jobs
 
@@ -233,7 +233,7 @@ def plan_builds(
     settled = _settled_targets(session, release.id)
     ours = served_wheels(session, release.id)
     created: list[BuildJob] = []
-    for name, target in sorted(settings.enabled_targets().items()):
+    for name, target in sorted(settings.planned_targets().items()):
         for tag in target.python_tags:
             if (name, tag) in settled or not target_allowed(release.requires_python, tag, project):
                 continue
@@ -252,6 +252,35 @@ def plan_builds(
             )
             if covered is None:
                 created.append(job)
+    return created
+
+
+def plan_fallbacks(session: Session, job: BuildJob, settings: Settings) -> list[BuildJob]:
+    """A job whose wheel needs a newer glibc than its target's policy (it failed
+    auditwheel-rejected) hands its release and interpreter to the targets that fall
+    back for its target: one job each, unless one is active or a wheel serves it."""
+    if job.state != JobState.FAILED or job.failure_reason != FailureReason.AUDITWHEEL_REJECTED:
+        return []
+    fallbacks = {
+        name: target.model_copy(update={"python_tags": [job.python_tag]})
+        for name, target in settings.fallbacks_of(job.target).items()
+        if job.python_tag in target.python_tags
+    }
+    if not fallbacks:
+        return []
+    release, source = job.release, job.source_file
+    ours = served_wheels(session, release.id)
+    open_targets = {
+        name: target
+        for name, target in fallbacks.items()
+        if target_covered(release, ours, job.python_tag, target.policy, settings) is None
+    }
+    created = create_jobs(session, release, source, open_targets, job.priority)
+    for fallback in created:
+        log.info(
+            "build handed to a fallback target",
+            extra={"job_id": fallback.id, "from_job": job.id, "target": fallback.target},
+        )
     return created
 
 

@@ -67,8 +67,11 @@ def request_rebuild(
             f"{name} has no release {version or ''} with an sdist".replace("  ", " ")
         )
     release: Release = max(releases, key=lambda r: Version(r.version))
-    targets = settings.enabled_targets()
+    # A rebuild names a fallback target to rebuild for it; otherwise fallbacks follow
+    # their primary target's outcome.
+    targets = settings.planned_targets()
     if target is not None:
+        targets = settings.enabled_targets()
         if target not in targets:
             raise RebuildError(f"{target} is not an enabled target")
         targets = {target: targets[target]}

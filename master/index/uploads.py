@@ -208,6 +208,7 @@ def accept_wheel(
     push_targets: Sequence[PushTarget] = (),
     newer_policy: NewerPolicy = "fail",
     float_abi: FloatAbi = "hard",
+    system_packages: Sequence[str] = (),
 ) -> OutputFile:
     """Verify an uploaded wheel and move it into the file tree; raises Rejected (and
     notes on the job which check refused it), leaving nothing published. A distribution
@@ -251,6 +252,9 @@ def accept_wheel(
         grafted=contents.grafted_libraries,
         published=True,
         index_name=publishing_index(job.target, job.policy),
+        # Only a distribution's packages mean something to its users; a manylinux wheel
+        # carries (grafts) what it links.
+        system_packages=list(system_packages) if is_distribution_policy(job.policy) else [],
     )
     session.add(output)
     if not output.index_name:

@@ -46,6 +46,7 @@ from common.states import FailureReason, JobState
 from common.wheels import Check
 from master.auth import builder_for
 from master.builds import build_paths, jobs
+from master.builds.build_plan import plan_fallbacks
 from master.builds.jobs import HandBack, IllegalTransition
 from master.builds.live_logs import (
     OffsetGap,
@@ -376,6 +377,7 @@ def router(ctx: MasterContext) -> APIRouter:
                         push_targets=settings.push,
                         newer_policy=settings.newer_policy(job.target),
                         float_abi=float_abi,
+                        system_packages=(form.system_packages or "").split(),
                     )
                     written += [
                         storage.wheel_path(project, published.filename),
@@ -392,6 +394,7 @@ def router(ctx: MasterContext) -> APIRouter:
                 jobs.cover(job, str(covered))
             else:
                 jobs.finish(job, report, settings.master.max_attempts)
+                plan_fallbacks(db, job, settings)
             build_paths.record(job, form.build_path, built=outcome == "built" and rejection is None)
             db.commit()
         except Exception as exc:

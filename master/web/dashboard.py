@@ -592,6 +592,7 @@ _WHEELS = (
         OutputFile.sha256,
         Release.version,
         OutputFile.index_name,
+        OutputFile.system_packages,
     )
     .join(Release, OutputFile.release_id == Release.id)
     .where(Release.project_id == bindparam("project"), *index.PUBLISHED)

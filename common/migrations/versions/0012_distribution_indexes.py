@@ -1,6 +1,7 @@
-"""output_files.index_name: wheels of distribution targets, served only by their own index
+"""output_files.index_name and system_packages: wheels of distribution targets, served
+only by their own index, with the Debian packages they link
 
-Every wheel so far is a manylinux wheel of /simple/: index_name "".
+Every wheel so far is a manylinux wheel of /simple/: index_name "", no packages.
 
 Revision ID: 0012
 Revises: 0011
@@ -23,6 +24,10 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("index_name", sa.String(length=48), nullable=False, server_default="")
         )
+        batch.add_column(sa.Column("system_packages", sa.JSON(), nullable=True))
+    op.execute("UPDATE output_files SET system_packages = '[]'")
+    with op.batch_alter_table("output_files") as batch:
+        batch.alter_column("system_packages", existing_type=sa.JSON(), nullable=False)
 
 
 def downgrade() -> None:
@@ -30,4 +35,5 @@ def downgrade() -> None:
     # they are unpublished first (their files and rows stay, for fsck and history).
     op.execute("UPDATE output_files SET published = false WHERE index_name <> ''")
     with op.batch_alter_table("output_files") as batch:
+        batch.drop_column("system_packages")
         batch.drop_column("index_name")
