@@ -490,7 +490,7 @@ def cmd_index_export(args: argparse.Namespace) -> int:
         with _database(settings) as factory, factory() as session:
             progress, advance = _index_progress("exporting", session)
             with progress:
-                report = StaticIndex(target).regenerate(
+                report = StaticIndex(target, settings.distribution_indexes()).regenerate(
                     session, files_from=settings.master.data_dir, progress=advance
                 )
     except OSError as exc:
@@ -508,7 +508,7 @@ def cmd_index_sync(args: argparse.Namespace) -> int:
     from master.index.static import StaticIndex
 
     settings = _settings(args)
-    static = StaticIndex(settings.master.data_dir)
+    static = StaticIndex(settings.master.data_dir, settings.distribution_indexes())
     with _database(settings) as factory, factory() as session:
         if args.full:
             progress, advance = _index_progress("regenerating", session)

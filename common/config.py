@@ -47,10 +47,11 @@ from common.tags import (
 DebianSuite = Literal["bullseye", "bookworm", "trixie"]
 TargetKind = Literal["manylinux", "distribution"]
 FloatAbi = Literal["hard", "soft"]
-# Top-level paths of the master: a distribution target is served at /<name>/simple/.
+# Top-level paths of the master, and folders of its data directory: a distribution
+# target is served at /<name>/simple/, its static tree kept in <data_dir>/<name>/.
 RESERVED_TARGET_NAMES = frozenset(
     {"api", "audit", "builders", "builds", "doctor", "files", "logs", "metrics", "projects"}
-    | {"simple", "static"}
+    | {"simple", "static", "tmp", "live", "quarantine", "fragments"}
 )
 
 CONFIG_ENV = "ARMWHEELS_CONFIG"
@@ -575,6 +576,11 @@ class Settings(BaseSettings):
 
     def enabled_targets(self) -> dict[str, TargetSettings]:
         return {name: t for name, t in self.targets.items() if t.enabled}
+
+    def distribution_indexes(self) -> list[str]:
+        """The distribution targets' names, each an index of its own (a disabled one
+        keeps serving the wheels it has)."""
+        return sorted(n for n, t in self.targets.items() if t.kind == "distribution")
 
     def planned_targets(self) -> dict[str, TargetSettings]:
         """The enabled targets every release is planned for: fallback targets only get

@@ -84,7 +84,11 @@ class FeedLoop(threading.Thread):
         self.next_poll = 0.0
         self.storage = Storage(settings.master.data_dir)
         self.live = LiveLogs(self.storage, *live_caps(settings.master.max_log_bytes))
-        self.static = StaticIndex(settings.master.data_dir) if settings.index.static else None
+        self.static = (
+            StaticIndex(settings.master.data_dir, settings.distribution_indexes())
+            if settings.index.static
+            else None
+        )
 
     def run(self) -> None:
         client = UpstreamClients.for_settings(self.settings)

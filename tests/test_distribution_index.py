@@ -25,6 +25,7 @@ from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState, TokenRole
 from common.wheels import EF_ARM_EABI_VER5, read_contents
 from master.auth import create_token
+from master.index.static import StaticIndex
 from master.web.app import create_app
 from tests.seed import add_release
 from tests.servers import serve_app
@@ -147,6 +148,24 @@ def test_a_distribution_wheel_is_served_by_its_own_index_only(farm: Farm) -> Non
     assert f'<tr data-index="{ARMEL}"><td><a href="{url}">{ARMEL_WHEEL}</a>' in project
     assert f"{ARMEL} systems only (armv5tel, armv6l, armv7l, armv8l)" in project
     assert f'with the packages <span class="system-packages">{packages}</span>' in project
+    # The master's static tree has the distribution's own, its wheel linked into it;
+    # /simple/'s tree never lists it. An export carries both.
+    data = farm.settings.master.data_dir
+    own = data / ARMEL / "simple" / "demo"
+    assert ARMEL_WHEEL in (own / "index.html").read_text()
+    assert ARMEL_WHEEL in (own / "index.json").read_text()
+    assert "demo" in (data / ARMEL / "simple" / "index.html").read_text()
+    assert (data / ARMEL / "files" / "demo" / ARMEL_WHEEL).read_bytes() == c.get(url).content
+    assert not (data / "simple" / "demo").exists()
+    assert not (data / ARMHF / "simple" / "demo").exists()
+    export = data.parent / "export"
+    with farm.factory() as session:
+        StaticIndex(export, farm.settings.distribution_indexes()).regenerate(
+            session, files_from=data
+        )
+    assert ARMEL_WHEEL in (export / ARMEL / "simple" / "demo" / "index.json").read_text()
+    assert (export / ARMEL / "files" / "demo" / f"{ARMEL_WHEEL}.metadata").is_file()
+    assert not (export / "simple" / "demo").exists()
     # The overview names every index and whom it serves.
     overview = c.get("/").text
     assert '<a href="/simple/">/simple/</a></td><td>manylinux wheels (manylinux2014_aarch64,' in (

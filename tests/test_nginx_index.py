@@ -4,6 +4,7 @@ exported tree, JSON or HTML by the Accept header, and real pip installs from it.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,13 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import Settings
-from common.db import transaction
-from tests.seed import publish_wheel
+from common.config import Settings, load_settings
+from common.db import make_engine, make_sessionmaker, transaction, upgrade
+from common.wheels import EF_ARM_EABI_VER5
+from master.index.static import StaticIndex
+from master.index.uploads import accept_wheel
+from master.storage import Storage
+from tests.seed import add_release, publish_wheel
 from tests.servers import (
     PIP_TARGET,
     ROOT,
@@ -27,6 +32,7 @@ from tests.servers import (
     stop_process,
     wait_until,
 )
+from tests.wheels import elf_header, make_wheel
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SNIPPET = ROOT / "docker" / "nginx-armwheels.conf"
@@ -152,3 +158,57 @@ def test_export_refuses_a_directory_that_is_not_an_export(
     assert done.stderr.strip().count("\n") == 0
     assert "not empty" in done.stderr
     assert (occupied / "important.txt").read_text() == "keep me"
+
+
+def test_nginx_serves_a_distribution_targets_own_index_from_the_export(
+    database_url: str, tmp_path: Path, nginx: tuple[str, Path]
+) -> None:
+    """An armel target's wheel, exported beside /simple/: nginx serves it under
+    /<target>/simple/ and /<target>/files/ with the same headers, never under /simple/."""
+    base, export = nginx
+    armel = "debian-bookworm-armel"
+    settings = load_settings(
+        None,
+        database={"url": database_url},
+        master={"data_dir": tmp_path / "data"},
+        targets={
+            "aarch64": {"image": "i", "policy": "manylinux2014_aarch64"},
+            armel: {"arch": "armv7l", "kind": "distribution", "float_abi": "soft", "image": "e"},
+        },
+    )
+    engine = make_engine(database_url)
+    upgrade(engine)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as session:
+        publish_wheel(session, settings, "alpha")
+        _, _, jobs = add_release(session, settings, project="beta")
+        [job] = [j for j in jobs if j.target == armel]
+        filename = f"beta-1.0-cp311-cp311-{job.policy}.whl"
+        soft = elf_header("armv7l", flags=EF_ARM_EABI_VER5)
+        body = make_wheel(filename, modules=("beta",), extra={"beta/_x.so": soft})
+        accept_wheel(
+            session,
+            Storage(settings.master.data_dir),
+            job,
+            filename,
+            hashlib.sha256(body).hexdigest(),
+            io.BytesIO(body),
+            settings.master.max_upload_bytes,
+            float_abi="soft",
+        )
+    with factory() as session:
+        StaticIndex(export, settings.distribution_indexes()).regenerate(
+            session, files_from=settings.master.data_dir
+        )
+    engine.dispose()
+    page = httpx.get(f"{base}/{armel}/simple/beta/", headers={"Accept": JSON_TYPE})
+    assert page.status_code == 200 and page.headers["vary"] == "Accept"
+    assert [f["filename"] for f in page.json()["files"]] == [filename]
+    listed = httpx.get(f"{base}/{armel}/simple/", headers={"Accept": JSON_TYPE})
+    assert listed.json()["projects"] == [{"name": "beta"}]
+    wheel = httpx.get(f"{base}/{armel}/files/beta/{filename}")
+    assert wheel.content == body and "immutable" in wheel.headers["cache-control"]
+    assert httpx.get(f"{base}/{armel}/simple/.serial").status_code == 404
+    assert httpx.get(f"{base}/simple/beta/").status_code == 404
+    main = httpx.get(f"{base}/simple/", headers={"Accept": JSON_TYPE})
+    assert main.json()["projects"] == [{"name": "alpha"}]

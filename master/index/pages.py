@@ -145,14 +145,16 @@ def project_files(session: Session, project: Project, index: str = "") -> list[I
     return [_index_file(row, project.name) for row in rows]
 
 
-def all_served_files(session: Session) -> Iterator[tuple[int, str, list[IndexFile]]]:
-    """Every served file, grouped by project in name order: (project id, name, files).
-    Streams, so a full regeneration holds one project's files at a time."""
+def all_served_files(
+    session: Session, index: str = ""
+) -> Iterator[tuple[int, str, list[IndexFile]]]:
+    """Every file one index serves, grouped by project in name order: (project id, name,
+    files). Streams, so a full regeneration holds one project's files at a time."""
     rows = session.execute(
         select(Project.id, Project.name, *_FILE_COLUMNS)
         .join(Release, Release.project_id == Project.id)
         .join(OutputFile, OutputFile.release_id == Release.id)
-        .where(*SERVED)
+        .where(*served(index))
         .order_by(Project.name, OutputFile.filename)
         .execution_options(yield_per=5000)
     )

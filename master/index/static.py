@@ -6,6 +6,9 @@ Layout under the root (the master's data directory, or an export directory):
     simple/<project>/index.html, index.json         one project's page, both formats
     simple/.serial                                  the index serial the tree shows
     files/<project>/<wheel>, <wheel>.metadata       what the pages link to (../../files/)
+    <distribution>/simple/..., <distribution>/files/...
+                                                    each distribution target's own index,
+                                                    the same layout, its files linked
 
 The tree is brought up to date by replaying the index changes past the serial it shows:
 only the projects that changed are rewritten, and the project list only when a project
@@ -59,10 +62,17 @@ class SyncReport:
 
 
 class StaticIndex:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, distributions: Iterable[str] = (), index_name: str = "") -> None:
+        """The tree of /simple/ under `root`, and one under root/<name> for each of the
+        distribution targets named (`index_name`: this tree is that distribution's)."""
         self.root = root
-        self.simple = root / "simple"
-        self.files = root / "files"
+        self.index_name = index_name
+        base = root / index_name if index_name else root
+        self.simple = base / "simple"
+        self.files = base / "files"
+        # A distribution's tree links its wheels from the root's files/ (the master's
+        # storage, or an export's own copy), where every wheel is kept.
+        self.children = [StaticIndex(root, index_name=name) for name in sorted(distributions)]
         # The project list as last read or written, keyed by its file's (mtime, size):
         # a new project then costs a render of the list, not a parse of it as well.
         self._names: tuple[tuple[int, int], list[str]] | None = None
@@ -89,11 +99,25 @@ class StaticIndex:
 
     def sync(self, session: Session) -> SyncReport:
         """Rewrite the projects changed since the serial the tree shows (all of them if
-        there is no tree yet)."""
+        there is no tree yet), then each distribution's tree the same way."""
+        report = self._sync(session)
+        for child in self.children:
+            try:
+                child.sync(session)
+            except OSError as exc:
+                # /simple/ is up to date; the next sync, or fsck, brings this tree along.
+                log.warning(
+                    "distribution index not updated",
+                    extra={"index": child.index_name, "error": str(exc)},
+                )
+        return report
+
+    def _sync(self, session: Session) -> SyncReport:
         with self.locked():
             shown = self.shown_serial()
             if shown is None:
-                return self._regenerate(session, None, None)
+                # A distribution's tree links its files from the master's storage.
+                return self._regenerate(session, self.root if self.index_name else None, None)
             changed = session.execute(
                 select(IndexChange.project_id, func.max(IndexChange.id))
                 .where(IndexChange.id > shown)
@@ -109,7 +133,9 @@ class StaticIndex:
                 if project is None:
                     continue
                 was_listed = (self.simple / project.name / JSON_PAGE).exists()
-                files = index.project_files(session, project)
+                files = index.project_files(session, project, self.index_name)
+                if self.index_name:
+                    self._link_files(self.root, project.name, files, report)
                 self._write_project(project.name, files, serial, report)
                 if files and not was_listed:
                     joined.add(project.name)
@@ -138,7 +164,11 @@ class StaticIndex:
         """Write the whole tree from the database; with `files_from` (the master's data
         directory) also link or copy every served wheel and metadata file into it."""
         with self.locked():
-            return self._regenerate(session, files_from, progress)
+            report = self._regenerate(session, files_from, progress)
+        for child in self.children:
+            # Its files are linked from where every wheel is kept: the master's storage.
+            child.regenerate(session, files_from or self.root)
+        return report
 
     def rewrite(self, session: Session, names: Iterable[str], root: bool = False) -> SyncReport:
         """Rewrite these projects' pages (and with `root` the project list) from the
@@ -149,11 +179,15 @@ class StaticIndex:
             report = SyncReport(self.shown_serial() or 0)
             for name in sorted(set(names)):
                 project = session.scalar(select(Project).where(Project.name == name))
-                files = index.project_files(session, project) if project is not None else []
+                files = (
+                    index.project_files(session, project, self.index_name)
+                    if project is not None
+                    else []
+                )
                 serial = index.last_serial(session, project.id) if project is not None else 0
                 self._write_project(name, files, serial, report)
             if root:
-                self._write_root(index.published_projects(session), report)
+                self._write_root(index.published_projects(session, self.index_name), report)
         log.info(
             "static index pages rewritten",
             extra={"projects": report.projects, "written": report.files_written},
@@ -182,7 +216,7 @@ class StaticIndex:
         serials = index.project_serials(session)
         report = SyncReport(serial)
         names: list[str] = []
-        for project_id, name, files in index.all_served_files(session):
+        for project_id, name, files in index.all_served_files(session, self.index_name):
             self._write_project(name, files, serials.get(project_id, 0), report, durable=False)
             if files_from is not None:
                 self._link_files(files_from, name, files, report)

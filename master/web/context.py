@@ -33,5 +33,9 @@ class MasterContext:
             storage=storage,
             live=LiveLogs(storage, *live_caps(settings.master.max_log_bytes)),
             recipes=RecipeBook(settings.master.recipes),
-            static=StaticIndex(settings.master.data_dir) if settings.index.static else None,
+            static=(
+                StaticIndex(settings.master.data_dir, settings.distribution_indexes())
+                if settings.index.static
+                else None
+            ),
         )
