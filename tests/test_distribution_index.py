@@ -5,6 +5,8 @@ are checked for the distribution's float ABI, and are served only by their own i
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,6 +24,7 @@ from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.doctor import check
 from common.models import BuildJob, OutputFile
+from common.protocol import SYSTEM_PACKAGES_PATTERN
 from common.states import FailureReason, JobState, TokenRole
 from common.wheels import EF_ARM_EABI_VER5, read_contents
 from master.auth import create_token
@@ -347,3 +350,76 @@ def test_the_build_containers_tagging_keeps_the_wheel_valid(tmp_path: Path) -> N
         check=False,
     )
     assert failed.returncode == 13 and "cannot tag" in failed.stdout
+
+
+def _wheel_with_library(tmp_path: Path, name: str, code: str, link: list[str]) -> Path:
+    """A linux wheel holding one shared object of this host, `code` linked with `link`."""
+    source = tmp_path / f"{name}.c"
+    source.write_text(code)
+    library = tmp_path / f"{name}.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source), *link], check=True)
+    wheel = tmp_path / f"demo-1.0-cp311-cp311-linux_{name}.whl"
+    wheel.write_bytes(make_wheel(wheel.name, extra={"demo/_speed.so": library.read_bytes()}))
+    return wheel
+
+
+def test_the_packages_a_wheel_loads_are_recorded_and_a_foreign_library_refused(
+    tmp_path: Path,
+) -> None:
+    """distribution_wheel.py on this (Debian) host, with ldd and dpkg as in a build image:
+    a library of the system's own package is recorded with its version; one that no
+    package provides (the build's own, or /usr/local's) fails the build."""
+    if shutil.which("dpkg") is None or shutil.which("gcc") is None:
+        pytest.skip("needs a Debian host with gcc")
+    script = Path(__file__).parent.parent / "builder" / "scripts" / "distribution_wheel.py"
+    zlib = _wheel_with_library(
+        tmp_path,
+        "zlib",
+        "extern const char *zlibVersion(void);\nconst char *v(void) { return zlibVersion(); }\n",
+        ["-l:libz.so.1"],
+    )
+    packages = tmp_path / "packages.txt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(zlib),
+            "linux_x86_64",
+            str(tmp_path / "out"),
+            str(packages),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    recorded = packages.read_text().split()
+    assert {p.split("=")[0] for p in recorded} >= {"libc6", "zlib1g"}, recorded
+    assert all(re.fullmatch(SYSTEM_PACKAGES_PATTERN, p) for p in recorded)
+
+    private = tmp_path / "private"
+    private.mkdir()
+    foreign = _wheel_with_library(private, "foreign", "int foreign(void) { return 42; }\n", [])
+    own = _wheel_with_library(
+        tmp_path,
+        "mine",
+        "extern int foreign(void);\nint mine(void) { return foreign(); }\n",
+        [f"-L{private}", f"-Wl,-rpath,{private}", "-l:foreign.so"],
+    )
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(own),
+            "linux_x86_64",
+            str(tmp_path / "o2"),
+            str(packages),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 13, refused.stdout
+    assert f"{private}/foreign.so belongs to no package" in refused.stdout
+    assert list((tmp_path / "o2").iterdir()) == []
+    assert foreign.exists()

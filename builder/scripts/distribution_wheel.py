@@ -83,14 +83,22 @@ def _elf_members(wheel: str, scratch: str) -> list[str]:
     return paths
 
 
+class NotFromTheDistribution(Exception):
+    """A library the wheel loads is missing, or no package of the distribution has it."""
+
+
 def linked_packages(wheel: str) -> list[str]:
     """`package=version` of every Debian package that holds a library the wheel's ELF
-    files load (ldd, then dpkg -S on the library's real path), sorted."""
+    files load (ldd, then dpkg -S on the library's real path), sorted. Raises
+    NotFromTheDistribution for a library that is missing or no package's: a user of
+    the distribution could not install what the wheel needs."""
     libraries = set()
     with tempfile.TemporaryDirectory() as scratch:
         for path in _elf_members(wheel, scratch):
             done = subprocess.run(["ldd", path], capture_output=True, text=True, check=False)
             for line in done.stdout.splitlines():
+                if "=> not found" in line:
+                    raise NotFromTheDistribution(f"{line.split()[0]} is not found")
                 found = _LDD_PATH.search(line)
                 if found:
                     libraries.add(os.path.realpath(found.group(1)))
@@ -101,6 +109,8 @@ def linked_packages(wheel: str) -> list[str]:
             # /lib is a link to /usr/lib on merged-/usr systems: dpkg knows one of them.
             alias = library.replace("/usr/lib/", "/lib/", 1)
             owner = subprocess.run(["dpkg", "-S", alias], capture_output=True, text=True)
+        if owner.returncode != 0:
+            raise NotFromTheDistribution(f"{library} belongs to no package of this system")
         for line in owner.stdout.splitlines():
             packages.add(line.split(":", 1)[0].strip())
     if not packages:
@@ -123,7 +133,16 @@ def main(argv: list[str]) -> int:
         print(f"::armwheels:: cannot tag {Path(wheel).name}: {exc}")
         return 13
     print(f"::armwheels:: tagged {Path(tagged).name}")
-    packages = linked_packages(tagged)
+    try:
+        packages = linked_packages(tagged)
+    except NotFromTheDistribution as exc:
+        print(f"::armwheels:: the wheel loads a library from outside the distribution: {exc}")
+        Path(tagged).unlink()
+        return 13
+    except OSError as exc:  # no ldd or dpkg: not a Debian system
+        print(f"::armwheels:: cannot list the packages the wheel links: {exc}")
+        Path(tagged).unlink()
+        return 13
     Path(packages_file).write_text("".join(f"{package}\n" for package in packages))
     print(f"::armwheels:: system packages: {' '.join(packages) or 'none'}")
     return 0
