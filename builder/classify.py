@@ -816,7 +816,16 @@ def _newest_symbols(text: str) -> str:
     return ", ".join(dict.fromkeys(needs))
 
 
+# builder/scripts/distribution_wheel.py's refusals (a distribution target's repair step).
+_DISTRIBUTION_REFUSAL = re.compile(
+    r"::armwheels:: (?P<what>the wheel loads a library from outside the distribution: [^\n]{1,300}"
+    r"|cannot tag [^\n]{1,300}|cannot list the packages the wheel links: [^\n]{1,300})"
+)
+
+
 def _auditwheel(text: str) -> Diagnosis:
+    if match := _DISTRIBUTION_REFUSAL.search(text):
+        return _make(FailureReason.AUDITWHEEL_REJECTED, match.group("what"))
     if match := _AW_CANNOT.search(text):
         why = match.group("why").strip()
         summary = f"auditwheel cannot repair to {match.group('plat')}: {why}"

@@ -1138,3 +1138,17 @@ def test_summary_is_sanitised_for_the_web() -> None:
     assert reason is R.COMPILE_ERROR
     assert_one_safe_line(summary)
     assert "\u202e" not in summary and summary.endswith("...")
+
+
+def test_a_distribution_wheel_loading_a_foreign_library_says_which() -> None:
+    log = (
+        b"::armwheels:: distribution target: tagging linux_armv7l.linux_armv8l, recording\n"
+        b"::armwheels:: tagged demo-1.0-cp311-cp311-linux_armv7l.linux_armv8l.whl\n"
+        b"::armwheels:: the wheel loads a library from outside the distribution:"
+        b" /opt/vendor/libfoo.so.1 belongs to no package of this system\n"
+    )
+    assert classify(13, log) == (
+        R.AUDITWHEEL_REJECTED,
+        "the wheel loads a library from outside the distribution: /opt/vendor/libfoo.so.1"
+        " belongs to no package of this system",
+    )
