@@ -7,7 +7,6 @@ extension; a wheel that needs a newer glibc than the policy is handled as the ta
 from __future__ import annotations
 
 import platform
-import zipfile
 from pathlib import Path
 from uuid import uuid4
 
@@ -24,12 +23,11 @@ from common.job_spec import JobSpec, NewerPolicy
 from common.states import BuildPath, FailureReason
 from tests.builds import build_logged
 from tests.sdists import DLSYM_GLIBC, GETRANDOM_POLICY, dlsym_sdist, getrandom_sdist
+from tests.wheels import arm32_objects
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-EF_ARM_ABI_FLOAT_HARD = 0x400  # e_flags bit of the armhf (hard-float) ABI
-EM_ARM = 40
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +60,6 @@ def _spec(sdist: Path, target: TargetSettings, newer_policy: NewerPolicy) -> Job
     )  # fmt: skip
 
 
-def _hard_float_arm_objects(wheel: Path) -> list[str]:
-    """The wheel's ELF members, each checked to be 32-bit ARM with the hard-float flag."""
-    found = []
-    with zipfile.ZipFile(wheel) as archive:
-        for member in archive.namelist():
-            head = archive.read(member)[:40]
-            if head[:4] != b"\x7fELF":
-                continue
-            assert head[4] == 1, f"{member}: not 32-bit"
-            assert int.from_bytes(head[18:20], "little") == EM_ARM, f"{member}: not ARM"
-            flags = int.from_bytes(head[36:40], "little")
-            assert flags & EF_ARM_ABI_FLOAT_HARD, f"{member}: not hard-float"
-            found.append(member)
-    return found
-
-
 def test_the_default_armv7l_target_builds_on_bullseye_at_its_policys_floor(
     work: Path, tmp_path: Path
 ) -> None:
@@ -106,7 +88,7 @@ def test_the_default_armv7l_target_builds_on_bullseye_at_its_policys_floor(
         f"{GETRANDOM_POLICY}_armv7l",
         "manylinux_2_31_armv7l",
     }
-    assert _hard_float_arm_objects(outcome.wheel) == [
+    assert arm32_objects(outcome.wheel, "hard") == [
         "randbyte/_speed.cpython-39-arm-linux-gnueabihf.so"
     ]
     assert "smoke test passed" in log
@@ -137,5 +119,5 @@ def test_a_bookworm_wheel_newer_than_manylinux_2_31_is_handled_as_the_target_say
     [platform_tag] = {tag.platform for tag in tags}
     assert platform_tag.startswith("manylinux_2_") and platform_tag.endswith("_armv7l")
     assert int(platform_tag.split("_")[2]) >= 34, outcome.wheel.name
-    assert _hard_float_arm_objects(outcome.wheel)
+    assert arm32_objects(outcome.wheel, "hard")
     assert "smoke test passed" in log

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from pathlib import Path
 from uuid import uuid4
 
@@ -28,7 +27,6 @@ from common.db import make_engine, make_sessionmaker, transaction, upgrade
 from common.job_spec import JobSpec
 from common.models import OutputFile
 from common.states import TokenRole
-from common.wheels import EF_ARM_ABI_FLOAT_HARD, EF_ARM_EABI_VER5, EF_ARM_EABIMASK
 from master.auth import create_token
 from master.web.app import create_app
 from tests.builds import build_logged
@@ -36,7 +34,7 @@ from tests.devices import Device, run_on_device
 from tests.sdists import zlib_linking_sdist
 from tests.seed import add_release
 from tests.servers import serve_app
-from tests.wheels import elf_header, make_wheel
+from tests.wheels import arm32_objects, elf_header, make_wheel
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -44,7 +42,6 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ARMEL = "debian-bookworm-armel"
 ARMEL_IMAGE = "armwheels/build-armel:bookworm"
 PLATFORM = "linux_armv5tel.linux_armv6l.linux_armv7l.linux_armv8l"
-EM_ARM = 40
 # A Debian bookworm armel system (its own python3 and ensurepip's pip).
 ARMEL_DEVICE = Device("bookworm", "armel", (3, 11), "23.0.1", "2.36")
 FETCH = (
@@ -95,21 +92,6 @@ def armel_image() -> str:
     return ARMEL_IMAGE
 
 
-def _soft_float_arm_objects(wheel: Path) -> list[str]:
-    found = []
-    with zipfile.ZipFile(wheel) as archive:
-        for member in archive.namelist():
-            head = archive.read(member)[:40]
-            if head[:4] != b"\x7fELF":
-                continue
-            assert head[4] == 1 and int.from_bytes(head[18:20], "little") == EM_ARM, member
-            flags = int.from_bytes(head[36:40], "little")
-            assert flags & EF_ARM_EABIMASK == EF_ARM_EABI_VER5, f"{member}: {flags:#x}"
-            assert not flags & EF_ARM_ABI_FLOAT_HARD, f"{member} is hard-float"
-            found.append(member)
-    return found
-
-
 def test_an_armel_wheel_is_built_tagged_and_served_by_its_own_index_only(
     armel_image: str, tmp_path: Path
 ) -> None:
@@ -133,7 +115,7 @@ def test_an_armel_wheel_is_built_tagged_and_served_by_its_own_index_only(
     assert wheel.name == f"zver-1.0-cp311-cp311-{PLATFORM}.whl"
     _, _, _, tags = parse_wheel_filename(wheel.name)
     assert {t.platform for t in tags} == set(PLATFORM.split("."))
-    assert _soft_float_arm_objects(wheel) == ["zver/_speed.cpython-311-arm-linux-gnueabi.so"]
+    assert arm32_objects(wheel, "soft") == ["zver/_speed.cpython-311-arm-linux-gnueabi.so"]
     assert "auditwheel" not in log.split("building wheel from", 1)[1]
     packages = outcome.system_packages or []
     assert {p.split("=")[0] for p in packages} >= {"libc6", "zlib1g"}, packages

@@ -320,14 +320,8 @@ def test_the_build_containers_tagging_keeps_the_wheel_valid(tmp_path: Path) -> N
         for name, data in original.items():
             archive.writestr(name, data)
     read_contents(built)
-    script = Path(__file__).parent.parent / "builder" / "scripts" / "distribution_wheel.py"
     out, packages = tmp_path / "wheelhouse", tmp_path / "system-packages.txt"
-    done = subprocess.run(
-        [sys.executable, str(script), str(built), ARMEL_PLATFORM, str(out), str(packages)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _tag(built, ARMEL_PLATFORM, out, packages)
     assert done.returncode == 0, done.stdout + done.stderr
     [tagged] = out.iterdir()
     assert tagged.name == ARMEL_WHEEL
@@ -343,13 +337,19 @@ def test_the_build_containers_tagging_keeps_the_wheel_valid(tmp_path: Path) -> N
     # A broken archive is refused with exit 13 (the build's "repair failed").
     broken = tmp_path / "broken-1.0-cp311-cp311-linux_armv7l.whl"
     broken.write_bytes(b"not a zip")
-    failed = subprocess.run(
-        [sys.executable, str(script), str(broken), ARMEL_PLATFORM, str(out), str(packages)],
+    failed = _tag(broken, ARMEL_PLATFORM, out, packages)
+    assert failed.returncode == 13 and "cannot tag" in failed.stdout
+
+
+def _tag(wheel: Path, platform: str, out: Path, packages: Path) -> subprocess.CompletedProcess[str]:
+    """builder/scripts/distribution_wheel.py, run as the build container runs it."""
+    script = Path(__file__).parent.parent / "builder" / "scripts" / "distribution_wheel.py"
+    return subprocess.run(
+        [sys.executable, str(script), str(wheel), platform, str(out), str(packages)],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert failed.returncode == 13 and "cannot tag" in failed.stdout
 
 
 def _wheel_with_library(tmp_path: Path, name: str, code: str, link: list[str]) -> Path:
@@ -371,7 +371,6 @@ def test_the_packages_a_wheel_loads_are_recorded_and_a_foreign_library_refused(
     package provides (the build's own, or /usr/local's) fails the build."""
     if shutil.which("dpkg") is None or shutil.which("gcc") is None:
         pytest.skip("needs a Debian host with gcc")
-    script = Path(__file__).parent.parent / "builder" / "scripts" / "distribution_wheel.py"
     zlib = _wheel_with_library(
         tmp_path,
         "zlib",
@@ -379,19 +378,7 @@ def test_the_packages_a_wheel_loads_are_recorded_and_a_foreign_library_refused(
         ["-l:libz.so.1"],
     )
     packages = tmp_path / "packages.txt"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(zlib),
-            "linux_x86_64",
-            str(tmp_path / "out"),
-            str(packages),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _tag(zlib, "linux_x86_64", tmp_path / "out", packages)
     assert done.returncode == 0, done.stdout
     recorded = packages.read_text().split()
     assert {p.split("=")[0] for p in recorded} >= {"libc6", "zlib1g"}, recorded
@@ -406,19 +393,7 @@ def test_the_packages_a_wheel_loads_are_recorded_and_a_foreign_library_refused(
         "extern int foreign(void);\nint mine(void) { return foreign(); }\n",
         [f"-L{private}", f"-Wl,-rpath,{private}", "-l:foreign.so"],
     )
-    refused = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(own),
-            "linux_x86_64",
-            str(tmp_path / "o2"),
-            str(packages),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    refused = _tag(own, "linux_x86_64", tmp_path / "o2", packages)
     assert refused.returncode == 13, refused.stdout
     assert f"{private}/foreign.so belongs to no package" in refused.stdout
     assert list((tmp_path / "o2").iterdir()) == []

@@ -128,3 +128,22 @@ def bomb_wheel(path: Path, filename: str, inflated: int) -> Path:
         line = f"demo/zeros.bin,{record_digest(digest)},{inflated}\n"
         archive.writestr(f"{dist_info}/RECORD", record_of(files, dist_info) + line.encode())
     return path
+
+
+def arm32_objects(wheel: Path, float_abi: str) -> list[str]:
+    """The wheel's ELF members, each checked to be 32-bit little-endian ARM EABI5 code of
+    `float_abi` ("hard": armhf's flag set; "soft": armel's, clear), from the ELF
+    specification's numbers rather than the code under test's."""
+    found = []
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            head = archive.read(member)[:40]
+            if head[:4] != b"\x7fELF":
+                continue
+            assert (head[4], head[5]) == (1, 1), f"{member}: not 32-bit little-endian"
+            assert struct.unpack_from("<H", head, 18)[0] == 40, f"{member}: not ARM"
+            flags = struct.unpack_from("<I", head, 36)[0]
+            assert flags & 0xFF000000 == 0x05000000, f"{member}: not EABI5 ({flags:#x})"
+            assert bool(flags & 0x400) == (float_abi == "hard"), f"{member}: {flags:#x}"
+            found.append(member)
+    return found
