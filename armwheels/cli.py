@@ -422,8 +422,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from builder.image import build_cross_image, build_local_image
-    from common.wheels import elf_rule
+    from builder.image import build_cross_image, build_target_image
 
     settings = _settings(args)
     if args.cross:
@@ -446,14 +445,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         if target.image in made:
             continue
         made.add(target.image)
-        build_local_image(
-            elf_rule(target.arch, target.float_abi),
-            target.image,
-            settings.builder.ca_bundle,
-            force=args.force,
-            suite=target.suite,
-            distribution=target.kind == "distribution",
-        )
+        build_target_image(target, settings.builder.ca_bundle, force=args.force)
     return 0
 
 

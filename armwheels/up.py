@@ -71,17 +71,9 @@ def run_up(config: Path | None) -> int:
     }
     for name, backend in backends.items():
         if backend in ("docker", "cross"):
-            from builder.image import build_local_image
-            from common.wheels import elf_rule
+            from builder.image import build_target_image
 
-            target = targets[name]
-            build_local_image(
-                elf_rule(target.arch, target.float_abi),
-                target.image,
-                settings.builder.ca_bundle,
-                suite=target.suite,
-                distribution=target.kind == "distribution",
-            )
+            build_target_image(targets[name], settings.builder.ca_bundle)
     if "cross" in backends.values():
         from builder.image import build_cross_image
 

@@ -25,6 +25,8 @@ import docker.errors
 from docker.types import Mount
 
 from builder.engine import wait_for_exit
+from common.config import TargetSettings
+from common.wheels import elf_rule
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,21 @@ def build_local_image(
 ) -> None:
     """The build image of an ARM arch (`armel` for soft-float) on a Debian release."""
     make_image(build_image_recipe(arch, suite, distribution), image, ca_bundle, force)
+
+
+def build_target_image(
+    target: TargetSettings, ca_bundle: Path | None = None, force: bool = False
+) -> None:
+    """A target's local image: its arch (armel for a soft-float target), its suite, and a
+    distribution target's tools."""
+    build_local_image(
+        elf_rule(target.arch, target.float_abi),
+        target.image,
+        ca_bundle,
+        force=force,
+        suite=target.suite,
+        distribution=target.kind == "distribution",
+    )
 
 
 def build_cross_image(image: str, ca_bundle: Path | None = None, force: bool = False) -> None:

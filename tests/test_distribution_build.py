@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -78,6 +79,38 @@ def _settings(database_url: str, tmp_path: Path) -> Settings:
     )
 
 
+def _report_built(
+    client: TestClient,
+    secret: str,
+    job_id: int,
+    target: str,
+    filename: str,
+    body: bytes,
+    **form: str,
+) -> Any:
+    """A builder of the target registers, claims the job and reports the wheel built."""
+    auth = {"Authorization": f"Bearer {secret}"}
+    registration = {
+        "arch": "armv7l",
+        "target": target,
+        "backend": "docker",
+        "python_tags": ["cp311"],
+    }
+    assert client.post("/api/v1/builders/register", headers=auth, json=registration).is_success
+    assert client.post(f"/api/v1/jobs/{job_id}/claim", headers=auth).is_success
+    return client.post(
+        f"/api/v1/jobs/{job_id}/result",
+        headers=auth,
+        data={
+            "outcome": "built",
+            "summary": "built",
+            "wheel_sha256": hashlib.sha256(body).hexdigest(),
+            **form,
+        },
+        files={"log": ("build.log", b"built\n"), "wheel": (filename, body)},
+    )
+
+
 @pytest.fixture(scope="module")
 def armel_image() -> str:
     """Debian bookworm armel, made once (debootstrap under QEMU, ~4 min) and kept while
@@ -131,48 +164,16 @@ def test_an_armel_wheel_is_built_tagged_and_served_by_its_own_index_only(
         secret = create_token(session, "armel", TokenRole.BUILDER)
         [armhf_job] = [j.id for j in jobs if j.target == "armv7l"]
         armhf_secret = create_token(session, "armhf", TokenRole.BUILDER)
-    auth = {"Authorization": f"Bearer {secret}"}
     body = wheel.read_bytes()
     with TestClient(create_app(settings, factory)) as client:
         # An armhf (hard-float) wheel of the same release in /simple/, as the armv7l
         # target would publish it.
         armhf = "zver-1.0-cp311-cp311-manylinux_2_31_armv7l.whl"
         hard = make_wheel(armhf, modules=("zver",), extra={"zver/_speed.so": elf_header("armv7l")})
-        armhf_auth = {"Authorization": f"Bearer {armhf_secret}"}
-        armhf_registration = {"arch": "armv7l", "backend": "docker", "python_tags": ["cp311"]}
-        assert client.post(
-            "/api/v1/builders/register", headers=armhf_auth, json=armhf_registration
-        ).is_success
-        assert client.post(f"/api/v1/jobs/{armhf_job}/claim", headers=armhf_auth).is_success
-        published = client.post(
-            f"/api/v1/jobs/{armhf_job}/result",
-            headers=armhf_auth,
-            data={
-                "outcome": "built",
-                "summary": "ok",
-                "wheel_sha256": hashlib.sha256(hard).hexdigest(),
-            },
-            files={"log": ("build.log", b"ok\n"), "wheel": (armhf, hard)},
-        )
+        published = _report_built(client, armhf_secret, armhf_job, "armv7l", armhf, hard)
         assert published.status_code == 200, published.text
-        registration = {
-            "arch": "armv7l",
-            "target": ARMEL,
-            "backend": "docker",
-            "python_tags": ["cp311"],
-        }
-        assert client.post("/api/v1/builders/register", headers=auth, json=registration).is_success
-        assert client.post(f"/api/v1/jobs/{job_id}/claim", headers=auth).is_success
-        answer = client.post(
-            f"/api/v1/jobs/{job_id}/result",
-            headers=auth,
-            data={
-                "outcome": "built",
-                "summary": outcome.summary,
-                "wheel_sha256": hashlib.sha256(body).hexdigest(),
-                "system_packages": " ".join(packages),
-            },
-            files={"log": ("build.log", log.encode()), "wheel": (wheel.name, body)},
+        answer = _report_built(
+            client, secret, job_id, ARMEL, wheel.name, body, system_packages=" ".join(packages)
         )
         assert answer.status_code == 200, answer.text
         assert wheel.name in client.get(f"/{ARMEL}/simple/zver/").text

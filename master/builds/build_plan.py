@@ -261,21 +261,15 @@ def plan_fallbacks(session: Session, job: BuildJob, settings: Settings) -> list[
     back for its target: one job each, unless one is active or a wheel serves it."""
     if job.state != JobState.FAILED or job.failure_reason != FailureReason.AUDITWHEEL_REJECTED:
         return []
-    fallbacks = {
+    release = job.release
+    ours = served_wheels(session, release.id)
+    open_targets = {
         name: target.model_copy(update={"python_tags": [job.python_tag]})
         for name, target in settings.fallbacks_of(job.target).items()
         if job.python_tag in target.python_tags
+        and target_covered(release, ours, job.python_tag, target.policy, settings) is None
     }
-    if not fallbacks:
-        return []
-    release, source = job.release, job.source_file
-    ours = served_wheels(session, release.id)
-    open_targets = {
-        name: target
-        for name, target in fallbacks.items()
-        if target_covered(release, ours, job.python_tag, target.policy, settings) is None
-    }
-    created = create_jobs(session, release, source, open_targets, job.priority)
+    created = create_jobs(session, release, job.source_file, open_targets, job.priority)
     for fallback in created:
         log.info(
             "build handed to a fallback target",

@@ -77,6 +77,12 @@ class StaticIndex:
         # a new project then costs a render of the list, not a parse of it as well.
         self._names: tuple[tuple[int, int], list[str]] | None = None
 
+    def tree(self, index_name: str) -> StaticIndex:
+        """This tree ("") or the distribution tree of that name."""
+        if index_name == self.index_name:
+            return self
+        return next(child for child in self.children if child.index_name == index_name)
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One writer at a time per tree (the request that published, the master's loop,

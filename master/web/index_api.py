@@ -77,20 +77,28 @@ def router(ctx: MasterContext) -> APIRouter:
 
         return register
 
-    @get_and_head("/simple/")
-    def simple_root(request: Request, db: DB) -> Response:
+    def root_page(index_name: str, request: Request, db: DB) -> Response:
+        """An index's project list: from its static tree where the master keeps one (the
+        tree keeps the list current without a scan of every file), else rendered."""
         media = _negotiate(request)
         serial = index.last_serial(db)
-        page = index.JSON_TYPE if media == index.JSON_TYPE else "html"
         if static is not None:
-            # The tree keeps the project list current without a scan of every file.
             static.sync(db)
-            name = JSON_PAGE if page == index.JSON_TYPE else HTML_PAGE
-            return _simple(request, (static.simple / name).read_text(), media, serial)
-        names = index.published_projects(db)
-        if page == index.JSON_TYPE:
+            page = static.tree(index_name).simple / (
+                JSON_PAGE if media == index.JSON_TYPE else HTML_PAGE
+            )
+            try:
+                return _simple(request, page.read_text(), media, serial)
+            except OSError:
+                pass  # a tree not written yet (its sync failed): rendered instead
+        names = index.published_projects(db, index_name)
+        if media == index.JSON_TYPE:
             return _simple(request, index.render_root_json(names), media, serial)
         return _simple(request, index.render_root_html(names), media, serial)
+
+    @get_and_head("/simple/")
+    def simple_root(request: Request, db: DB) -> Response:
+        return root_page("", request, db)
 
     def distribution(index: str) -> str:
         """A distribution target's index name, or 404: only configured distribution
@@ -100,13 +108,14 @@ def router(ctx: MasterContext) -> APIRouter:
             raise HTTPException(404, f"no distribution index {index}")
         return index
 
-    def project_page(prefix: str, index_name: str, name: str, request: Request, db: DB) -> Response:
+    def project_page(index_name: str, name: str, request: Request, db: DB) -> Response:
         try:
             normal = normalize_project(name)
         except BadName as exc:
             raise HTTPException(404, str(exc)) from exc
         if normal != name:
             query = f"?{request.url.query}" if request.url.query else ""
+            prefix = f"/{index_name}" if index_name else ""
             return RedirectResponse(f"{prefix}/simple/{normal}/{query}", status_code=301)
         media = _negotiate(request)
         project = db.scalar(select(Project).where(Project.name == normal))
@@ -174,7 +183,7 @@ def router(ctx: MasterContext) -> APIRouter:
 
     @get_and_head("/simple/{name}/")
     def simple_project(name: str, request: Request, db: DB) -> Response:
-        return project_page("", "", name, request, db)
+        return project_page("", name, request, db)
 
     @get_and_head("/simple/{name}")
     def simple_project_slash(name: str) -> RedirectResponse:
@@ -188,18 +197,12 @@ def router(ctx: MasterContext) -> APIRouter:
     # distribution, which /simple/ never lists (a manylinux client is never offered one).
     @get_and_head("/{dist}/simple/")
     def distribution_root(dist: str, request: Request, db: DB) -> Response:
-        name = distribution(dist)
-        media = _negotiate(request)
-        serial = index.last_serial(db)
-        names = index.published_projects(db, name)
-        if media == index.JSON_TYPE:
-            return _simple(request, index.render_root_json(names), media, serial)
-        return _simple(request, index.render_root_html(names), media, serial)
+        return root_page(distribution(dist), request, db)
 
     @get_and_head("/{dist}/simple/{name}/")
     def distribution_project(dist: str, name: str, request: Request, db: DB) -> Response:
         index_name = distribution(dist)
-        return project_page(f"/{index_name}", index_name, name, request, db)
+        return project_page(index_name, name, request, db)
 
     @get_and_head("/{dist}/simple/{name}")
     def distribution_project_slash(dist: str, name: str) -> RedirectResponse:
