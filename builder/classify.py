@@ -20,6 +20,7 @@ from builder.diagnosis_data import (
     HEADERS,
     LIBRARIES,
     LIBRARY_PREFIXES,
+    LXML_LIBRARIES,
     PKGCONFIG,
     PYPI_NAMES,
     PYTHON_HEADER_DIRS,
@@ -57,7 +58,9 @@ class Diagnosis:
     """One failed build, explained.
 
     `summary` is the one line sent to the master (it already includes `hint`); `missing`
-    names the header, library, module or tool when that is the cause.
+    names the header, library, module or tool when that is the cause; `packages` are the
+    (Debian, CentOS) packages that provide it, for code that installs them (see
+    system_packages_for) rather than a human reading the hint.
     """
 
     reason: FailureReason
@@ -65,6 +68,26 @@ class Diagnosis:
     transient: bool = False
     hint: str | None = None
     missing: str | None = None
+    packages: Packages | None = None
+
+
+# Package managers whose names are the Debian side of a Packages pair, and the CentOS side.
+_DEBIAN_MANAGERS = frozenset({"apt-get", "apt"})
+_CENTOS_MANAGERS = frozenset({"yum", "dnf", "microdnf"})
+
+
+def system_packages_for(diagnosis: Diagnosis, manager: str) -> list[str]:
+    """The packages to install with `manager` (an image's package manager: "apt-get",
+    "yum", "dnf") to fix `diagnosis`; empty when it names none or the manager is unknown.
+    """
+    if diagnosis.packages is None:
+        return []
+    debian, centos = diagnosis.packages
+    if manager in _DEBIAN_MANAGERS:
+        return debian.split()
+    if manager in _CENTOS_MANAGERS:
+        return centos.split()
+    return []
 
 
 def classify(
@@ -161,9 +184,17 @@ def _make(
     hint: str | None = None,
     missing: str | None = None,
     text: str = "",
+    packages: Packages | None = None,
 ) -> Diagnosis:
     line = _one_line(f"{summary}: {hint}" if hint else summary)
-    return Diagnosis(reason, line, is_transient(reason, text or line), hint, missing)
+    return Diagnosis(reason, line, is_transient(reason, text or line), hint, missing, packages)
+
+
+def _needs(
+    reason: FailureReason, summary: str, packages: Packages | None, missing: str
+) -> Diagnosis:
+    """A missing library or tool, with the packages that provide it when we know them."""
+    return _make(reason, summary, _install(packages), missing, packages=packages)
 
 
 def _install(packages: Packages | None) -> str | None:
@@ -384,10 +415,10 @@ def _header(text: str) -> Found | None:
     # Exact path, then the family directory; never the bare file name (rocksdb/db.h is
     # not Berkeley DB's db.h): no suggestion beats a wrong one.
     packages = HEADERS.get(header) or HEADER_DIRS.get(top if "/" in header else "")
-    return match.start(), _make(
+    return match.start(), _needs(
         FailureReason.MISSING_SYSTEM_LIBRARY,
         f"missing header {header}",
-        _install(packages),
+        packages,
         header,
     )
 
@@ -408,10 +439,10 @@ def _library(text: str) -> Found | None:
         name = re.sub(r"\.(?:so|a)(?:\.[\d.]+)?$", "", file.removeprefix("lib"))
     else:
         file, name = f"lib{raw}", raw
-    return match.start(), _make(
+    return match.start(), _needs(
         FailureReason.MISSING_SYSTEM_LIBRARY,
         f"missing library {file}",
-        _install(_library_packages(name)),
+        _library_packages(name),
         file,
     )
 
@@ -426,10 +457,10 @@ def _pkgconfig(text: str) -> Found | None:
         if match.group("line").strip().startswith("--") and not required:
             continue
         name = match.group("a") or match.group("b") or match.group("c")
-        return match.start(), _make(
+        return match.start(), _needs(
             FailureReason.MISSING_SYSTEM_LIBRARY,
             f"pkg-config cannot find {name}",
-            _install(PKGCONFIG.get(name) or PKGCONFIG.get(name.lower())),
+            PKGCONFIG.get(name) or PKGCONFIG.get(name.lower()),
             name,
         )
     if old := _PKGCONFIG_OLD.search(text):
@@ -464,10 +495,10 @@ def _cmake_found(match: re.Match[str]) -> Found:
             _declare(dist),
             dist,
         )
-    return match.start(), _make(
+    return match.start(), _needs(
         FailureReason.MISSING_SYSTEM_LIBRARY,
         f"CMake cannot find {name}",
-        _install(CMAKE.get(key) or PKGCONFIG.get(key)),
+        CMAKE.get(key) or PKGCONFIG.get(key),
         name,
     )
 
@@ -486,10 +517,10 @@ def _meson(text: str) -> Found | None:
             name,
         )
     packages = PKGCONFIG.get(key) or CMAKE.get(key)
-    return match.start(), _make(
+    return match.start(), _needs(
         FailureReason.MISSING_SYSTEM_LIBRARY,
         f"meson cannot find dependency {name}",
-        _install(packages),
+        packages,
         name,
     )
 
@@ -498,24 +529,24 @@ def _config_script(text: str) -> Found | None:
     if match := _CONFIG_SCRIPT.search(text):
         script = match.group("a") or match.group("b")
         library, packages = CONFIG_SCRIPTS[script]
-        return match.start(), _make(
+        return match.start(), _needs(
             FailureReason.MISSING_SYSTEM_LIBRARY,
             f"{script} not found (development files of {library})",
-            _install(packages),
+            packages,
             library,
         )
     if match := _LXML_LIBS.search(text):
-        return match.start(), _make(
+        return match.start(), _needs(
             FailureReason.MISSING_SYSTEM_LIBRARY,
             "missing libxml2 and libxslt development files",
-            "install libxml2-dev libxslt1-dev (Debian) / libxml2-devel libxslt-devel (CentOS)",
+            LXML_LIBRARIES,
             "libxml2",
         )
     if match := _MYSQLCLIENT.search(text):
-        return match.start(), _make(
+        return match.start(), _needs(
             FailureReason.MISSING_SYSTEM_LIBRARY,
             "pkg-config cannot find mysqlclient or mariadb",
-            _install(PKGCONFIG["mysqlclient"]),
+            PKGCONFIG["mysqlclient"],
             "mysqlclient",
         )
     return None
@@ -556,8 +587,10 @@ def _tool(text: str) -> Found | None:
 
 
 def _missing_tool(position: int, name: str) -> Diagnosis:
-    hint = TOOL_HINTS.get(name) or _install(TOOLS.get(name))
-    return _make(FailureReason.MISSING_BUILD_TOOL, f"missing build tool {name}", hint, name)
+    summary = f"missing build tool {name}"
+    if name in TOOL_HINTS:
+        return _make(FailureReason.MISSING_BUILD_TOOL, summary, TOOL_HINTS[name], name)
+    return _needs(FailureReason.MISSING_BUILD_TOOL, summary, TOOLS.get(name), name)
 
 
 def _module(text: str) -> Found | None:

@@ -516,6 +516,9 @@ PKGCONFIG: Final[dict[str, Packages]] = {
     "rdkafka": _RDKAFKA,
 }
 
+# lxml's setup.py asks for both at once.
+LXML_LIBRARIES: Final[Packages] = (f"{_XML2[0]} {_XSLT[0]}", f"{_XML2[1]} {_XSLT[1]}")
+
 # CMake find_package() names, lower-cased -> packages.
 CMAKE: Final[dict[str, Packages]] = {
     "zlib": _ZLIB,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from builder.classify import Diagnosis, classify, diagnose, is_transient
+from builder.classify import Diagnosis, classify, diagnose, is_transient, system_packages_for
 from common.states import FailureReason
 
 R = FailureReason
@@ -1063,6 +1063,49 @@ def test_tables(line: str, summary: str) -> None:
     assert summary in found.summary
     if "rocksdb" in line:  # not in the table: named, and no guess from the bare file name
         assert found.hint is None
+
+
+LXML_SETUP = pip_build(
+    "lxml",
+    """\
+      Building lxml version 5.3.0.
+      Building without Cython.
+      Error: Please make sure the libxml2 and libxslt development packages are installed.
+""",
+)
+
+
+@pytest.mark.parametrize(
+    ("log", "apt", "yum"),
+    [
+        (FFI_H, ["libffi-dev"], ["libffi-devel"]),
+        (CANNOT_FIND_LZ, ["zlib1g-dev"], ["zlib-devel"]),
+        (PG_CONFIG, ["libpq-dev"], ["postgresql-devel"]),
+        (MESON_CAIRO, ["libcairo2-dev"], ["cairo-devel"]),
+        (LXML_SETUP, ["libxml2-dev", "libxslt1-dev"], ["libxml2-devel", "libxslt-devel"]),
+        (NO_GFORTRAN, ["gfortran"], ["gcc-gfortran"]),
+    ],
+    ids=["header", "library", "config-script", "meson", "lxml", "tool"],
+)
+def test_packages_for_the_image_package_manager(log: bytes, apt: list[str], yum: list[str]) -> None:
+    """The farm installs what the diagnosis names: one package name per list item."""
+    found = diagnose(11, log)
+    assert found.packages is not None, found
+    assert system_packages_for(found, "apt-get") == apt
+    assert system_packages_for(found, "yum") == yum
+    assert system_packages_for(found, "dnf") == yum
+    assert system_packages_for(found, "apk") == []
+    # The hint a human reads names the same packages.
+    assert found.hint is not None and all(name in found.hint for name in apt + yum)
+
+
+@pytest.mark.parametrize("log", [SYNTAX_ERROR, UNKNOWN_H, NO_CARGO, NUMPY_H])
+def test_no_packages_when_none_is_known(log: bytes) -> None:
+    """A compile error, an unknown header, a Rust toolchain, a Python build dependency:
+    nothing a system package manager could install."""
+    found = diagnose(11, log)
+    assert found.packages is None
+    assert system_packages_for(found, "apt-get") == []
 
 
 def test_pkgconfig_probe_alone_is_reported() -> None:
