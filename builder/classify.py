@@ -25,6 +25,7 @@ from builder.diagnosis_data import (
     PYPI_NAMES,
     PYTHON_HEADER_DIRS,
     REMOVED_STDLIB,
+    SETUP_NAMES,
     TOOL_HINTS,
     TOOLS,
     Packages,
@@ -294,6 +295,36 @@ _CONFIG_SCRIPT = re.compile(
     + "|".join(re.escape(name) for name in CONFIG_SCRIPTS)
     + r")\b"
 )
+# A setup script's own words for a library it cannot find. Pillow's sentence (and its
+# older "--enable-X requested" form) is always the fatal error, so it competes with the
+# compiler's errors; the generic phrases below are also printed by optional probes
+# ("warning: ... building without it"), so they rank with pkg-config's messages.
+_SETUP_FATAL = re.compile(
+    r"The headers or library files could not be found for (?P<a>[\w.+-]{1,60})"
+    r"|^[ \t]*(?:__main__\.)?RequiredDependencyException: (?P<b>[\w.+-]{1,60})[ \t]*$"
+    r"|--enable-(?P<c>[\w-]{1,40}) requested but [\w.+-]{1,60} not found, aborting",
+    re.MULTILINE,
+)
+_SETUP_LIBRARY = re.compile(
+    # Only reported when the name is a library we know (not "the", not a Python module).
+    r"[Cc]ould not find (?:the )?library:? ['\"`]?(?P<a>[\w.+-]{1,60})"
+    r"|[Ll]ibrary ['\"`]?(?P<b>[\w.+-]{1,60})['\"`]? (?:was )?not found"
+    r"|(?P<c> (?:library|libraries) (?:was |were |is )?not found)"
+    r"|(?:[Uu]nable to|[Cc]annot|[Cc]an't|[Cc]ould not) (?:find|locate) (?:the )?"
+    r"(?P<d>[\w.+-]{1,60}) (?:library|libraries)\b"
+    r"|Unable to load dependency (?P<e>[\w.+-]{1,60})"
+    # Named as development files: a system package even when we do not know its name.
+    r"|(?P<dev> development (?:files|headers|package|libraries) (?:were |was |are |is )?not found)"
+    r"|[Pp]lease install (?:the )?(?P<dev2>[\w.+-]{1,60}) "
+    r"(?:development|dev|devel|-dev) (?:package|packages|files|headers|libraries)"
+)
+_WARNING = re.compile(r"warn", re.IGNORECASE)
+# The name before a phrase, read backwards from it: anchoring the pattern on the phrase
+# (not on a name that could start anywhere) keeps the scan linear.
+_NAME_BACKWARDS = re.compile(r"[\w.+-]{1,60}")
+_OPTIONAL = re.compile(r"without|skipp|optional|disabl|fall(?:ing)? ?back", re.IGNORECASE)
+_FATAL = re.compile(r"\berror\b|Exception\b|\bfatal\b", re.IGNORECASE)
+_FILE_SUFFIX = re.compile(r"\.(?:so|a|h|pc|dll|lib)(?:\.\d{1,6}){0,4}$")
 _LXML_LIBS = re.compile(r"make sure the libxml2 and libxslt development packages are installed")
 _MYSQLCLIENT = re.compile(r"Can not find valid pkg-config name")
 
@@ -552,6 +583,68 @@ def _config_script(text: str) -> Found | None:
     return None
 
 
+def _named_library(name: str) -> Packages | None:
+    """The packages of a library a setup script names in prose: "jpeg", "libbzip2",
+    "HDF5", "libcurl.so", "jpeg2000"; None when no table knows the name."""
+    key = _FILE_SUFFIX.sub("", name.strip("'\"`").lower())
+    key = key.removesuffix("-devel").removesuffix("-dev")
+    bare = key.removeprefix("lib")
+    for candidate in dict.fromkeys((key, bare, f"lib{bare}")):
+        for table in (SETUP_NAMES, PKGCONFIG, LIBRARIES, CMAKE):
+            if candidate in table:
+                return table[candidate]
+    return _library_packages(bare) if bare else None
+
+
+def _setup_fatal(text: str) -> Found | None:
+    match = _SETUP_FATAL.search(text)
+    if match is None:
+        return None
+    name = match.group("a") or match.group("b") or match.group("c")
+    return match.start(), _needs(
+        FailureReason.MISSING_SYSTEM_LIBRARY,
+        f"missing headers or library files of {name}",
+        _named_library(name),
+        name,
+    )
+
+
+def _name_before(text: str, end: int) -> str:
+    """The word that ends at `end` ("zlib" in "zlib library not found"), or ""."""
+    window = text[max(0, end - 60) : end][::-1]
+    match = _NAME_BACKWARDS.match(window)
+    return match.group(0)[::-1] if match else ""
+
+
+def _setup_library(text: str) -> Found | None:
+    probes: dict[int, bool] = {}  # line start -> whether that line is a probe
+    for match in _SETUP_LIBRARY.finditer(text):
+        start = text.rfind("\n", 0, match.start()) + 1
+        if start not in probes:
+            end = text.find("\n", match.end())
+            line = text[start : end if end >= 0 else len(text)]
+            probes[start] = _WARNING.search(line) is not None or (
+                _OPTIONAL.search(line) is not None and _FATAL.search(line) is None
+            )
+        if probes[start]:
+            continue  # a probe that carries on without the library
+        dev = bool(match.group("dev") or match.group("dev2"))
+        if match.group("c") or match.group("dev"):
+            name = _name_before(text, match.start())
+        else:
+            name = next(group for group in match.group("a", "b", "d", "e", "dev2") if group)
+        packages = _named_library(name) if name else None
+        if not name or (packages is None and not dev):
+            continue
+        summary = (
+            f"missing {name} development files"
+            if dev
+            else (f"the build cannot find library {name}")
+        )
+        return match.start(), _needs(FailureReason.MISSING_SYSTEM_LIBRARY, summary, packages, name)
+    return None
+
+
 def _tool_name(command: str) -> str:
     """`/usr/bin/aarch64-linux-gnu-gcc` -> gcc; `x86_64-linux-gnu-g++` -> g++."""
     base = command.rsplit("/", 1)[-1]
@@ -764,6 +857,7 @@ _DETECTORS: tuple[Callable[[str], Found | None], ...] = (
     _cmake,
     _meson,
     _config_script,
+    _setup_fatal,
     _tool,
     _module,
     _no_distribution,
@@ -777,8 +871,9 @@ def _from_log(text: str) -> Diagnosis | None:
 
     Out of memory comes first: a killed compiler leaves a trail of follow-on errors.
     Then Python-version mismatches, which pip reports in plain words. Otherwise the
-    earliest specific error wins; pkg-config messages only when nothing else matched,
-    since setup.py files often try pkg-config and carry on when it fails.
+    earliest specific error wins; pkg-config messages and a setup script's generic "X
+    library not found" only when nothing else matched, since setup.py files often probe
+    for a library and carry on when it is not there.
     """
     if found := _oom(text) or _broken_builder(text) or _unsupported_python(text):
         return found
@@ -787,8 +882,9 @@ def _from_log(text: str) -> Diagnosis | None:
         # Compare whole lines: several patterns can hit one line (a missing header is
         # also a compiler error), and then the more specific detector, listed first, wins.
         return min(hits, key=lambda hit: text.rfind("\n", 0, hit[0]))[1]
-    if hit := _pkgconfig(text):
-        return hit[1]
+    late = [hit for detect in (_pkgconfig, _setup_library) if (hit := detect(text))]
+    if late:
+        return min(late, key=lambda hit: hit[0])[1]
     return None
 
 

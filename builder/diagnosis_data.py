@@ -90,6 +90,12 @@ _WEBP: Final = ("libwebp-dev", "libwebp-devel")
 _OPENJPEG: Final = ("libopenjp2-7-dev", "openjpeg2-devel")
 _LCMS2: Final = ("liblcms2-dev", "lcms2-devel")
 _HARFBUZZ: Final = ("libharfbuzz-dev", "harfbuzz-devel")
+_FRIBIDI: Final = ("libfribidi-dev", "fribidi-devel")
+_RAQM: Final = ("libraqm-dev", "libraqm-devel")
+_IMAGEQUANT: Final = ("libimagequant-dev", "libimagequant-devel")
+_XCB: Final = ("libxcb1-dev", "libxcb-devel")
+_AVIF: Final = ("libavif-dev", "libavif-devel")
+_DEFLATE: Final = ("libdeflate-dev", "libdeflate-devel")
 _TCL: Final = ("tcl-dev", "tcl-devel")
 _TK: Final = ("tk-dev", "tk-devel")
 _GDBM: Final = ("libgdbm-dev", "gdbm-devel")
@@ -189,6 +195,9 @@ HEADERS: Final[dict[str, Packages]] = {
     "git2.h": _GIT2,
     "lcms2.h": _LCMS2,
     "hb.h": _HARFBUZZ,
+    "raqm.h": _RAQM,
+    "libimagequant.h": _IMAGEQUANT,
+    "libdeflate.h": _DEFLATE,
     "tcl.h": _TCL,
     "tk.h": _TK,
     "gdbm.h": _GDBM,
@@ -258,6 +267,9 @@ HEADER_DIRS: Final[dict[str, Packages]] = {
     "openjpeg-2.4": _OPENJPEG,
     "openjpeg-2.3": _OPENJPEG,
     "harfbuzz": _HARFBUZZ,
+    "fribidi": _FRIBIDI,
+    "xcb": _XCB,
+    "avif": _AVIF,
     "security": _PAM,
     "selinux": _SELINUX,
     "libmemcached": _MEMCACHED,
@@ -382,6 +394,12 @@ LIBRARIES: Final[dict[str, Packages]] = {
     "openjp2": _OPENJPEG,
     "lcms2": _LCMS2,
     "harfbuzz": _HARFBUZZ,
+    "fribidi": _FRIBIDI,
+    "raqm": _RAQM,
+    "imagequant": _IMAGEQUANT,
+    "xcb": _XCB,
+    "avif": _AVIF,
+    "deflate": _DEFLATE,
     "gdbm": _GDBM,
     "db": _BDB,
     "pam": _PAM,
@@ -499,6 +517,12 @@ PKGCONFIG: Final[dict[str, Packages]] = {
     "libopenjp2": _OPENJPEG,
     "lcms2": _LCMS2,
     "harfbuzz": _HARFBUZZ,
+    "fribidi": _FRIBIDI,
+    "raqm": _RAQM,
+    "libimagequant": _IMAGEQUANT,
+    "xcb": _XCB,
+    "libavif": _AVIF,
+    "libdeflate": _DEFLATE,
     "tcl": _TCL,
     "tk": _TK,
     "odbc": _ODBC,
@@ -518,6 +542,19 @@ PKGCONFIG: Final[dict[str, Packages]] = {
 
 # lxml's setup.py asks for both at once.
 LXML_LIBRARIES: Final[Packages] = (f"{_XML2[0]} {_XSLT[0]}", f"{_XML2[1]} {_XSLT[1]}")
+
+# Names setup scripts give a library in their own messages ("could not be found for
+# jpeg2000"), where no header, -l or pkg-config name says which; lower-cased. Names
+# that are also a -l, pkg-config or CMake name (zlib, jpeg, tiff, webp...) are found there.
+SETUP_NAMES: Final[dict[str, Packages]] = {
+    "jpeg2000": _OPENJPEG,  # Pillow's feature names
+    "openjpeg": _OPENJPEG,
+    "lcms": _LCMS2,
+    "littlecms": _LCMS2,
+    "webpmux": _WEBP,
+    "libjpeg-turbo": _JPEG,
+    "xz": _LZMA,
+}
 
 # CMake find_package() names, lower-cased -> packages.
 CMAKE: Final[dict[str, Packages]] = {

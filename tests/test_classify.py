@@ -1108,6 +1108,200 @@ def test_no_packages_when_none_is_known(log: bytes) -> None:
     assert system_packages_for(found, "apt-get") == []
 
 
+# Pillow 11's setup.py without libjpeg: it writes its sentence, then raises twice.
+PILLOW_NO_JPEG = pip_build(
+    "pillow",
+    """\
+      running build_ext
+
+
+      The headers or library files could not be found for jpeg,
+      a required dependency when compiling Pillow from source.
+
+      Please see the install instructions at:
+         https://pillow.readthedocs.io/en/latest/installation/basic-installation.html
+
+      Traceback (most recent call last):
+        File "<string>", line 1014, in <module>
+        File "/tmp/pip-build-env-8c0v2ul1/overlay/lib/python3.11/site-packages/setuptools/__init__.py", line 117, in setup
+          return distutils.core.setup(**attrs)
+        File "<string>", line 836, in build_extensions
+      RequiredDependencyException: jpeg
+
+      During handling of the above exception, another exception occurred:
+
+      Traceback (most recent call last):
+        File "/opt/python/cp311-cp311/lib/python3.11/site-packages/pip/_vendor/pyproject_hooks/_in_process/_in_process.py", line 389, in <module>
+          main()
+        File "<string>", line 1027, in <module>
+      RequiredDependencyException:
+
+      The headers or library files could not be found for jpeg,
+      a required dependency when compiling Pillow from source.
+
+      Please see the install instructions at:
+         https://pillow.readthedocs.io/en/latest/installation/basic-installation.html
+
+
+""",
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "missing", "apt", "yum"),
+    [
+        pytest.param(
+            "      RequiredDependencyException: zlib\n",
+            "zlib",
+            ["zlib1g-dev"],
+            ["zlib-devel"],
+            id="pillow-exception",
+        ),
+        pytest.param(
+            "      The headers or library files could not be found for xcb,\n"
+            "      which was requested by the option flag '-C xcb=enable'\n",
+            "xcb",
+            ["libxcb1-dev"],
+            ["libxcb-devel"],
+            id="pillow-requested",
+        ),
+        pytest.param(
+            "      ValueError: --enable-jpeg2000 requested but jpeg2000 not found, aborting.\n",
+            "jpeg2000",
+            ["libopenjp2-7-dev"],
+            ["openjpeg2-devel"],
+            id="pillow-old-enable",
+        ),
+        pytest.param(
+            "      The headers or library files could not be found for imagequant,\n",
+            "imagequant",
+            ["libimagequant-dev"],
+            ["libimagequant-devel"],
+            id="pillow-imagequant",
+        ),
+        pytest.param(
+            "      The headers or library files could not be found for lcms,\n",
+            "lcms",
+            ["liblcms2-dev"],
+            ["lcms2-devel"],
+            id="pillow-lcms",
+        ),
+        pytest.param(
+            "      configure: error: libbzip2 development files not found\n\n"
+            "      The CRAM format may use bzip2 compression, which is implemented in HTSlib\n"
+            "      by using compression routines from libbzip2 <http://www.bzip.org/>.\n",
+            "libbzip2",
+            ["libbz2-dev"],
+            ["bzip2-devel"],
+            id="htslib-configure",
+        ),
+        pytest.param(
+            "      configure: error: libcurl library not found\n",
+            "libcurl",
+            ["libcurl4-openssl-dev"],
+            ["libcurl-devel"],
+            id="library-not-found",
+        ),
+        pytest.param(
+            "      Exception: Could not find library zstd\n",
+            "zstd",
+            ["libzstd-dev"],
+            ["libzstd-devel"],
+            id="could-not-find-library",
+        ),
+        pytest.param(
+            "      RuntimeError: Unable to find the lz4 library\n",
+            "lz4",
+            ["liblz4-dev"],
+            ["lz4-devel"],
+            id="unable-to-find",
+        ),
+        pytest.param(
+            "      Please install the libxml2 development package and try again.\n",
+            "libxml2",
+            ["libxml2-dev"],
+            ["libxml2-devel"],
+            id="please-install",
+        ),
+        pytest.param(
+            "      RuntimeError: Unable to load dependency HDF5, make sure HDF5 is installed properly\n",
+            "HDF5",
+            ["libhdf5-dev"],
+            ["hdf5-devel"],
+            id="h5py",
+        ),
+        pytest.param(
+            "      __main__.ConfigurationError: Could not run curl-config: "
+            "[Errno 2] No such file or directory: 'curl-config'\n",
+            "libcurl",
+            ["libcurl4-openssl-dev"],
+            ["libcurl-devel"],
+            id="pycurl",
+        ),
+        pytest.param(
+            "      Error: pg_config executable not found.\n",
+            "libpq",
+            ["libpq-dev"],
+            ["postgresql-devel"],
+            id="psycopg2",
+        ),
+        pytest.param(
+            "      Package libffi was not found in the pkg-config search path.\n"
+            "      Perhaps you should add the directory containing `libffi.pc'\n",
+            "libffi",
+            ["libffi-dev"],
+            ["libffi-devel"],
+            id="cffi-pkg-config",
+        ),
+    ],
+)
+def test_setup_scripts_own_words(body: str, missing: str, apt: list[str], yum: list[str]) -> None:
+    """What setup.py files print when a library is missing names it, and its packages."""
+    found = diagnose(11, pip_build("pkg", body + "      error: setup script failed\n"))
+    assert found.reason is R.MISSING_SYSTEM_LIBRARY, found
+    assert found.missing == missing
+    assert system_packages_for(found, "apt-get") == apt
+    assert system_packages_for(found, "dnf") == yum
+    assert_one_safe_line(found.summary)
+
+
+def test_pillow_without_libjpeg() -> None:
+    found = diagnose(11, PILLOW_NO_JPEG)
+    assert found.reason is R.MISSING_SYSTEM_LIBRARY, found
+    assert found.summary == (
+        "missing headers or library files of jpeg: "
+        "install libjpeg-dev (Debian) / libjpeg-turbo-devel (CentOS)"
+    )
+    assert found.packages == ("libjpeg-dev", "libjpeg-turbo-devel")
+
+
+def test_development_files_of_an_unknown_library_are_named() -> None:
+    found = diagnose(11, pip_build("pkg", "      error: SDL2 development files not found\n"))
+    assert found.reason is R.MISSING_SYSTEM_LIBRARY
+    assert (found.missing, found.packages) == ("SDL2", None)
+    assert found.summary == "missing SDL2 development files"
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        "Warning: OpenCV development files not found - building without OpenCV support.",
+        "zlib library not found, building without compression",
+        "lz4 library not found; falling back to the bundled copy",
+        "ERROR: SKiDL library not found. Please install it.",  # a Python module
+        "the library not found message",
+    ],
+)
+def test_probes_and_unknown_names_do_not_blame_a_library(probe: str) -> None:
+    """A probe that carries on, or a name no table knows, leaves the real error in charge."""
+    log = pip_build(
+        "pkg", f"      {probe}\n      src/a.c:7:3: error: unknown type name ‘uint128_t’\n"
+    )
+    assert diagnose(11, log).reason is R.COMPILE_ERROR
+    alone = diagnose(11, pip_build("pkg", f"      {probe}\n"))
+    assert alone.reason is R.COMPILE_ERROR and alone.packages is None
+
+
 def test_pkgconfig_probe_alone_is_reported() -> None:
     """A CMake `--` probe line counts once CMake says the package was required."""
     log = (
@@ -1160,6 +1354,12 @@ def test_only_the_tail_is_read() -> None:
         (b"A" * 79 + b"Erro: x\n") * 3000,
         (b"/bin/sh: 1: " * 200 + b"\n") * 100,
         (b"pg_config " * 200 + b"\n") * 100,
+        (b"x" * 1990 + b" library\n") * 130,
+        (b"a-" * 995 + b" development\n") * 130,
+        (b"Could not find library " * 80 + b"\n") * 150,
+        (b"RequiredDependencyException: " * 60 + b"\n") * 150,
+        (b"Please install the " * 100 + b"\n") * 150,
+        (b"zlib library not found " * 85 + b"\n") * 150,
     ],
     ids=lambda log: repr(log[:16]),
 )
