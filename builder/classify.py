@@ -8,9 +8,15 @@ only patterns that run in linear time, so a hostile log cannot crash or stall a 
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from auditwheel.architecture import Architecture
+from auditwheel.error import InvalidLibcError
+from auditwheel.libc import Libc
+from auditwheel.policy import WheelPolicies
 
 from builder.diagnosis_data import (
     CMAKE,
@@ -930,19 +936,79 @@ _AW_ERROR = re.compile(
 )
 
 
+_AW_VERSION_SET = re.compile(r"'([\w.]{1,40})'")
+_AW_PLATFORM = re.compile(
+    r"(?P<policy>(?P<family>manylinux|musllinux)(?:_\d{1,3}_\d{1,3}|1|2010|2014))_(?P<arch>\w{1,20})"
+)
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d{1,6}", version)[:6])
 
 
-def _newest_symbols(text: str) -> str:
-    """The newest symbol version each library demands, e.g. libc.so.6 GLIBC_2.25."""
-    needs = []
+@functools.lru_cache(maxsize=64)
+def _allowed_symbols(platform: str) -> Mapping[str, frozenset[str]] | None:
+    """The symbol versions auditwheel's policy `platform` (manylinux2014_aarch64,
+    musllinux_1_2_armv7l...) allows, per family ({"GLIBC": {"2.17", ...}, "CXXABI": ...}),
+    or None when auditwheel has no such policy."""
+    match = _AW_PLATFORM.fullmatch(platform)
+    if match is None:
+        return None
+    musl = match.group("family") == "musllinux"
+    try:
+        policies = WheelPolicies(
+            libc=Libc.MUSL if musl else Libc.GLIBC,
+            arch=Architecture(match.group("arch")),
+            musl_policy=match.group("policy") if musl else None,
+        )
+        symbol_versions: Mapping[str, frozenset[str]] = policies.get_policy_by_name(
+            platform
+        ).symbol_versions
+    except (ValueError, LookupError, InvalidLibcError):
+        return None
+    return symbol_versions
+
+
+def _newest_per_family(symbols: list[str]) -> list[str]:
+    """The newest version of each family: GLIBCXX_3.4 and CXXABI_1.3.9 are not comparable."""
+    newest: dict[str, str] = {}
+    for symbol in symbols:
+        family = symbol.partition("_")[0]
+        if family not in newest or _version_key(symbol) > _version_key(newest[family]):
+            newest[family] = symbol
+    return [newest[family] for family in sorted(newest)]
+
+
+def _exceeds(symbol: str, allowed: Mapping[str, frozenset[str]]) -> bool:
+    """Whether a policy forbids `symbol` (GLIBC_2.25); like auditwheel, a family the
+    policy does not list is not its concern."""
+    family, _, version = symbol.partition("_")
+    return family in allowed and version not in allowed[family]
+
+
+def _too_recent_symbols(text: str, platform: str) -> str:
+    """The symbols that raise the wheel past `platform`, the policy auditwheel refused:
+    per library, the newest version of each family the policy does not allow, e.g.
+    "libstdc++.so.6 CXXABI_1.3.9, GLIBCXX_3.4.21". Without the policy's data, the newest
+    version of each family the wheel uses."""
+    allowed = _allowed_symbols(platform)
+    used: dict[str, list[str]] = {}
     for match in _AW_SYMBOLS.finditer(text):
-        versions = re.findall(r"'([\w.]{1,40})'", match.group("versions"))
-        if versions:
-            newest = max(versions, key=_version_key)
-            needs.append(f"{match.group('lib')} {newest}")
-    return ", ".join(dict.fromkeys(needs))
+        versions = _AW_VERSION_SET.findall(match.group("versions"))
+        used.setdefault(match.group("lib"), []).extend(versions)
+    if allowed is not None:
+        exceeding = {
+            lib: [symbol for symbol in symbols if _exceeds(symbol, allowed)]
+            for lib, symbols in used.items()
+        }
+        if any(exceeding.values()):
+            used = exceeding
+    needs = [
+        f"{lib} {', '.join(_newest_per_family(symbols))}"
+        for lib, symbols in used.items()
+        if symbols
+    ]
+    return "; ".join(needs)
 
 
 # builder/scripts/distribution_wheel.py's refusals (a distribution target's repair step).
@@ -960,7 +1026,7 @@ def _auditwheel(text: str) -> Diagnosis:
         summary = f"auditwheel cannot repair to {match.group('plat')}: {why}"
         if constraint := _AW_CONSTRAINT.search(text):
             summary += f"; the wheel needs {constraint.group('tag') or constraint.group('tag2')}"
-        if needs := _newest_symbols(text):
+        if needs := _too_recent_symbols(text, match.group("plat")):
             summary += f" ({needs})"
         return _make(FailureReason.AUDITWHEEL_REJECTED, summary)
     if match := _AW_MISSING.search(text):

@@ -10,9 +10,18 @@ what those tools print, with the surrounding noise that makes matching non-trivi
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
 import time
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -684,6 +693,42 @@ auditwheel: error: cannot repair "/armwheels/out/dist/aw-1.0-cp311-cp311-linux_a
 to "manylinux2014_aarch64" ABI because of the presence of too-recent versioned symbols. \
 You'll need to compile the wheel on an older toolchain.
 """
+
+# Captured on this repository's x86_64 builder host (auditwheel 6.8, g++ 12): a C++
+# extension whose sized `operator delete` needs CXXABI_1.3.9, past manylinux2014.
+# auditwheel wraps its sets over several lines, in no particular order.
+AUDITWHEEL_CXXABI = b"""\
+::armwheels:: auditwheel show
+INFO:auditwheel.wheel_abi:setting libc to glibc
+
+cxxdemo-1.0-cp311-cp311-linux_x86_64.whl is consistent with the
+following platform tag: "manylinux_2_24_x86_64".
+
+The wheel references external versioned symbols in these
+system-provided shared libraries: libgcc_s.so.1 with versions
+{'GCC_3.0'}, libstdc++.so.6 with versions {'CXXABI_1.3',
+'CXXABI_1.3.9', 'GLIBCXX_3.4'}
+
+This constrains the platform tag to "manylinux_2_24_x86_64". In order
+to achieve a more compatible tag, you would need to recompile a new
+wheel from source on a system with earlier versions of these
+libraries, such as a recent manylinux image.
+::armwheels:: auditwheel repair --plat manylinux2014_x86_64
+INFO:auditwheel.main_repair:Repairing cxxdemo-1.0-cp311-cp311-linux_x86_64.whl
+usage: auditwheel [-h] [-V] [-v] command ...
+auditwheel: error: cannot repair "/armwheels/out/dist/cxxdemo-1.0-cp311-cp311-linux_x86_64.whl" \
+to "manylinux2014_x86_64" ABI because of the presence of too-recent versioned symbols. \
+You'll need to compile the wheel on an older toolchain.
+"""
+# The same with a std::string (the C++11 ABI, GLIBCXX_3.4.21): two families too new.
+AUDITWHEEL_CXX11_STRING = AUDITWHEEL_CXXABI.replace(
+    b"""\
+{'GCC_3.0'}, libstdc++.so.6 with versions {'CXXABI_1.3',
+'CXXABI_1.3.9', 'GLIBCXX_3.4'}""",
+    b"""\
+{'GCC_3.0'}, libstdc++.so.6 with versions {'GLIBCXX_3.4.21',
+'GLIBCXX_3.4', 'CXXABI_1.3.9', 'CXXABI_1.3'}""",
+)
 
 AUDITWHEEL_MISSING_LIB = b"""\
 ::armwheels:: auditwheel repair --plat manylinux2014_aarch64
@@ -1381,6 +1426,111 @@ def test_summary_is_sanitised_for_the_web() -> None:
     assert reason is R.COMPILE_ERROR
     assert_one_safe_line(summary)
     assert "\u202e" not in summary and summary.endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("log", "needs"),
+    [
+        (AUDITWHEEL_CXXABI, "(libstdc++.so.6 CXXABI_1.3.9)"),
+        (AUDITWHEEL_CXX11_STRING, "(libstdc++.so.6 CXXABI_1.3.9, GLIBCXX_3.4.21)"),
+    ],
+    ids=["cxxabi", "cxxabi-and-glibcxx"],
+)
+def test_auditwheel_names_the_symbols_past_the_refused_policy(log: bytes, needs: str) -> None:
+    """Only what manylinux2014 forbids: not GLIBCXX_3.4 (numerically above CXXABI_1.3.9,
+    but another family, and allowed), nor libgcc_s's GCC_3.0."""
+    assert classify(13, log) == (
+        R.AUDITWHEEL_REJECTED,
+        "auditwheel cannot repair to manylinux2014_x86_64: too-recent versioned symbols; "
+        f"the wheel needs manylinux_2_24_x86_64 {needs}",
+    )
+
+
+def test_auditwheel_symbols_without_policy_data_are_newest_per_family() -> None:
+    """A policy auditwheel does not know: no family hides another's newest version."""
+    log = AUDITWHEEL_CXXABI.replace(b"manylinux2014_x86_64", b"manylinux2014_nosucharch")
+    summary = classify(13, log)[1]
+    assert summary.endswith("(libgcc_s.so.1 GCC_3.0; libstdc++.so.6 CXXABI_1.3.9, GLIBCXX_3.4)")
+
+
+CXX_SIZED_DELETE = """\
+#include <Python.h>
+#include <new>
+struct Box { long a, b, c; };
+static PyObject *run(PyObject *, PyObject *) {
+    Box *box = new Box();
+    ::operator delete(static_cast<void *>(box), sizeof(Box));  // CXXABI_1.3.9
+    return PyLong_FromLong(1);
+}
+static PyMethodDef methods[] = {{"run", run, METH_NOARGS, nullptr}, {nullptr, nullptr, 0, nullptr}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "cxxdemo", nullptr, -1, methods};
+PyMODINIT_FUNC PyInit_cxxdemo(void) { return PyModule_Create(&module); }
+"""
+
+
+def _handmade_wheel(library: Path, dist: Path) -> Path:
+    """A platform wheel holding one extension, with the RECORD auditwheel checks."""
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    wheel = dist / f"cxxdemo-1.0-{tag}-{tag}-linux_{platform.machine()}.whl"
+    files = {
+        library.name: library.read_bytes(),
+        "cxxdemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: cxxdemo\nVersion: 1.0\n",
+        "cxxdemo-1.0.dist-info/WHEEL": (
+            f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
+            f"Tag: {tag}-{tag}-linux_{platform.machine()}\n"
+        ).encode(),
+    }
+    record = []
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{name},sha256={digest.decode()},{len(data)}")
+        record.append("cxxdemo-1.0.dist-info/RECORD,,")
+        archive.writestr("cxxdemo-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_real_auditwheel_refusal_of_a_new_cxxabi_symbol(tmp_path: Path) -> None:
+    """auditwheel itself, on a C++ extension built here with g++, refused manylinux2014."""
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        pytest.skip("needs Python.h")
+    source = tmp_path / "cxxdemo.cpp"
+    source.write_text(CXX_SIZED_DELETE)
+    library = tmp_path / f"cxxdemo{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run(
+        [
+            "g++",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-std=c++17",
+            "-fsized-deallocation",
+            f"-I{include}",
+            str(source),
+            "-o",
+            str(library),
+        ],
+        check=True,
+    )
+    (tmp_path / "dist").mkdir()
+    wheel = _handmade_wheel(library, tmp_path / "dist")
+    auditwheel = [sys.executable, "-m", "auditwheel"]
+    plat = f"manylinux2014_{platform.machine()}"
+    show = subprocess.run([*auditwheel, "show", str(wheel)], capture_output=True, text=True)
+    repair = subprocess.run(
+        [*auditwheel, "repair", "--plat", plat, "-w", str(tmp_path / "out"), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert repair.returncode != 0, repair.stderr
+    log = show.stdout + show.stderr + repair.stdout + repair.stderr
+    found = diagnose(13, log.encode())
+    assert found.reason is R.AUDITWHEEL_REJECTED
+    assert found.summary.startswith(f"auditwheel cannot repair to {plat}: too-recent"), found
+    assert found.summary.endswith("(libstdc++.so.6 CXXABI_1.3.9)"), found.summary
 
 
 def test_a_distribution_wheel_loading_a_foreign_library_says_which() -> None:
