@@ -26,11 +26,13 @@ import time
 import tomllib
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from common.config import UpstreamSettings
 from common.names import python_version_of_tag
 from common.tags import is_distribution_policy, policy_platforms
 
@@ -52,6 +54,8 @@ DOWNLOAD_TIMEOUT = 600
 # How long a set of requirements fetched whole from the index is answered from the cache
 # alone: PyPI serves its Simple pages with max-age=600, and pip reuses them that long.
 FRESH_SECONDS = 600.0
+# The farm's upstream index unless the builder is told another (upstream.index_url).
+DEFAULT_INDEX_URL: str = UpstreamSettings.model_fields["index_url"].default
 
 
 class NoBuildRequirements(Exception):
@@ -186,6 +190,22 @@ def platform_tags(arch: str, glibc_minor: int, policy: str = "") -> list[str]:
     return [*tags, f"linux_{arch}"] if arch != "armv7l" else tags
 
 
+def isolated_pip_environment(
+    base: Mapping[str, str] | None = None, ca_bundle: Path | None = None
+) -> dict[str, str]:
+    """The environment of a pip the builder runs on its host: the host's (its proxies
+    still apply) without any of the host's pip configuration, neither a configuration
+    file (global, user, site: PIP_CONFIG_FILE=os.devnull skips them all) nor a PIP_*
+    variable, so only what the builder puts on the command line counts. `ca_bundle`: the
+    builder's configured one, the only PIP_* variable set."""
+    source = os.environ if base is None else base
+    env = {key: value for key, value in source.items() if not key.upper().startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    if ca_bundle is not None:
+        env["PIP_CERT"] = str(ca_bundle)
+    return env
+
+
 def run_logged(
     command: list[str], log_sink: BinaryIO, env: dict[str, str], timeout: float
 ) -> int | None:
@@ -229,9 +249,17 @@ class Wheelhouse:
     """The cache directory and the trusted step that fills it."""
 
     def __init__(
-        self, root: Path, limit: int, ca_bundle: Path | None = None, label: str = "wheelhouse"
+        self,
+        root: Path,
+        limit: int,
+        ca_bundle: Path | None = None,
+        label: str = "wheelhouse",
+        index_url: str = DEFAULT_INDEX_URL,
     ) -> None:
         self.root = root
+        # The farm's upstream index (upstream.index_url): the only one pip asks, whatever
+        # the builder host's own pip configuration names.
+        self.index_url = index_url
         # How the build log names it: the cross path fills a host one beside the target's.
         self.label = label
         self.limit = limit
@@ -244,10 +272,7 @@ class Wheelhouse:
         self._fetched: dict[tuple[str, ...], float] = {}
 
     def pip_environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.ca_bundle is not None:
-            env["PIP_CERT"] = str(self.ca_bundle)
-        return env
+        return isolated_pip_environment(ca_bundle=self.ca_bundle)
 
     def wheels(self) -> list[Path]:
         return sorted(self.root.glob("*.whl"))
@@ -307,6 +332,9 @@ class Wheelhouse:
             "download",
             "--disable-pip-version-check",
             "--no-input",
+            # The wheelhouse is the cache; pip's own would only warn where the builder's
+            # home is not writable.
+            "--no-cache-dir",
             "--only-binary=:all:",
             "--dest",
             str(staging),
@@ -315,12 +343,13 @@ class Wheelhouse:
             str(self.root),
             *target_arguments(python_tag, platforms),
         ]
-        if cache_only:
-            command.append("--no-index")
+        command += ["--no-index"] if cache_only else ["--index-url", self.index_url]
         if constraints is not None:
             command += ["--constraint", str(constraints)]
         command += [str(requirement) for requirement in requirements]
         before = {path.name for path in self.wheels()}
+        # Whatever environment the caller passes, the host's pip configuration stays out.
+        env = isolated_pip_environment(env, self.ca_bundle)
         try:
             code = run_logged(command, log_sink, env, DOWNLOAD_TIMEOUT)
         finally:

@@ -1,24 +1,27 @@
 """The smoke test of container builds: the wheel installed for the target by the
 builder's pip on the host (builder/backends/smoke_install.py), then only imported in the
 target's own image under QEMU (smoke.sh with ARMWHEELS_SMOKE_SITE), isolated from the
-image's site-packages as a fresh venv is."""
+image's site-packages as a fresh venv is. The host's pips say nothing misleading in the
+build log where the builder's home is not writable."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
 import docker
 import pytest
 
-from builder.backends import SCRIPTS
+from builder.backends import SCRIPTS, offer_runtime_requirements
 from builder.backends.docker import SMOKE_SITE
 from builder.backends.smoke_install import install_for_import
-from builder.wheelhouse import platform_tags
+from builder.wheelhouse import Wheelhouse, platform_tags
 from common.config import load_settings
+from tests.servers import pypiserver
 from tests.wheels import make_wheel
-
-pytestmark = [pytest.mark.docker]
 
 TAGS = "cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64"
 PLATFORMS = platform_tags("aarch64", 17)
@@ -82,6 +85,7 @@ def _import(site: Path, module: str) -> tuple[int, str]:
         container.remove(force=True)
 
 
+@pytest.mark.docker
 def test_the_wheel_installed_on_the_host_is_imported_in_the_target_image(tmp_path: Path) -> None:
     links = tmp_path / "links"
     links.mkdir()
@@ -97,6 +101,7 @@ def test_the_wheel_installed_on_the_host_is_imported_in_the_target_image(tmp_pat
     assert "smoke test passed" in output
 
 
+@pytest.mark.docker
 def test_a_wheel_that_does_not_import_fails_the_smoke_test(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path, "smokebroken", b"raise ImportError('libfoo.so.1: not found')\n")
     site = tmp_path / "site"
@@ -115,3 +120,66 @@ def test_a_wheel_for_another_platform_does_not_install(tmp_path: Path) -> None:
     log = _log(tmp_path)
     assert not install_for_import(wheel, tmp_path / "site", "cp311", PLATFORMS, None, log)
     assert b"does not install for the target" in _said(log)
+
+
+CACHE_WARNING = b"is not owned or is not writable by the current user"
+
+
+def _unwritable_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A builder whose home (and so pip's default cache) is not its own, as for a service
+    account: pip would disable its cache with a warning in every build log."""
+    home = tmp_path / "not-my-home"
+    home.mkdir()
+    if os.geteuid() == 0:
+        os.chown(home, 65534, 65534)  # pip, as root, trusts only root's folders
+    else:
+        home.chmod(0o555)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    for name in ("PIP_NO_CACHE_DIR", "PIP_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_smoke_steps_host_pips_do_not_warn_of_an_unwritable_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The smoke step on the host: the wheel's requirements fetched into the wheelhouse
+    (pip download, from the farm's index), then the wheel installed (pip install)."""
+    _unwritable_cache_home(tmp_path, monkeypatch)
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    _wheel(packages, "smokedep", b"VALUE = 42\n")
+    wheel = _wheel(
+        tmp_path, "smokedemo", b"from smokedep import VALUE\n", "Requires-Dist: smokedep\n"
+    )
+    log = _log(tmp_path)
+    with pypiserver(packages) as index:
+        wheelhouse = Wheelhouse(tmp_path / "wheelhouse", 1024**3, index_url=index)
+        assert offer_runtime_requirements(wheelhouse, ["smokedep"], "cp311", PLATFORMS, log), _said(
+            log
+        )
+    site = tmp_path / "site"
+    assert install_for_import(wheel, site, "cp311", PLATFORMS, wheelhouse.root, log), _said(log)
+    assert b"installed with its requirements" in _said(log)
+    assert CACHE_WARNING not in _said(log), _said(log).decode()
+    # Control: a pip with its cache on does warn in this same environment.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--isolated",
+            "download",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(wheelhouse.root),
+            "--dest",
+            str(tmp_path / "got"),
+            "smokedep",
+        ],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert CACHE_WARNING in done.stdout + done.stderr

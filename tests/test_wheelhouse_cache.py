@@ -5,7 +5,6 @@ against a PEP 503 index served on loopback, which counts what it is asked."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,34 +55,34 @@ def counting_index(folder: Path) -> Iterator[tuple[str, list[str]]]:
         thread.join(10)
 
 
-def _prefetch(cache: Wheelhouse, requirement: str, index: str, log: Path) -> bool:
-    env = dict(os.environ, PIP_INDEX_URL=index, PIP_CONFIG_FILE=os.devnull)
-    env.pop("PIP_FIND_LINKS", None)
+def _prefetch(cache: Wheelhouse, requirement: str, log: Path) -> bool:
     with log.open("ab") as sink:
-        return cache.prefetch([Requirement(requirement)], "cp311", PLATFORMS, None, env, sink)
+        return cache.prefetch(
+            [Requirement(requirement)], "cp311", PLATFORMS, None, cache.pip_environment(), sink
+        )
 
 
 def test_a_set_fetched_moments_ago_is_answered_without_the_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache = Wheelhouse(tmp_path / "wheelhouse", 1024**3)
     log = tmp_path / "pip.log"
     (tmp_path / "upstream").mkdir()
     with counting_index(tmp_path / "upstream") as (index, pages):
-        assert _prefetch(cache, "cachedep", index, log), log.read_text()
+        cache = Wheelhouse(tmp_path / "wheelhouse", 1024**3, index_url=index)
+        assert _prefetch(cache, "cachedep", log), log.read_text()
         assert "/simple/cachedep/" in pages
         assert [p.name for p in cache.wheels()] == [WHEEL]
         assert not list(cache.root.glob(".incoming-*"))  # the download folder went
         asked = len(pages)
         # The same set again: from the cache alone.
-        assert _prefetch(cache, "cachedep", index, log)
+        assert _prefetch(cache, "cachedep", log)
         assert len(pages) == asked
         # Another set, though the cache could serve it: the index is asked.
-        assert _prefetch(cache, "cachedep>=1.0", index, log)
+        assert _prefetch(cache, "cachedep>=1.0", log)
         assert len(pages) > asked
         asked = len(pages)
         # The first set once older than FRESH_SECONDS: the index is asked again.
         monkeypatch.setattr(wheelhouse_module, "FRESH_SECONDS", 0.0)
-        assert _prefetch(cache, "cachedep", index, log)
+        assert _prefetch(cache, "cachedep", log)
         assert len(pages) > asked
     assert [p.name for p in cache.wheels()] == [WHEEL]

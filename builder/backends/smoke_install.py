@@ -9,13 +9,12 @@ of every job; here it takes under a second. Nothing of the wheel runs on the hos
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import BinaryIO
 
 from builder.backends import note
-from builder.wheelhouse import run_logged, target_arguments
+from builder.wheelhouse import isolated_pip_environment, run_logged, target_arguments
 
 # pip unpacking one wheel and its requirements from a local folder.
 INSTALL_TIMEOUT = 300
@@ -48,7 +47,7 @@ def install_for_import(
         *target_arguments(python_tag, platforms),
     ]
     # The host's pip configuration (its indexes, its options) has no say here.
-    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull)
+    env = isolated_pip_environment()
     tries = [["--no-deps"]]
     if links is not None:
         tries.insert(0, ["--find-links", str(links)])
