@@ -10,8 +10,6 @@ what those tools print, with the surrounding noise that makes matching non-trivi
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import platform
 import shutil
@@ -19,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import pytest
 
 from builder.classify import Diagnosis, classify, diagnose, is_transient, system_packages_for
 from common.states import FailureReason
+from tests.wheels import make_wheel
 
 R = FailureReason
 
@@ -1468,29 +1466,6 @@ PyMODINIT_FUNC PyInit_cxxdemo(void) { return PyModule_Create(&module); }
 """
 
 
-def _handmade_wheel(library: Path, dist: Path) -> Path:
-    """A platform wheel holding one extension, with the RECORD auditwheel checks."""
-    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    wheel = dist / f"cxxdemo-1.0-{tag}-{tag}-linux_{platform.machine()}.whl"
-    files = {
-        library.name: library.read_bytes(),
-        "cxxdemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: cxxdemo\nVersion: 1.0\n",
-        "cxxdemo-1.0.dist-info/WHEEL": (
-            f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
-            f"Tag: {tag}-{tag}-linux_{platform.machine()}\n"
-        ).encode(),
-    }
-    record = []
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{name},sha256={digest.decode()},{len(data)}")
-        record.append("cxxdemo-1.0.dist-info/RECORD,,")
-        archive.writestr("cxxdemo-1.0.dist-info/RECORD", "\n".join(record) + "\n")
-    return wheel
-
-
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 def test_real_auditwheel_refusal_of_a_new_cxxabi_symbol(tmp_path: Path) -> None:
     """auditwheel itself, on a C++ extension built here with g++, refused manylinux2014."""
@@ -1515,8 +1490,11 @@ def test_real_auditwheel_refusal_of_a_new_cxxabi_symbol(tmp_path: Path) -> None:
         ],
         check=True,
     )
-    (tmp_path / "dist").mkdir()
-    wheel = _handmade_wheel(library, tmp_path / "dist")
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    wheel = tmp_path / f"cxxdemo-1.0-{tag}-{tag}-linux_{platform.machine()}.whl"
+    wheel.write_bytes(
+        make_wheel(wheel.name, modules=(), extra={library.name: library.read_bytes()})
+    )
     auditwheel = [sys.executable, "-m", "auditwheel"]
     plat = f"manylinux2014_{platform.machine()}"
     show = subprocess.run([*auditwheel, "show", str(wheel)], capture_output=True, text=True)
