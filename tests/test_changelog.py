@@ -7,6 +7,8 @@ serves the matching JSON API.
 
 from __future__ import annotations
 
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -14,6 +16,10 @@ import pytest
 from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from tenacity import wait_none
 
 from common.config import Settings
@@ -21,12 +27,18 @@ from common.models import BuildJob, FeedActionCount, Project, Release
 from common.states import JobState
 from common.tags import covering_wheel
 from master.builds.build_plan import pure_python_wheel, target_allowed
-from master.pypi.changelog import ChangelogClient, ChangelogError, TransientChangelogError
+from master.pypi.changelog import (
+    ChangelogClient,
+    ChangelogError,
+    TransientChangelogError,
+    probe_last_serial,
+)
 from master.pypi.feed import CHANGELOG_FEED, follow_changelog, read_cursor
 from master.pypi.json_api import JsonApiClient
 from master.pypi.refresh import refresh_marked
 from master.web.status import collect
 from tests.pypi_replay import ReplayServer, ReplayState, replay_server
+from tests.servers import free_port, serve_app
 
 EVENTS = 3000
 
@@ -85,6 +97,33 @@ def test_faults_that_are_not_transient_are_errors(replay: ReplayServer) -> None:
             client._call("changelog_everything")
         with pytest.raises(ChangelogError, match="-32602"):
             client._call("changelog_since_serial", "not a number")
+
+
+def test_the_startup_probe_answers_or_says_why_within_its_timeout(replay: ReplayServer) -> None:
+    """One `changelog_last_serial` call, no retry: the serial, or the reason there is none
+    (a closed port, a proxy refusing the POST, a server that never answers)."""
+    replay.set_faults(rate_limit_next=0, http_503_next=0)
+    assert probe_last_serial(replay.xmlrpc_url, 5) == replay.journal[-1].serial
+    replay.set_faults(http_503_next=1)
+    with pytest.raises(TransientChangelogError, match="HTTP 503"):
+        probe_last_serial(replay.xmlrpc_url, 5)
+    assert replay.status()["http_503_next"] == 0  # asked once, not retried
+    with pytest.raises(TransientChangelogError, match="Connection refused"):
+        probe_last_serial(f"http://127.0.0.1:{free_port()}/pypi", 5)
+
+    async def refuse(request: Request) -> Response:
+        return PlainTextResponse("Method Not Allowed", 405)
+
+    refusing = Starlette(routes=[Route("/pypi", refuse, methods=["POST"])])
+    with serve_app(refusing) as url, pytest.raises(ChangelogError, match="HTTP 405"):
+        probe_last_serial(f"{url}/pypi", 5)
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        began = time.monotonic()
+        with pytest.raises(TransientChangelogError):
+            probe_last_serial(f"http://127.0.0.1:{silent.getsockname()[1]}/pypi", 1)
+        assert time.monotonic() - began < 2
 
 
 def test_an_outage_never_moves_the_cursor(

@@ -42,6 +42,7 @@ from master.pypi.upstream import (
 )
 from tests.sdists import make_sdist
 from tests.servers import pypiserver
+from tests.wheels import make_wheel
 
 PROJECT = "demo-pkg"
 # (version, Requires-Python) of the sdists built once per test session.
@@ -344,6 +345,29 @@ def test_missing_project_is_recorded_and_first_sight_comes_later(
         ("not-published", 0, 0),
     ]
     assert jobs_by_version(factory) == [("2.0", "aarch64", "cp311", JobState.PENDING)]
+
+
+def test_a_wheel_uploaded_after_the_sdist_settles_the_plan(
+    settings: Settings, factory: sessionmaker[Session], pypi: Index, sdists: dict[str, Path]
+) -> None:
+    """A pure-Python wheel published after the sdist ends the waiting job; a wheel added
+    to a release first sight left unplanned does not plan it."""
+    publish_and_watch(settings, pypi, sdists, "1.1", "2.0")
+    module = PROJECT.replace("-", "_")
+    with client_for(pypi.url) as client:
+        poll_watched(factory, client, settings)
+        assert jobs_by_version(factory) == [("2.0", "aarch64", "cp311", JobState.PENDING)]
+        for version in ("1.1", "2.0"):
+            wheel = f"{module}-{version}-py3-none-any.whl"
+            (pypi.packages / wheel).write_bytes(make_wheel(wheel, modules=(module,)))
+        [outcome] = poll_watched(factory, client, settings)
+    assert outcome.new_jobs == 0
+    assert jobs_by_version(factory) == [("2.0", "aarch64", "cp311", JobState.SKIPPED)]
+    with factory() as session:
+        reasons = dict(session.execute(select(Release.version, Release.skip_reason)).all())
+        job = session.scalars(select(BuildJob)).one()
+    assert reasons == {"1.1": None, "2.0": SkipReason.PURE_PYTHON_UPSTREAM}
+    assert job.skip_reason == SkipReason.PURE_PYTHON_UPSTREAM
 
 
 def test_requires_python_excludes_targets(

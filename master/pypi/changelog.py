@@ -5,12 +5,14 @@ The second answers at most 50,000 entries per call, so a large gap takes several
 the caller pages by asking again from the last serial it applied.
 Transport errors, HTTP 429/5xx and PyPI's rate-limit and unavailable faults are transient:
 they are retried with jittered backoff and never move the cursor.
+`probe_last_serial` is the one call that is not retried: a start-up check, bounded in time.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 FAULT_APPLICATION = -32500
 FAULT_UNAVAILABLE = -32403
 _RESET_IN = re.compile(r"reset in (\d+) seconds")
+# How long the start-up check of the changelog may take in all.
+PROBE_SECONDS = 5.0
 
 
 class ChangelogError(Exception):
@@ -138,3 +142,31 @@ class ChangelogClient:
         except (ValueError, ExpatError, xmlrpc.client.ResponseError) as exc:
             raise ChangelogError(f"{method}: not an XML-RPC response: {exc}") from exc
         return value
+
+
+def probe_last_serial(url: str, timeout: float = PROBE_SECONDS) -> int:
+    """PyPI's current serial from one `changelog_last_serial` call, made as the feed makes
+    it (the same HTTP client: the environment's proxy and CA bundle) but without retries
+    and within `timeout` seconds in all, a name lookup that hangs included. Raises
+    ChangelogError or TransientChangelogError saying why there was no usable answer."""
+    outcome: list[int | ChangelogError | TransientChangelogError] = []
+
+    def call() -> None:
+        try:
+            with ChangelogClient(url, timeout, attempts=1) as client:
+                outcome.append(client.last_serial())
+        except (ChangelogError, TransientChangelogError) as exc:
+            outcome.append(exc)
+        except Exception as exc:  # a proxy URL httpx refuses, an invalid URL: no answer
+            outcome.append(ChangelogError(f"changelog_last_serial: {exc!r}"))
+
+    # A daemon thread: one stuck in getaddrinfo (no timeout applies there) is left behind.
+    thread = threading.Thread(target=call, name="changelog-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TransientChangelogError(f"changelog_last_serial: no answer within {timeout:g} s")
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise result
+    return result

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.db import transaction
-from common.models import Project, Release, SourceFile
+from common.models import BuildJob, Project, Release, SourceFile
 from common.states import SkipReason
 from master.builds.build_plan import plan_builds
 from master.pypi.releases import (
@@ -82,11 +82,19 @@ def apply_page(session: Session, page: ProjectPage, settings: Settings) -> PollO
             outcome.new_releases += 1
         reappeared = release.removed_at is not None
         restore_release(release)
+        served_before = release.upstream_files
         applied = apply_release_files(session, release, files)
         if applied.new_source:
             outcome.new_sdists += 1
+        # A wheel uploaded after the sdist (a pure-Python one, or one for a target) changes
+        # what the release needs: its plan is made again, as the changelog feed's refresh
+        # does; a release never planned (first sight, no backfill) stays unplanned.
+        files_changed = release.upstream_files != served_before and _planned(session, release)
         if applied.source is not None and (
-            applied.new_source or reappeared or (applied.yank_changed and not release.yanked)
+            applied.new_source
+            or reappeared
+            or (applied.yank_changed and not release.yanked)
+            or files_changed
         ):
             to_plan.append((release, applied.source))
         elif applied.source is None and release.skip_reason is None:
@@ -103,6 +111,16 @@ def apply_page(session: Session, page: ProjectPage, settings: Settings) -> PollO
     project.upstream_etag = page.etag
     project.upstream_serial = page.serial
     return outcome
+
+
+def _planned(session: Session, release: Release) -> bool:
+    """Has the build plan looked at this release before (it has a job, or a reason)?"""
+    if release.id is None:
+        return False
+    if release.skip_reason is not None:
+        return True
+    job = session.scalar(select(BuildJob.id).where(BuildJob.release_id == release.id).limit(1))
+    return job is not None
 
 
 def poll_project(
