@@ -324,10 +324,11 @@ _SETUP_LIBRARY = re.compile(
     r"|[Pp]lease install (?:the )?(?P<dev2>[\w.+-]{1,60}) "
     r"(?:development|dev|devel|-dev) (?:package|packages|files|headers|libraries)"
 )
-_WARNING = re.compile(r"warn", re.IGNORECASE)
 # The name before a phrase, read backwards from it: anchoring the pattern on the phrase
 # (not on a name that could start anywhere) keeps the scan linear.
 _NAME_BACKWARDS = re.compile(r"[\w.+-]{1,60}")
+# A line that warns, or says the build goes on without the library, is a probe.
+_WARNING = re.compile(r"warn", re.IGNORECASE)
 _OPTIONAL = re.compile(r"without|skipp|optional|disabl|fall(?:ing)? ?back", re.IGNORECASE)
 _FATAL = re.compile(r"\berror\b|Exception\b|\bfatal\b", re.IGNORECASE)
 _FILE_SUFFIX = re.compile(r"\.(?:so|a|h|pc|dll|lib)(?:\.\d{1,6}){0,4}$")
@@ -642,11 +643,10 @@ def _setup_library(text: str) -> Found | None:
         packages = _named_library(name) if name else None
         if not name or (packages is None and not dev):
             continue
-        summary = (
-            f"missing {name} development files"
-            if dev
-            else (f"the build cannot find library {name}")
-        )
+        if dev:
+            summary = f"missing {name} development files"
+        else:
+            summary = f"the build cannot find library {name}"
         return match.start(), _needs(FailureReason.MISSING_SYSTEM_LIBRARY, summary, packages, name)
     return None
 
