@@ -605,6 +605,32 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe_suggest(args: argparse.Namespace) -> int:
+    """The recipe the farm learned for a project (the system packages its builders had to
+    add), printed as a recipe file's entry for an operator to pin."""
+    from sqlalchemy import select
+
+    from common.models import Project
+    from common.names import BadName, normalize_project
+    from master.builds.learned_packages import suggest
+
+    try:
+        name = normalize_project(args.project)
+    except BadName as exc:
+        raise UsageError(str(exc)) from exc
+    with _database(_settings(args)) as factory, factory() as session:
+        project = session.scalar(select(Project).where(Project.name == name))
+        if project is None:
+            raise UsageError(f"unknown project {name}")
+        entry = suggest(project)
+    if not entry:
+        print(f"# nothing learned for {name}: its builds needed no system package the farm added")
+        return 0
+    print(f"# learned from {name}'s builds: pin it in the recipe file (master.recipes)")
+    print(entry, end="")
+    return 0
+
+
 def cmd_push_status(args: argparse.Namespace) -> int:
     from master.index.pushes import push_summary
 
@@ -784,6 +810,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", type=Path, metavar="FILE")
     check.add_argument("--project", help="print the recipe this project gets")
     check.set_defaults(func=cmd_recipe_check)
+    suggest = recipe_sub.add_parser(
+        "suggest",
+        parents=[common],
+        help="print the recipe the farm learned for a project (system packages it added)",
+    )
+    suggest.add_argument("project")
+    suggest.set_defaults(func=cmd_recipe_suggest)
 
     push = sub.add_parser("push", help="pushes of new wheels to other indexes", parents=[common])
     push_sub = push.add_subparsers(dest="push_command", required=True, parser_class=_Parser)

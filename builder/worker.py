@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast, get_args
 
 from celery import signals
 
@@ -32,6 +32,7 @@ from common.messages import BUILD_TASK, declare_queues, make_celery, queue_name
 from common.protocol import (
     HEARTBEAT_SECONDS,
     MAX_SUMMARY_CHARS,
+    PackageManager,
     ProtocolError,
     ResultForm,
     slot_name,
@@ -321,6 +322,9 @@ class JobRunner:
             transient=outcome.transient,
             build_path=outcome.build_path,
             system_packages=" ".join(outcome.system_packages or []) or None,
+            build_packages=" ".join(outcome.build_packages or []) or None,
+            auto_packages=" ".join(outcome.auto_packages or []) or None,
+            package_manager=_manager(outcome.package_manager),
         )
         try:
             answer = self.client.report(
@@ -334,6 +338,14 @@ class JobRunner:
             log.error("result rejected by master: %s", exc, extra={"job_id": job_id})
         except ProtocolError as exc:  # stored (a 2xx), only its answer not understood
             log.warning("result answer not understood: %s", exc, extra={"job_id": job_id})
+
+
+def _manager(name: str | None) -> PackageManager | None:
+    """The build image's package manager as the result names it (None: no packages)."""
+    for manager in get_args(PackageManager):
+        if manager == name:
+            return cast(PackageManager, manager)
+    return None
 
 
 def free_disk(settings: Settings) -> int | None:

@@ -34,7 +34,7 @@ from pydantic_settings import (
 from common.job_spec import DEFAULT_NEWER_POLICY, NewerPolicy
 from common.names import BadName, normalize_project, python_version_of_tag
 from common.protocol import HEARTBEAT_SECONDS, MAX_SLOTS, TARGET_NAME_PATTERN
-from common.recipes import parse_recipes
+from common.recipes import package_names, parse_recipes
 from common.states import ARCHES, Arch
 from common.tags import (
     DISTRIBUTION_MACHINES,
@@ -371,6 +371,25 @@ def openable_network(text: str) -> IPNetwork:
     return network
 
 
+class AutoPackagesSettings(_Section):
+    """Whether a build that fails for a missing system library (a header, a library, a
+    pkg-config module or CMake package whose package the diagnosis names) is built again
+    in the same attempt with that package installed into a derived image. Packages come
+    only from the build image's own distribution archive (its package manager's sources);
+    `deny` lists those never installed this way."""
+
+    enabled: bool = True
+    deny: list[str] = Field(default_factory=list)
+    # Builds again at most this many times per attempt, each adding what the last one
+    # named (a project may report one missing library at a time).
+    rounds: int = Field(default=2, ge=1, le=5)
+
+    @field_validator("deny")
+    @classmethod
+    def _deny(cls, value: list[str]) -> list[str]:
+        return package_names(value)
+
+
 class BuilderSettings(_Section):
     master_url: str = ""
     token: SecretStr = SecretStr("")
@@ -402,6 +421,7 @@ class BuilderSettings(_Section):
     # The network of the trusted step that installs a recipe's system packages into a
     # derived image (apt-get / yum, never sdist code).
     recipe_network: str = "host"
+    auto_packages: AutoPackagesSettings = Field(default_factory=AutoPackagesSettings)
     # Ports an egress build may CONNECT to through the builder's filtering proxy.
     egress_ports: list[int] = Field(default_factory=lambda: [443, 80], min_length=1)
     # Hosts the egress proxy never connects to, besides loopback and private addresses;

@@ -101,6 +101,9 @@ class Project(Base):
     # Why builders emulate this project instead of cross-compiling it: its last cross build
     # fell back (master/builds/build_paths.py); cleared by an operator.
     emulate_because: Mapped[str | None] = mapped_column(Text)
+    # System packages its builds needed and the builders added (builder/auto_packages.py),
+    # by package manager: its next builds start with them (master/builds/learned_packages.py).
+    learned_packages: Mapped[dict[str, list[str]] | None] = mapped_column(JSON)
 
     releases: Mapped[list[Release]] = relationship(back_populates="project")
 
@@ -225,6 +228,12 @@ class BuildJob(Base):
     rejected_by: Mapped[str | None] = mapped_column(String(32))
     # How the builder made the wheel, or its last failure (common.states.BuildPath).
     build_path: Mapped[str | None] = mapped_column(String(24))
+    # The system packages installed into the build image for its last build, those of
+    # them the builder added because the build failed without them, and the image's
+    # package manager: the record of what the wheel needed to build.
+    build_packages: Mapped[list[str] | None] = mapped_column(JSON)
+    auto_packages: Mapped[list[str] | None] = mapped_column(JSON)
+    package_manager: Mapped[str | None] = mapped_column(String(16))
     builder_id: Mapped[int | None] = mapped_column(ForeignKey("builders.id"))
     requested_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -178,6 +178,11 @@ SYSTEM_PACKAGES_PATTERN = (
     r"^[a-z0-9][a-z0-9+.-]*=[0-9A-Za-z.+~:-]+( [a-z0-9][a-z0-9+.-]*=[0-9A-Za-z.+~:-]+)*$"
 )
 
+# Distribution package names (common/recipes.py's grammar), separated by spaces.
+PACKAGE_NAMES_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+._-]{0,127}( [A-Za-z0-9][A-Za-z0-9+._-]{0,127})*$"
+# The package managers whose package names a result may carry.
+PackageManager = Literal["apt-get", "yum", "dnf"]
+
 
 class ResultForm(Body):
     """The text fields of a result (a multipart form, beside the files LOG_PART and
@@ -199,6 +204,12 @@ class ResultForm(Body):
     system_packages: str | None = Field(
         default=None, max_length=4096, pattern=SYSTEM_PACKAGES_PATTERN
     )
+    # The system packages installed into the build image for this build (recipe,
+    # learned and the farm's own additions), the part the builder added in this attempt
+    # because the build failed without it, and the package manager they are named for.
+    build_packages: str | None = Field(default=None, max_length=4096, pattern=PACKAGE_NAMES_PATTERN)
+    auto_packages: str | None = Field(default=None, max_length=4096, pattern=PACKAGE_NAMES_PATTERN)
+    package_manager: PackageManager | None = None
 
     def fields(self) -> dict[str, str]:
         """The form's fields as a builder sends them: empty ones left out, the build
@@ -216,6 +227,9 @@ class ResultForm(Body):
             data["build_path"] = self.build_path.value
         if self.system_packages:
             data["system_packages"] = self.system_packages
+        for name in ("build_packages", "auto_packages", "package_manager"):
+            if value := getattr(self, name):
+                data[name] = value
         return data
 
 

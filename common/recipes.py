@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Debian and RPM package names (Debian policy 5.6.1; RPM is laxer but this covers it).
 _PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]{0,127}$")
+# The recipe field that holds the packages of each package manager an image may have.
+RECIPE_FIELD_OF_MANAGER = {"apt-get": "apt", "yum": "yum", "dnf": "yum"}
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Variables the sandbox sets itself; a recipe may not redirect them.
 RESERVED_VARIABLES = frozenset(
@@ -66,10 +68,7 @@ class Recipe(BaseModel):
     @field_validator("apt", "yum")
     @classmethod
     def _packages(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _PACKAGE.match(name):
-                raise ValueError(f"not a package name: {name!r}")
-        return sorted(set(value))
+        return package_names(value)
 
     @field_validator("env")
     @classmethod
@@ -123,6 +122,28 @@ class Recipe(BaseModel):
     def system_packages(self, manager: str) -> list[str]:
         """The packages for an image's package manager (apt-get, or yum/dnf)."""
         return self.apt if manager == "apt-get" else self.yum
+
+    def with_packages(self, learned: dict[str, list[str]]) -> Recipe:
+        """This recipe with the packages the farm learned for the project added, by
+        package manager ({"apt-get": [...], "yum": [...]}): what its next build starts
+        with."""
+        apt, yum = list(self.apt), list(self.yum)
+        for manager, packages in learned.items():
+            field = RECIPE_FIELD_OF_MANAGER.get(manager)
+            if field == "apt":
+                apt += packages
+            elif field == "yum":
+                yum += packages
+        return self.model_copy(update={"apt": package_names(apt), "yum": package_names(yum)})
+
+
+def package_names(value: list[str]) -> list[str]:
+    """Distribution package names, sorted and unique; ValueError names one that is not a
+    package name (they end up in a shell: only the grammar's characters pass)."""
+    for name in value:
+        if not isinstance(name, str) or not _PACKAGE.match(name):
+            raise ValueError(f"not a package name: {name!r}")
+    return sorted(set(value))
 
 
 class _RecipeFile(BaseModel):

@@ -82,6 +82,9 @@ SAMPLES: list[tuple[type[Body], dict[str, Any]]] = [
             "transient": True,
             "build_path": "emulated-after-cross",
             "system_packages": "libc6=2.36-9+deb12u13 zlib1g=1:1.2.13.dfsg-1",
+            "build_packages": "libffi-dev liblzo2-dev",
+            "auto_packages": "libffi-dev",
+            "package_manager": "apt-get",
         },
     ),
 ]
@@ -131,6 +134,8 @@ def test_fields_a_newer_release_adds_are_ignored(model: type[Body], data: dict[s
         (ResultForm, {"outcome": "failed", "build_seconds": "nan"}, "build_seconds"),
         (ResultForm, {"outcome": "failed", "transient": "maybe"}, "transient"),
         (ResultForm, {"outcome": "failed", "build_path": "teleported"}, "build_path"),
+        (ResultForm, {"outcome": "failed", "auto_packages": "a;reboot"}, "auto_packages"),
+        (ResultForm, {"outcome": "failed", "package_manager": "pacman"}, "package_manager"),
     ],
 )
 def test_a_missing_or_mistyped_field_is_refused_by_name(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from builder.classify import diagnose
+from builder.classify import Diagnosis, diagnose
 from builder.sdist import SdistRefused, check_archive, unpacked_limit
 from common.config import BuilderSettings
 from common.job_spec import JobSpec
@@ -50,6 +50,15 @@ class BuildOutcome:
     # A distribution target's wheel: `package=version` of the distribution's packages
     # that hold the libraries it loads (what a user installs beside it).
     system_packages: list[str] | None = None
+    # A failed build's diagnosis (None: the failure was not diagnosed from its log): what
+    # builder/auto_packages.py reads to build again with the missing package.
+    diagnosis: Diagnosis | None = None
+    # The system packages installed on top of the build image for this build (the
+    # recipe's, the learned ones, the farm's own additions), the part the farm added
+    # during this attempt, and the image's package manager they are named for.
+    build_packages: list[str] | None = None
+    auto_packages: list[str] | None = None
+    package_manager: str | None = None
 
 
 class Backend(Protocol):
@@ -224,6 +233,7 @@ def run_recipe(
             reason=diagnosis.reason,
             summary=diagnosis.summary,
             transient=diagnosis.transient,
+            diagnosis=diagnosis,
         )
     wheels = sorted((out / "wheelhouse").glob("*.whl"))
     if len(wheels) != 1:

@@ -29,12 +29,12 @@ from typing import BinaryIO
 
 import docker.errors
 
+from builder import auto_packages
 from builder.backends import (
     BuildOutcome,
     StepExit,
     note,
     recipe_environment,
-    refuse_unsafe_archive,
     repair_environment,
     run_recipe,
     write_constraints,
@@ -178,9 +178,11 @@ class CrossBackend(DockerBackend):
             return f"the cross image has no {spec.python_tag} interpreter"
         return None
 
-    def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
-        if refused := refuse_unsafe_archive(sdist, self.settings, log_sink):
-            return refused
+    def build_paths(
+        self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO
+    ) -> BuildOutcome:
+        """One build of the job, its archive already checked: cross first, emulated when
+        the cross path cannot build it."""
         why = self.why_emulated(spec)
         if why is not None:
             note(log_sink, f"build path: emulated, since {why}")
@@ -190,6 +192,16 @@ class CrossBackend(DockerBackend):
         note(log_sink, f"build path: cross ({self.cross_image} for {self.arch})")
         outcome = self._cross(spec, sdist, workdir / "cross", log_sink)
         if outcome.built or self._cancelled.is_set():
+            outcome.build_path = BuildPath.CROSS
+            return outcome
+        installed = [*self.recipe_packages(spec), *self.added_packages]
+        policy = self.settings.auto_packages
+        if auto_packages.plan(outcome, self.package_manager, policy, installed).add:
+            note(
+                log_sink,
+                "the cross build lacks a system package that the emulated build would lack"
+                " too: not built again on the emulated path",
+            )
             outcome.build_path = BuildPath.CROSS
             return outcome
         if _refused_by_newer_policy(spec, outcome):

@@ -31,6 +31,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
+from builder.auto_packages import build_with_auto_packages
 from builder.backends import (
     SCRIPTS,
     BuildOutcome,
@@ -185,6 +186,9 @@ class DockerBackend:
         self.interpreters = self.discover_interpreters()
         self._current: Container | None = None
         self._cancelled = threading.Event()
+        # The system packages the farm adds to the job under way's build image, besides
+        # its recipe's (builder/auto_packages.py).
+        self.added_packages: list[str] = []
         self.wheelhouse = (
             Wheelhouse(
                 settings.work_dir / "wheelhouse" / arch,
@@ -419,13 +423,21 @@ class DockerBackend:
         except (docker.errors.APIError, requests.exceptions.RequestException, ValueError):
             pass
 
+    def recipe_packages(self, spec: JobSpec) -> list[str]:
+        """The recipe's system packages for this image's package manager."""
+        if spec.recipe is None:
+            return []
+        return spec.recipe.system_packages(self.package_manager or "")
+
     def _build_image(self, spec: JobSpec, log_sink: BinaryIO) -> str | BuildOutcome:
-        """The target's image, or its derivative with the recipe's system packages."""
+        """The target's image, or its derivative with the recipe's system packages and
+        those the farm added (added_packages)."""
         recipe = spec.recipe
-        if recipe is None or not (recipe.apt or recipe.yum):
+        wants_packages = recipe is not None and bool(recipe.apt or recipe.yum)
+        if not wants_packages and not self.added_packages:
             return self.target.image
         manager = self.package_manager
-        packages = recipe.system_packages(manager or "")
+        packages = sorted({*self.recipe_packages(spec), *self.added_packages})
         if not packages:
             note(log_sink, f"recipe has no packages for {manager or 'this image'}")
             return self.target.image
@@ -456,6 +468,29 @@ class DockerBackend:
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO) -> BuildOutcome:
         if refused := refuse_unsafe_archive(sdist, self.settings, log_sink):
             return refused
+
+        def build_with(added: list[str]) -> BuildOutcome:
+            self.added_packages = list(added)
+            for folder in ("sandbox", "cross"):  # a new round starts from the sdist
+                shutil.rmtree(workdir / folder, ignore_errors=True)
+            return self.build_paths(spec, sdist, workdir, log_sink)
+
+        try:
+            return build_with_auto_packages(
+                build_with,
+                self.package_manager,
+                self.settings.auto_packages,
+                self.recipe_packages(spec),
+                log_sink,
+                spec.job_id,
+            )
+        finally:
+            self.added_packages = []
+
+    def build_paths(
+        self, spec: JobSpec, sdist: Path, workdir: Path, log_sink: BinaryIO
+    ) -> BuildOutcome:
+        """One build of the job, its archive already checked: here, emulated."""
         note(log_sink, f"build path: emulated ({self.target.image} for {self.arch})")
         outcome = self.build_emulated(spec, sdist, workdir, log_sink)
         outcome.build_path = BuildPath.EMULATED

@@ -45,7 +45,7 @@ from common.protocol import (
 from common.states import FailureReason, JobState
 from common.wheels import Check
 from master.auth import builder_for
-from master.builds import build_paths, jobs
+from master.builds import build_paths, jobs, learned_packages
 from master.builds.build_plan import plan_fallbacks
 from master.builds.jobs import HandBack, IllegalTransition
 from master.builds.live_logs import (
@@ -246,7 +246,10 @@ def router(ctx: MasterContext) -> APIRouter:
         me.last_seen_at = utcnow()
         db.commit()
         source = job.source_file
-        recipe = recipes.recipe_for(job.release.project.name, job.release.version)
+        project = job.release.project
+        recipe = learned_packages.with_learned(
+            recipes.recipe_for(project.name, job.release.version), project
+        )
         return JobSpec(
             job_id=job.id,
             project=job.release.project.name,
@@ -395,7 +398,9 @@ def router(ctx: MasterContext) -> APIRouter:
             else:
                 jobs.finish(job, report, settings.master.max_attempts)
                 plan_fallbacks(db, job, settings)
-            build_paths.record(job, form.build_path, built=outcome == "built" and rejection is None)
+            built = outcome == "built" and rejection is None
+            build_paths.record(job, form.build_path, built=built)
+            learned_packages.record(job, form, built)
             db.commit()
         except Exception as exc:
             if is_disk_full(exc):

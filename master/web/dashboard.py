@@ -222,6 +222,9 @@ class JobRow:
     attempts: int
     builder: str | None = None
     build_path: str | None = None  # common.states.BuildPath, once a builder reported
+    # System packages installed into the build image, and those the builder added itself.
+    build_packages: list[str] = field(default_factory=list)
+    auto_packages: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -249,6 +252,8 @@ def _job_rows(session: Session, query: Any) -> list[JobRow]:
             attempts=job.attempts,
             builder=builder,
             build_path=job.build_path,
+            build_packages=job.build_packages or [],
+            auto_packages=job.auto_packages or [],
         )
         for job, version, name, builder in session.execute(query)
     ]
@@ -562,6 +567,7 @@ _PROJECT_RELEASES = (
         Project.name,
         Project.display_name,
         Project.removed_at.label("project_removed_at"),
+        Project.learned_packages,
         Release.id,
         Release.version,
         Release.yanked,
@@ -593,8 +599,11 @@ _WHEELS = (
         Release.version,
         OutputFile.index_name,
         OutputFile.system_packages,
+        BuildJob.build_packages,
+        BuildJob.auto_packages,
     )
     .join(Release, OutputFile.release_id == Release.id)
+    .join(BuildJob, OutputFile.job_id == BuildJob.id)
     .where(Release.project_id == bindparam("project"), *index.PUBLISHED)
     .order_by(OutputFile.id.desc())
     .limit(WHEELS_SHOWN)
@@ -668,6 +677,7 @@ def project_body(db: Session, settings: Settings, name: str) -> bytes:
             "wheels_shown": WHEELS_SHOWN,
             "public_url": settings.master.public_url,
             "rebuild_targets": sorted(settings.enabled_targets()),
+            "learned_packages": sorted((first.learned_packages or {}).items()),
         },
     )
 
