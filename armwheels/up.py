@@ -2,6 +2,9 @@
 
 SQLite for the database and the broker, a local data directory, one builder per
 enabled target. Each node runs as its own process, as it would on separate machines.
+Where the configuration chooses no upstream, the farm follows PyPI's changelog when it
+answers at start-up, else a small watch list (master/pypi/watch.py); its first log lines
+say which, where the dashboard and index are, and how to add a project.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from common.config import Settings, load_settings
+from common.config import CONFIG_ENV, Settings, load_settings
 from common.db import make_sessionmaker, open_engine, transaction, upgrade
 from common.states import TokenRole
 
@@ -52,18 +56,91 @@ def _backend_for(settings: Settings, arch: str, distribution: bool = False) -> s
 def _issue_builder_tokens(settings: Settings) -> dict[str, str]:
     from master.auth import rotate_token
 
+    with (
+        open_engine(settings.database.url) as engine,
+        transaction(make_sessionmaker(engine)) as session,
+    ):
+        return {
+            name: rotate_token(session, f"local-{name}", TokenRole.BUILDER)
+            for name in settings.enabled_targets()
+        }
+
+
+def _upgrade_database(settings: Settings) -> int | None:
+    """The schema at head; returns the changelog cursor of an earlier run, if any."""
+    from master.pypi.feed import read_cursor
+
     with open_engine(settings.database.url) as engine:
         upgrade(engine)
-        with transaction(make_sessionmaker(engine)) as session:
-            return {
-                name: rotate_token(session, f"local-{name}", TokenRole.BUILDER)
-                for name in settings.enabled_targets()
-            }
+        with make_sessionmaker(engine)() as session:
+            return read_cursor(session)
+
+
+@dataclass
+class FarmStart:
+    """What every process of the farm runs with: the settings as chosen at start-up, and
+    the environment that hands them to the master and the builders."""
+
+    settings: Settings
+    config: Path | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, *args: str) -> list[str]:
+        """The `armwheels` command line of one node of the farm."""
+        config_args = ["--config", str(self.config)] if self.config else []
+        return [sys.executable, "-m", "armwheels.cli", *args, *config_args]
+
+
+def start_farm(config: Path | None) -> FarmStart:
+    """Settings, the database at head and, on the embedded default, the upstream chosen
+    (master.pypi.watch); then the first log lines: what the farm watches, where its
+    dashboard and index are, how to add a project."""
+    from master.pypi.changelog import PROBE_SECONDS
+    from master.pypi.watch import choose_upstream, how_to_add, is_embedded_default, watching
+
+    settings = load_settings(config)
+    settings.master.data_dir.mkdir(parents=True, exist_ok=True)
+    cursor = _upgrade_database(settings)
+    env = dict(os.environ)
+    env["ARMWHEELS_DATABASE__URL"] = settings.database.url
+    env["ARMWHEELS_BROKER__URL"] = settings.broker.url
+    env["ARMWHEELS_MASTER__DATA_DIR"] = str(settings.master.data_dir)
+    upstream = settings.upstream
+    from_file = config is not None or bool(os.environ.get(CONFIG_ENV))
+    if not from_file and is_embedded_default(upstream):
+        choice = choose_upstream(upstream, PROBE_SECONDS)
+        if choice.fallback is not None:
+            log.warning(
+                "PyPI's changelog cannot be reached: watching the default list through the"
+                " Simple API instead",
+                extra={
+                    "tried": f"changelog_last_serial at {upstream.xmlrpc_url}"
+                    f" (at most {PROBE_SECONDS:g} s)",
+                    "error": choice.fallback,
+                    "instead": f"{len(choice.upstream.projects)} projects at {upstream.index_url}",
+                },
+            )
+        settings.upstream = upstream = choice.upstream
+        env.update(choice.environment())
+    url = settings.master.public_url
+    log.info(
+        f"watching {watching(upstream, cursor)}",
+        extra={
+            "feed": upstream.feed,
+            "upstream": upstream.xmlrpc_url if upstream.feed == "changelog" else upstream.index_url,
+        },
+    )
+    log.info(
+        f"dashboard at {url}/, index at {url}/simple/",
+        extra={"dashboard": f"{url}/", "index": f"{url}/simple/"},
+    )
+    log.info(f"to add a project: {how_to_add(upstream)}")
+    return FarmStart(settings, config, env)
 
 
 def run_up(config: Path | None) -> int:
-    settings = load_settings(config)
-    settings.master.data_dir.mkdir(parents=True, exist_ok=True)
+    start = start_farm(config)
+    settings = start.settings
     targets = settings.enabled_targets()
     backends = {
         name: _backend_for(settings, target.arch, target.kind == "distribution")
@@ -79,22 +156,16 @@ def run_up(config: Path | None) -> int:
 
         build_cross_image(settings.builder.cross_image, settings.builder.ca_bundle)
     tokens = _issue_builder_tokens(settings)
-    base = [sys.executable, "-m", "armwheels.cli"]
-    config_args = ["--config", str(config)] if config else []
-    env = dict(os.environ)
-    env["ARMWHEELS_DATABASE__URL"] = settings.database.url
-    env["ARMWHEELS_BROKER__URL"] = settings.broker.url
-    env["ARMWHEELS_MASTER__DATA_DIR"] = str(settings.master.data_dir)
     children: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen([*base, "master", *config_args], env=env)
+        subprocess.Popen(start.command("master"), env=start.env)
     ]
     for name, backend in backends.items():
         # No name given: each builder names itself after the host and its own instance id
         # (builder/identity.py), so that two farms on one Docker host never share one.
-        builder_env = dict(env, ARMWHEELS_BUILDER__TOKEN=tokens[name])
+        builder_env = dict(start.env, ARMWHEELS_BUILDER__TOKEN=tokens[name])
         children.append(
             subprocess.Popen(
-                [*base, "builder", "--target", name, "--backend", backend, *config_args],
+                start.command("builder", "--target", name, "--backend", backend),
                 env=builder_env,
             )
         )

@@ -21,11 +21,12 @@ from master.index.pushes import push_due
 from master.index.static import StaticIndex
 from master.leader import PollLeader
 from master.pypi.changelog import ChangelogClient, ChangelogError, TransientChangelogError
-from master.pypi.feed import follow_changelog
+from master.pypi.feed import follow_changelog, read_cursor
 from master.pypi.json_api import JsonApiClient
 from master.pypi.poller import poll_watched
 from master.pypi.refresh import refresh_marked
 from master.pypi.upstream import SimpleClient
+from master.pypi.watch import watching
 from master.storage import Storage
 from master.web.http_server import http_workers, serve_http
 
@@ -189,6 +190,12 @@ def run_master(settings: Settings) -> None:
         raise SchemaOutdated("database schema is not current: run `armwheels db upgrade`")
     remove_stale_parts(Storage(settings.master.data_dir))
     factory = make_sessionmaker(engine)
+    with factory() as session:
+        cursor = read_cursor(session)
+    log.info(
+        f"master watching {watching(settings.upstream, cursor)}",
+        extra={"feed": settings.upstream.feed},
+    )
     celery = make_celery(settings)
     declare_queues(celery, configured_queues(settings))
     leader = PollLeader(engine)

@@ -297,6 +297,35 @@ def test_fragment_is_the_inner_html(farm: Farm) -> None:
     assert page.by_id("queues").text == full.by_id("queues").text
 
 
+def test_a_farm_without_jobs_says_what_it_watches_and_how_to_add_a_project(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    settings.master.overview_cache = 0
+    settings.upstream.projects = ["numpy", "pyyaml"]
+    with TestClient(create_app(settings, factory)) as client:
+        for path in ("/", "/fragments/overview"):
+            page = Page(client.get(path).text)
+            section = page.by_id("getting-started")
+            watching = section.find("span", id="watching").text
+            assert watching == (
+                "2 projects through the Simple API at https://pypi.org/simple/: numpy, pyyaml"
+            )
+            add = section.find("span", id="add-project").text
+            assert "armwheels import NAME" in add and "upstream.projects" in add
+        settings.upstream.feed, settings.upstream.projects = "changelog", "all"
+        settings.upstream.changelog_start = 1234
+        page = Page(client.get("/").text)
+    assert page.by_id("watching").text == (
+        "every project on PyPI through its changelog, from serial 1234"
+    )
+    assert "followed already" in page.by_id("add-project").text
+
+
+def test_a_farm_with_jobs_has_no_getting_started(farm: Farm) -> None:
+    page = farm.page("/")
+    assert not [n for n in page.root.find_all() if n.attrs.get("id") == "getting-started"]
+
+
 def test_static_files_served(farm: Farm) -> None:
     js = farm.client.get("/static/dashboard.js")
     assert js.status_code == 200

@@ -33,6 +33,8 @@ from common.states import FINAL_STATES, FailureReason, JobState, SkipReason
 from common.tags import who_installs
 from master.builds import liveness
 from master.index import pages as index
+from master.pypi.feed import read_cursor
+from master.pypi.watch import how_to_add, watching
 from master.storage import Storage
 from master.web.api_deps import DB, MAX_JOB_ID
 from master.web.page_cache import PageCache
@@ -420,6 +422,23 @@ def _indexes(settings: Settings) -> list[IndexRow]:
     return rows
 
 
+@dataclass(frozen=True)
+class GettingStarted:
+    """The overview of a farm without a job yet: what it watches, how to add a project."""
+
+    watching: str
+    how_to_add: str
+
+
+def _getting_started(session: Session, settings: Settings) -> GettingStarted | None:
+    """None once the farm has a job (one indexed row read)."""
+    if session.scalar(select(BuildJob.id).limit(1)) is not None:
+        return None
+    upstream = settings.upstream
+    cursor = read_cursor(session) if upstream.feed == "changelog" else None
+    return GettingStarted(watching(upstream, cursor), how_to_add(upstream))
+
+
 def _overview(
     session: Session, settings: Settings, now: datetime, cache: PageCache
 ) -> dict[str, Any]:
@@ -452,6 +471,7 @@ def _overview(
         .limit(RECENT_SHOWN),
     )
     return {
+        "getting_started": _getting_started(session, settings),
         "queues": _queues(session, settings, now),
         "indexes": _indexes(settings),
         "waiting": waiting,
