@@ -95,6 +95,7 @@ def choose_backend(
                 build_user=settings.builder.build_user,
                 config_file=config_file,
                 slot=slot,
+                index_url=settings.upstream.index_url,
             )
         except NativeUnavailable as exc:
             raise NoBackend(str(exc)) from exc
@@ -104,20 +105,21 @@ def choose_backend(
     from builder.backends.cross import CrossBackend, CrossUnavailable
     from builder.backends.docker import DockerBackend, DockerUnavailable
 
+    index = settings.upstream.index_url
     try:
         container: DockerBackend
         if wanted == "cross":
             try:
-                container = CrossBackend(settings.builder, arch, target, identity)
+                container = CrossBackend(settings.builder, arch, target, identity, index)
             except CrossUnavailable as exc:
                 if settings.builder.backend == "cross":
                     raise NoBackend(
                         f"{exc}: build it with `armwheels image build --cross`"
                     ) from exc
                 log.info("no cross image: every build emulated", extra={"arch": arch})
-                container = DockerBackend(settings.builder, arch, target, identity)
+                container = DockerBackend(settings.builder, arch, target, identity, index)
         else:
-            container = DockerBackend(settings.builder, arch, target, identity)
+            container = DockerBackend(settings.builder, arch, target, identity, index)
     except DockerUnavailable as exc:
         raise NoBackend(
             f"{exc}; install docker.io and qemu-user-static (apt) and start dockerd,"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from uuid import uuid4
 
@@ -76,3 +77,29 @@ def test_an_archive_reaching_out_of_its_folder_is_refused_before_any_container(
     assert "leaves the archive" in outcome.summary
     assert not (tmp_path / "job").exists()
     assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "docker",
+        pytest.param(
+            "cross",
+            marks=pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 hosts"),
+        ),
+    ],
+)
+def test_the_wheelhouse_asks_the_farms_upstream_index(tmp_path: Path, backend: str) -> None:
+    """Build requirements come from upstream.index_url, on every path of a builder."""
+    index = "http://127.0.0.1:9/mirror/simple/"
+    settings = load_settings(
+        None, builder={"work_dir": tmp_path, "backend": backend}, upstream={"index_url": index}
+    )
+    built = choose_backend(settings, "aarch64", BuilderIdentity("index-probe", uuid4().hex))
+    try:
+        assert isinstance(built, DockerBackend) and built.name == backend
+        assert built.wheelhouse is not None and built.wheelhouse.index_url == index
+        host = getattr(built, "host_wheelhouse", None)
+        assert backend == "docker" or (host is not None and host.index_url == index)
+    finally:
+        built.close()

@@ -54,7 +54,7 @@ from builder.engine import ENGINE_ERRORS
 from builder.identity import BuilderIdentity
 from builder.image import CROSS_TRIPLETS
 from builder.sysroot import SysrootError, prune_sysroots, target_sysroot
-from builder.wheelhouse import Wheelhouse, platform_tags
+from builder.wheelhouse import DEFAULT_INDEX_URL, Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.states import BuildPath, FailureReason
@@ -117,8 +117,9 @@ class CrossBackend(DockerBackend):
         arch: str,
         target: TargetSettings,
         identity: BuilderIdentity,
+        index_url: str = DEFAULT_INDEX_URL,
     ) -> None:
-        super().__init__(settings, arch, target, identity)
+        super().__init__(settings, arch, target, identity, index_url)
         self.cross_image = settings.cross_image
         self.triplet = CROSS_TRIPLETS[arch]
         try:
@@ -134,6 +135,7 @@ class CrossBackend(DockerBackend):
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
                 label=f"host wheelhouse ({HOST_ARCH})",
+                index_url=index_url,
             )
             if settings.wheelhouse
             else None

@@ -64,7 +64,7 @@ from builder.backends.smoke_install import install_for_import
 from builder.egress import EgressProxy
 from builder.engine import ENGINE_ERRORS, wait_for_exit
 from builder.identity import BuilderIdentity
-from builder.wheelhouse import Wheelhouse, platform_tags
+from builder.wheelhouse import DEFAULT_INDEX_URL, Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.log_cap import CappedWriter, head_tail
@@ -162,8 +162,11 @@ class DockerBackend:
         arch: str,
         target: TargetSettings,
         identity: BuilderIdentity,
+        index_url: str = DEFAULT_INDEX_URL,
     ) -> None:
         self.settings = settings
+        # The farm's upstream index (upstream.index_url), where build requirements come from.
+        self.index_url = index_url
         self.arch = arch
         self.target = target
         self.builder_name = identity.name
@@ -194,6 +197,7 @@ class DockerBackend:
                 settings.work_dir / "wheelhouse" / arch,
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
+                index_url=index_url,
             )
             if settings.wheelhouse
             else None

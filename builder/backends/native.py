@@ -73,7 +73,7 @@ from builder.backends.network import (
 from builder.egress import EgressProxy
 from builder.host_policy import HostPolicy, UnknownPolicy, detect_host_policy
 from builder.slots import slot_cores
-from builder.wheelhouse import Wheelhouse, platform_tags
+from builder.wheelhouse import DEFAULT_INDEX_URL, Wheelhouse, platform_tags
 from common.config import BuilderSettings, TargetSettings
 from common.job_spec import JobSpec
 from common.log_cap import CappedWriter, head_tail
@@ -157,6 +157,7 @@ class NativeBackend:
         tools_bin: Path = TOOLS_BIN,
         config_file: Path | None = None,
         slot: int = 0,
+        index_url: str = DEFAULT_INDEX_URL,
     ) -> None:
         self.settings = settings
         self.arch = arch
@@ -192,6 +193,7 @@ class NativeBackend:
                 settings.work_dir / "wheelhouse" / arch,
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
+                index_url=index_url,
             )
             for folder in (self.wheelhouse.root, self.wheelhouse.root.parent):
                 folder.chmod(0o755)  # the build user reads it, never writes it
