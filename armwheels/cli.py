@@ -216,8 +216,14 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from common.names import BadName, normalize_project
-    from master.pypi.importer import ProjectListError, read_project_list, run_import
+    from common.names import BadName
+    from master.pypi.importer import (
+        ImportRequest,
+        ProjectListError,
+        parse_import_request,
+        read_project_list,
+        run_import,
+    )
     from master.pypi.json_api import JsonApiClient
 
     if args.top is not None and args.from_file is None:
@@ -225,12 +231,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not args.projects and args.from_file is None:
         raise UsageError("name projects to import, or give --from FILE")
     try:
-        names = [normalize_project(name) for name in args.projects]
+        requests = [parse_import_request(text) for text in args.projects]
         if args.from_file is not None:
-            names += read_project_list(args.from_file, args.top)
+            requests += [ImportRequest(n) for n in read_project_list(args.from_file, args.top)]
     except (BadName, ProjectListError) as exc:
         raise UsageError(str(exc)) from exc
-    names = list(dict.fromkeys(names))
+    pinned = next((r for r in requests if r.version is not None), None)
+    if args.all_releases and pinned is not None:
+        raise UsageError(f"{pinned} names one release; --all-releases imports every one")
+    requests = list(dict.fromkeys(requests))
     settings = _settings(args)
     columns = (
         TextColumn("importing"),
@@ -242,12 +251,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         client = JsonApiClient(settings.upstream.json_url, settings.upstream.timeout)
         try:
             with Progress(*columns, disable=not sys.stderr.isatty()) as progress:
-                task = progress.add_task("import", total=len(names), project="")
+                task = progress.add_task("import", total=len(requests), project="")
                 outcome = run_import(
                     factory,
                     client,
                     settings,
-                    names,
+                    requests,
                     all_releases=args.all_releases,
                     advance=lambda name: progress.update(task, advance=1, project=name),
                 )
@@ -256,7 +265,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     for name, error in outcome.failed.items():
         print(f"not imported: {name}: {error}", file=sys.stderr)
     print(
-        f"imported {outcome.projects} of {len(names)} projects: "
+        f"imported {outcome.projects} of {len(requests)} projects: "
         f"{outcome.releases} releases, {outcome.jobs} backfill jobs"
     )
     return 1 if outcome.failed else 0
@@ -727,7 +736,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
 
     importer = add("import", cmd_import, "backfill existing releases at low priority")
-    importer.add_argument("projects", nargs="*", metavar="PROJECT")
+    importer.description = (
+        "Backfill existing releases at low priority: PROJECT its newest release,"
+        " PROJECT==VERSION that one. Exit 0 when all were imported; 1 when a project or"
+        " release is not upstream, or upstream failed (one line each on stderr, naming"
+        " it); 2 for bad input."
+    )
+    importer.add_argument("projects", nargs="*", metavar="PROJECT[==VERSION]")
     importer.add_argument("--from", dest="from_file", type=Path, metavar="FILE")
     importer.add_argument("--top", type=_positive, metavar="N")
     importer.add_argument(

@@ -148,3 +148,30 @@ def test_requests_past_the_rate_limit_are_refused_with_retry_after(farm: Farm) -
     # The limit is per token: the operator is not held back by alice's requests.
     assert farm.rebuild("demo", "operator").status_code == 202
     assert len(_audit(farm)) == 4  # the refused request made no job and no record
+
+
+@pytest.mark.parametrize(
+    ("project", "body", "status", "message"),
+    [
+        (
+            "Foo",
+            {"version": "1.2"},
+            404,
+            'unknown project: foo: import it first with "armwheels import foo==1.2"',
+        ),
+        ("foo", {}, 404, 'unknown project: foo: import it first with "armwheels import foo"'),
+        (
+            "demo",
+            {"version": "9.9"},
+            400,
+            "demo has no release 9.9 in the farm:"
+            ' import it first with "armwheels import demo==9.9"',
+        ),
+    ],
+)
+def test_a_release_the_farm_does_not_have_is_answered_with_how_to_import_it(
+    farm: Farm, project: str, body: dict[str, Any], status: int, message: str
+) -> None:
+    answer = farm.rebuild(project, "operator", **body)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"] == message

@@ -16,6 +16,7 @@ from common.db import lock_rows
 from common.models import BuildJob, Project, Release
 from common.names import BadName, normalize_project, parse_version
 from common.states import ACTIVE_STATES
+from common.urls import is_download_url
 from master.builds.build_plan import NotBuildable, plan_rebuild
 
 
@@ -58,15 +59,28 @@ def request_rebuild(
         raise RebuildError(str(exc)) from exc
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
-        raise UnknownProject(f"unknown project: {name}")
-    releases = [r for r in project.releases if r.source_files]
+        hint = _import(name, wanted)
+        raise UnknownProject(f"unknown project: {name}: import it first with {hint}")
+    releases = list(project.releases)
     if wanted is not None:
         releases = [r for r in releases if Version(r.version) == wanted]
+        if not releases:
+            raise RebuildError(
+                f"{name} has no release {wanted} in the farm:"
+                f" import it first with {_import(name, wanted)}"
+            )
+    releases = [r for r in releases if r.source_files]
     if not releases:
         raise RebuildError(
             f"{name} has no release {version or ''} with an sdist".replace("  ", " ")
         )
     release: Release = max(releases, key=lambda r: Version(r.version))
+    if not is_download_url(release.source_files[0].url):
+        # Stored before the farm resolved relative links; importing it again repairs it.
+        raise RebuildError(
+            f"{name} {release.version}: its sdist URL {release.source_files[0].url!r} is no"
+            f" http(s) URL: import it again with {_import(name, Version(release.version))}"
+        )
     # A rebuild names a fallback target to rebuild for it; otherwise fallbacks follow
     # their primary target's outcome.
     targets = settings.planned_targets()
@@ -99,6 +113,11 @@ def request_rebuild(
             f"nothing to rebuild for {name} {release.version}: " + "; ".join(passed)
         )
     return RebuildOutcome(name, release.version, created, list(existing))
+
+
+def _import(name: str, version: Version | None) -> str:
+    """The command that brings a project (or one release of it) into the farm."""
+    return f'"armwheels import {name}=={version}"' if version else f'"armwheels import {name}"'
 
 
 def _create_once(

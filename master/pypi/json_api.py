@@ -3,7 +3,10 @@
 PyPI documents `/pypi/<project>/<version>/json`, but from the farm's machines it answers
 404 while the project document `/pypi/<project>/json` works; the project document also
 gives every release of the project in one request, so that is what is read.
-Untrusted input: malformed entries are logged with the project name and skipped.
+Files are read as the Simple API client reads them (master.pypi.upstream): URLs resolved
+against the document's own URL (mirrors give them relative), installers and other
+projects' files logged as such. Untrusted input: malformed entries are logged with the
+project name and skipped.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from tenacity.wait import wait_base
 from common.names import BadName, parse_version
 from master.pypi.backoff import raise_if_transient, upstream_http, wait_retry_after, with_retries
 from master.pypi.upstream import (
+    KnownVersions,
     TransientUpstreamError,
     UpstreamError,
     UpstreamFile,
-    classify_filename,
     parse_sha256,
     parse_time,
+    release_file,
+    resolve_file_url,
 )
 
 log = logging.getLogger(__name__)
@@ -40,16 +45,26 @@ class ProjectDetails:
     missing: bool = False
 
 
-def _file_entry(project: str, version: str, entry: Any) -> UpstreamFile | None:
+def _file_entry(
+    project: str, document_url: str, known: KnownVersions, entry: Any
+) -> UpstreamFile | None:
     if not isinstance(entry, dict):
+        log.warning("malformed file entry skipped", extra={"project": project})
         return None
     filename = entry.get("filename")
-    url = entry.get("url")
+    href = entry.get("url")
     digests = entry.get("digests")
-    if not isinstance(filename, str) or not isinstance(url, str) or not isinstance(digests, dict):
+    if not isinstance(filename, str) or not isinstance(href, str) or not isinstance(digests, dict):
+        log.warning("malformed file entry skipped", extra={"project": project})
         return None
-    kind = classify_filename(project, filename)
-    if kind is None or kind[0] != version:
+    resolved = resolve_file_url(document_url, href)
+    if resolved is None:
+        log.warning(
+            "file entry without a usable URL skipped", extra={"project": project, "file": filename}
+        )
+        return None
+    kind = release_file(project, filename, known)
+    if kind is None:
         return None
     yanked: str | bool = False
     if entry.get("yanked") is True:
@@ -59,22 +74,26 @@ def _file_entry(project: str, version: str, entry: Any) -> UpstreamFile | None:
     requires = entry.get("requires_python")
     return UpstreamFile(
         filename=filename,
-        url=url,
+        url=resolved[0],
         sha256=parse_sha256(digests.get("sha256")),
         requires_python=requires if isinstance(requires, str) and requires else None,
         yanked=yanked,
         size=size if isinstance(size, int) and size >= 0 else None,
         upload_time=parse_time(entry.get("upload_time_iso_8601") or entry.get("upload_time")),
-        version=version,
+        version=kind[0],
         is_sdist=kind[1],
     )
 
 
-def parse_project_document(project: str, body: Any) -> ProjectDetails:
+def parse_project_document(project: str, document_url: str, body: Any) -> ProjectDetails:
+    """Every release of the document with the files that are its own: a file is filed
+    under the release its name says (read as the Simple API client reads it), so that a
+    project recorded from either API has the same releases and files."""
     if not isinstance(body, dict) or not isinstance(body.get("releases"), dict):
         raise UpstreamError(f"{project}: JSON API document has no releases")
     serial = body.get("last_serial")
     details = ProjectDetails(project, serial if isinstance(serial, int) else None)
+    known = KnownVersions(body["releases"])
     for raw_version, entries in body["releases"].items():
         try:
             version = str(parse_version(raw_version))
@@ -84,16 +103,22 @@ def parse_project_document(project: str, body: Any) -> ProjectDetails:
         if not isinstance(entries, list):
             log.warning("malformed release skipped", extra={"project": project})
             continue
-        files: list[UpstreamFile] = []
+        details.releases.setdefault(version, [])
         for entry in entries:
-            parsed = _file_entry(project, version, entry)
+            parsed = _file_entry(project, document_url, known, entry)
             if parsed is None:
-                log.warning(
-                    "malformed file entry skipped", extra={"project": project, "version": version}
-                )
                 continue
-            files.append(parsed)
-        details.releases[version] = files
+            if parsed.version != version:
+                log.info(
+                    "file filed under the release its name says",
+                    extra={
+                        "project": project,
+                        "file": parsed.filename,
+                        "listed_under": version,
+                        "version": parsed.version,
+                    },
+                )
+            details.releases.setdefault(parsed.version, []).append(parsed)
     return details
 
 
@@ -129,4 +154,4 @@ class JsonApiClient:
             body = response.json()
         except ValueError as exc:
             raise UpstreamError(f"{name}: invalid JSON") from exc
-        return parse_project_document(name, body)
+        return parse_project_document(name, str(response.url), body)

@@ -7,6 +7,7 @@ release looks the same in the database whichever way the farm learnt about it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,8 +16,14 @@ from sqlalchemy.orm import Session
 
 from common.models import Project, Release, SourceFile
 from common.states import SkipReason
+from common.urls import is_download_url
 from master.builds.jobs import skip_releases
-from master.pypi.upstream import UpstreamFile
+from master.pypi.upstream import (
+    SDIST_EXTENSIONS,
+    UpstreamFile,
+    is_standard_sdist,
+    sdist_extension,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +37,25 @@ def get_or_create_project(session: Session, name: str, display: str | None = Non
     return project
 
 
-def pick_sdist(files: list[UpstreamFile]) -> UpstreamFile | None:
-    """The sdist to build from: a .tar.gz before a .zip, and only one with a sha256."""
-    candidates = [f for f in files if f.is_sdist and f.sha256]
-    candidates.sort(key=lambda f: (not f.filename.endswith(".tar.gz"), f.filename))
+def pick_sdist(project: str, files: list[UpstreamFile]) -> UpstreamFile | None:
+    """The sdist to build from: one with a sha256 and a URL a builder can download; one
+    named as packaging reads sdists before a legacy-named one (`name-1.0-2.tar.gz`,
+    built only when it is the release's only sdist), a .tar.gz before a .zip before
+    older formats."""
+    candidates = [f for f in files if f.is_sdist and f.sha256 and is_download_url(f.url)]
+    candidates.sort(
+        key=lambda f: (
+            not is_standard_sdist(project, f.filename),
+            _format_rank(f.filename),
+            f.filename,
+        )
+    )
     return candidates[0] if candidates else None
+
+
+def _format_rank(filename: str) -> int:
+    extension = sdist_extension(filename)
+    return SDIST_EXTENSIONS.index(extension) if extension else len(SDIST_EXTENSIONS)
 
 
 @dataclass
@@ -59,7 +80,13 @@ def apply_release_files(
         log.warning(
             "sdist without sha256 ignored", extra={"project": project, "version": release.version}
         )
-    sdist = pick_sdist(files)
+    for bad in (f for f in files if f.is_sdist and not is_download_url(f.url)):
+        # The clients resolve every URL; this guards the row a job is made from.
+        log.warning(
+            "sdist without an http(s) URL ignored",
+            extra={"project": project, "version": release.version, "file": bad.filename},
+        )
+    sdist = pick_sdist(project, files)
     if sdist is not None and sdist.requires_python:
         release.requires_python = sdist.requires_python
     elif release.requires_python is None:
@@ -72,8 +99,9 @@ def apply_release_files(
     if release.yanked and not was_yanked:
         skip_releases(session, [release.id], SkipReason.YANKED_UPSTREAM)
     known = session.scalars(select(SourceFile).where(SourceFile.release_id == release.id)).all()
-    if known:
-        applied.source = known[0]
+    _repair_urls(known, files, project)
+    # No job is made from a URL no builder can download: the release has no sdist then.
+    applied.source = next((s for s in known if is_download_url(s.url)), None)
     if sdist is None:
         return applied
     if any(s.filename == sdist.filename for s in known):
@@ -96,6 +124,19 @@ def apply_release_files(
         applied.source = source
         applied.new_source = True
     return applied
+
+
+def _repair_urls(known: Sequence[SourceFile], files: list[UpstreamFile], project: str) -> None:
+    """A stored sdist URL no builder can download (a relative link an earlier release of
+    the farm stored as it came) takes the URL upstream gives for the file now."""
+    urls = {f.filename: f.url for f in files if f.is_sdist and is_download_url(f.url)}
+    for source in known:
+        if not is_download_url(source.url) and source.filename in urls:
+            log.info(
+                "sdist URL repaired",
+                extra={"project": project, "file": source.filename, "was": source.url},
+            )
+            source.url = urls[source.filename]
 
 
 def mark_releases_removed(
