@@ -16,22 +16,37 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.job_spec import JobSpec
+from common.urls import is_download_url
 
 
 class SdistUnavailable(Exception):
-    """The sdist could not be downloaded (transient on PyPI's CDN, or gone)."""
+    """The sdist could not be downloaded. `transient`: worth another attempt later (a
+    connection error, a timeout, 5xx, 429); otherwise no attempt can fetch it (not an
+    http(s) URL, 404, 410, a scheme refused on a redirect) and the job fails for good."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SdistMismatch(Exception):
     """The downloaded bytes are not the file the master recorded."""
 
 
+# Answers that may differ on the next attempt; any other refusal is the URL's for good.
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, SdistUnavailable) and exc.transient
+
+
 @retry(
-    retry=retry_if_exception_type(SdistUnavailable),
-    wait=wait_exponential_jitter(initial=2, max=60),
+    retry=retry_if_exception(_transient),
+    wait=wait_exponential_jitter(multiplier=2, max=60),
     stop=stop_after_attempt(4),
     reraise=True,
 )
@@ -39,14 +54,19 @@ def fetch_sdist(spec: JobSpec, folder: Path, limit: int = 1024**3) -> Path:
     name = Path(spec.sdist_filename).name
     if not name or name != spec.sdist_filename:
         raise SdistMismatch(f"unsafe sdist filename {spec.sdist_filename!r}")
+    url = spec.sdist_url
+    if not is_download_url(url):
+        raise SdistUnavailable(f"{url!r} is not an http(s) URL", transient=False)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     digest = hashlib.sha256()
     size = 0
     try:
-        with httpx.stream("GET", spec.sdist_url, follow_redirects=True, timeout=120) as response:
-            if response.status_code != 200:
-                raise SdistUnavailable(f"HTTP {response.status_code} for {spec.sdist_url}")
+        with httpx.stream("GET", url, follow_redirects=True, timeout=120) as response:
+            status = response.status_code
+            if status != 200:
+                transient = status >= 500 or status in TRANSIENT_STATUSES
+                raise SdistUnavailable(f"HTTP {status} for {url}", transient=transient)
             with target.open("wb") as out:
                 for chunk in response.iter_bytes(1024 * 1024):
                     size += len(chunk)
@@ -54,8 +74,13 @@ def fetch_sdist(spec: JobSpec, folder: Path, limit: int = 1024**3) -> Path:
                         raise SdistMismatch(f"sdist larger than {limit} bytes")
                     digest.update(chunk)
                     out.write(chunk)
+    except httpx.UnsupportedProtocol as exc:
+        # A redirect to a scheme that is not http(s): the same on every attempt.
+        raise SdistUnavailable(f"{url}: {exc}", transient=False) from exc
     except httpx.TransportError as exc:
-        raise SdistUnavailable(f"{spec.sdist_url}: {exc!r}") from exc
+        raise SdistUnavailable(f"{url}: {exc!r}", transient=True) from exc
+    except (httpx.TooManyRedirects, httpx.DecodingError, httpx.InvalidURL) as exc:
+        raise SdistUnavailable(f"{url}: {exc}", transient=False) from exc
     if digest.hexdigest() != spec.sdist_sha256.lower():
         raise SdistMismatch(f"sha256 {digest.hexdigest()} != expected {spec.sdist_sha256}")
     if spec.sdist_size is not None and size != spec.sdist_size:

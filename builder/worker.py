@@ -279,9 +279,13 @@ class JobRunner:
             sdist = fetch_sdist(spec, workdir / "sdist")
             note(sink, f"sdist verified: sha256 {spec.sdist_sha256}")
         except SdistUnavailable as exc:
-            # Often PyPI's CDN has not got the file yet: worth another attempt later.
+            # A network or server failure is worth another attempt later; a URL that can
+            # never be fetched (not http(s), 404, 410) fails the job now, saying why.
             return BuildOutcome(
-                False, reason=FailureReason.SDIST_UNAVAILABLE, summary=str(exc), transient=True
+                False,
+                reason=FailureReason.SDIST_UNAVAILABLE,
+                summary=str(exc),
+                transient=exc.transient,
             )
         except SdistMismatch as exc:
             return BuildOutcome(False, reason=FailureReason.HASH_MISMATCH, summary=str(exc))
