@@ -325,12 +325,37 @@ class TargetSettings(_Section):
 
 
 def _default_targets() -> dict[str, TargetSettings]:
+    """Each arch's CPythons as ARM devices run them (Debian and Raspberry Pi OS bullseye
+    3.9, bookworm 3.11, trixie 3.13), one target per local image, whose Debian release
+    is that CPython's. Only `aarch64` is on: the others are one `enabled = true` (and an
+    `armwheels image build --target NAME`) away; a farm on PyPA's images serves all three
+    from one target instead (docs/targets.md)."""
     return {
         "aarch64": TargetSettings(
             arch="aarch64",
             image="armwheels/build-aarch64:bookworm",
             python_tags=["cp311"],
             policy="manylinux2014_aarch64",
+        ),
+        # Debian has no release at manylinux2014's glibc (2.17): auditwheel tags what a
+        # wheel built on bullseye (2.31) or trixie (2.41) needs, and newer_policy =
+        # "publish" (the default) serves one meeting only a newer policy to the devices
+        # with that glibc, among them every system of the release whose CPython it is for.
+        "aarch64-bullseye": TargetSettings(
+            arch="aarch64",
+            image="armwheels/build-aarch64:bullseye",
+            suite="bullseye",
+            python_tags=["cp39"],
+            policy="manylinux2014_aarch64",
+            enabled=False,
+        ),
+        "aarch64-trixie": TargetSettings(
+            arch="aarch64",
+            image="armwheels/build-aarch64:trixie",
+            suite="trixie",
+            python_tags=["cp313"],
+            policy="manylinux2014_aarch64",
+            enabled=False,
         ),
         # PyPA publishes no manylinux2014 image for armv7l: its oldest is manylinux_2_31,
         # whose glibc floor is bullseye's: the local image links nothing newer.
@@ -342,13 +367,22 @@ def _default_targets() -> dict[str, TargetSettings]:
             policy="manylinux_2_31_armv7l",
             enabled=False,
         ),
-        # CPython 3.11 for the same devices (Debian bookworm, Raspberry Pi OS bookworm):
-        # glibc 2.36, so a wheel linking newer symbols than 2.31's meets a newer policy.
+        # CPython 3.11 and 3.13 for the same devices (Debian and Raspberry Pi OS bookworm,
+        # trixie): glibc 2.36 and 2.41, so a wheel linking newer symbols than 2.31's meets
+        # a newer policy.
         "armv7l-bookworm": TargetSettings(
             arch="armv7l",
             image="armwheels/build-armv7l:bookworm",
             suite="bookworm",
             python_tags=["cp311"],
+            policy="manylinux_2_31_armv7l",
+            enabled=False,
+        ),
+        "armv7l-trixie": TargetSettings(
+            arch="armv7l",
+            image="armwheels/build-armv7l:trixie",
+            suite="trixie",
+            python_tags=["cp313"],
             policy="manylinux_2_31_armv7l",
             enabled=False,
         ),

@@ -165,8 +165,11 @@ def test_hour_long_build_configuration(broker_settings: Settings, sender: Celery
     assert conf.task_reject_on_worker_lost is True
     assert conf.task_create_missing_queues is False
     assert sorted(queue.name for queue in conf.task_queues) == [
+        "build.aarch64-bullseye.cp39",
+        "build.aarch64-trixie.cp313",
         "build.aarch64.cp311",
         "build.armv7l-bookworm.cp311",
+        "build.armv7l-trixie.cp313",
         "build.armv7l.cp39",
     ]
     # The transport must accept the app's broker_transport_options: kombu's SQLAlchemy

@@ -88,11 +88,14 @@ def test_the_example_configuration_loads_as_documented() -> None:
     settings = load_settings(example)
     assert {name: (t.arch, t.suite, t.python_tags) for name, t in settings.targets.items()} == {
         "aarch64": ("aarch64", "bookworm", ["cp311"]),
+        "aarch64-bullseye": ("aarch64", "bullseye", ["cp39"]),
+        "aarch64-trixie": ("aarch64", "trixie", ["cp313"]),
         "armv7l": ("armv7l", "bullseye", ["cp39"]),
         "armv7l-bookworm": ("armv7l", "bookworm", ["cp311"]),
+        "armv7l-trixie": ("armv7l", "trixie", ["cp313"]),
     }
-    # The shipped defaults are the same targets.
+    # The shipped defaults are the same targets: copying a table turns one on as shipped.
     defaults = load_settings(None).targets
-    assert {n: t.image for n, t in defaults.items()} == {
-        n: t.image for n, t in settings.targets.items()
+    assert {n: t.model_dump() for n, t in defaults.items()} == {
+        n: t.model_dump() for n, t in settings.targets.items()
     }
