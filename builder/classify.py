@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from auditwheel.architecture import Architecture
 from auditwheel.error import InvalidLibcError
@@ -76,6 +76,9 @@ class Diagnosis:
     hint: str | None = None
     missing: str | None = None
     packages: Packages | None = None
+    # A build requirement with no wheel for the target on any index the builder asks:
+    # the master may build it first and let the job wait for it (dep-wait).
+    needs_wheel: str | None = None
 
 
 # Package managers whose names are the Debian side of a Packages pair, and the CentOS side.
@@ -137,7 +140,10 @@ def diagnose(
         limit = f" of {note.group(1)} s" if note else ""
         return _make(FailureReason.TIMEOUT, f"build exceeded the time limit{limit}")
     if offline := _OFFLINE_MISSING.search(text):
-        return _make(FailureReason.MISSING_DEPENDENCY, offline.group(1), missing=offline.group(2))
+        wanted = _make(FailureReason.MISSING_DEPENDENCY, offline.group(1), missing=offline.group(2))
+        if offline.group("nowheel"):
+            return replace(wanted, needs_wheel=offline.group(2))
+        return wanted
     if offline := _OFFLINE_NETWORK.search(text):
         # Not transient: an offline build meets the same wall on every attempt.
         return Diagnosis(FailureReason.NETWORK, _one_line(offline.group(1)), transient=False)
@@ -222,7 +228,7 @@ def _declare(distribution: str) -> str:
 # The builder's own note when an offline build needs a requirement it cannot prefetch.
 _OFFLINE_MISSING = re.compile(
     r"::armwheels:: offline build failed: "
-    r"((\S{1,200}) (?:has no wheel|is still missing)[^\n]{1,300})"
+    r"((\S{1,200}) (?:(?P<nowheel>has no wheel)|is still missing)[^\n]{1,300})"
 )
 _OFFLINE_NETWORK = re.compile(r"::armwheels:: offline build failed: (the build tried [^\n]{1,300})")
 _TIMEOUT_NOTE = re.compile(r"::armwheels:: killed after the time limit of (\d{1,7}) s")
@@ -760,7 +766,7 @@ def _no_distribution(text: str) -> Found | None:
     match = _NO_DISTRIBUTION.search(text)
     if match is None:
         return None
-    requirement = match.group("req") or match.group("req2")
+    requirement = match.group("req") or match.group("req2") or match.group("req3")
     versions = (match.group("versions") or "").strip()
     if trouble := _NETWORK_PLAIN.search(text) or _NETWORK_TROUBLE.search(text):
         return match.start(), _make(
@@ -779,7 +785,12 @@ def _no_distribution(text: str) -> Found | None:
         summary = f"no release of build dependency {requirement} matches (have: {shown})"
     else:
         summary = f"build dependency {requirement} not found on the package index"
-    return match.start(), _make(FailureReason.MISSING_DEPENDENCY, summary, missing=requirement)
+    found = _make(FailureReason.MISSING_DEPENDENCY, summary, missing=requirement)
+    if match.group("req3"):
+        # The cross build's own words: the target has no wheel of it anywhere it looked.
+        summary = f"build dependency {requirement} has no wheel for the target"
+        found = replace(found, summary=summary, needs_wheel=requirement)
+    return match.start(), found
 
 
 def _network(text: str) -> Found | None:

@@ -255,11 +255,16 @@ class Wheelhouse:
         ca_bundle: Path | None = None,
         label: str = "wheelhouse",
         index_url: str = DEFAULT_INDEX_URL,
+        farm_index_url: str | None = None,
     ) -> None:
         self.root = root
         # The farm's upstream index (upstream.index_url): the only one pip asks, whatever
         # the builder host's own pip configuration names.
         self.index_url = index_url
+        # The farm's own index for the target (<master>/simple/ or a distribution's): the
+        # wheels it built of build dependencies that have none upstream (numpy for
+        # armv7l), asked beside the upstream index.
+        self.farm_index_url = farm_index_url
         # How the build log names it: the cross path fills a host one beside the target's.
         self.label = label
         self.limit = limit
@@ -344,6 +349,8 @@ class Wheelhouse:
             *target_arguments(python_tag, platforms),
         ]
         command += ["--no-index"] if cache_only else ["--index-url", self.index_url]
+        if self.farm_index_url is not None and not cache_only:
+            command += ["--extra-index-url", self.farm_index_url]
         if constraints is not None:
             command += ["--constraint", str(constraints)]
         command += [str(requirement) for requirement in requirements]

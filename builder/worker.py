@@ -38,6 +38,7 @@ from common.protocol import (
     slot_name,
 )
 from common.states import FailureReason
+from common.tags import publishing_index
 from common.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def choose_backend(
         raise NoBackend(f"no enabled target {target_name} in the configuration")
     arch = target.arch
     wanted = settings.builder.backend
+    farm_index = farm_index_url(settings, target_name)
     if wanted == "auto" and target.kind == "distribution":
         # Its wheels are built in the distribution's own image: a board of another
         # distribution (or float ABI) must not build them natively unless told to.
@@ -96,6 +98,7 @@ def choose_backend(
                 config_file=config_file,
                 slot=slot,
                 index_url=settings.upstream.index_url,
+                farm_index_url=farm_index,
             )
         except NativeUnavailable as exc:
             raise NoBackend(str(exc)) from exc
@@ -105,21 +108,21 @@ def choose_backend(
     from builder.backends.cross import CrossBackend, CrossUnavailable
     from builder.backends.docker import DockerBackend, DockerUnavailable
 
-    index = settings.upstream.index_url
+    indexes = (settings.upstream.index_url, farm_index)
     try:
         container: DockerBackend
         if wanted == "cross":
             try:
-                container = CrossBackend(settings.builder, arch, target, identity, index)
+                container = CrossBackend(settings.builder, arch, target, identity, *indexes)
             except CrossUnavailable as exc:
                 if settings.builder.backend == "cross":
                     raise NoBackend(
                         f"{exc}: build it with `armwheels image build --cross`"
                     ) from exc
                 log.info("no cross image: every build emulated", extra={"arch": arch})
-                container = DockerBackend(settings.builder, arch, target, identity, index)
+                container = DockerBackend(settings.builder, arch, target, identity, *indexes)
         else:
-            container = DockerBackend(settings.builder, arch, target, identity, index)
+            container = DockerBackend(settings.builder, arch, target, identity, *indexes)
     except DockerUnavailable as exc:
         raise NoBackend(
             f"{exc}; install docker.io and qemu-user-static (apt) and start dockerd,"
@@ -132,6 +135,15 @@ def choose_backend(
             f" (it has: {', '.join(container.interpreters) or 'no CPython'})"
         )
     return container
+
+
+def farm_index_url(settings: Settings, target_name: str) -> str | None:
+    """The farm's own index of the target's wheels, where builders also look for build
+    dependencies (None: no master URL is configured)."""
+    if not settings.builder.master_url:
+        return None
+    index = publishing_index(target_name, settings.targets[target_name].policy)
+    return f"{settings.builder.master_url}/{index + '/' if index else ''}simple/"
 
 
 class JobRunner:
@@ -331,6 +343,7 @@ class JobRunner:
             build_packages=" ".join(outcome.build_packages or []) or None,
             auto_packages=" ".join(outcome.auto_packages or []) or None,
             package_manager=_manager(outcome.package_manager),
+            waiting_for=outcome.waiting_for,
         )
         try:
             answer = self.client.report(

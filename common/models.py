@@ -234,6 +234,9 @@ class BuildJob(Base):
     build_packages: Mapped[list[str] | None] = mapped_column(JSON)
     auto_packages: Mapped[list[str] | None] = mapped_column(JSON)
     package_manager: Mapped[str | None] = mapped_column(String(16))
+    # In dep-wait: the build requirement (PEP 508, as the builder's pip named it) that has
+    # no wheel for the job's target yet (master/builds/dependencies.py).
+    waiting_for: Mapped[str | None] = mapped_column(String(200))
     builder_id: Mapped[int | None] = mapped_column(ForeignKey("builders.id"))
     requested_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

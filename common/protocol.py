@@ -33,7 +33,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.job_spec import JobSpec
 from common.states import Arch, BuildPath, FailureReason
@@ -210,6 +211,23 @@ class ResultForm(Body):
     build_packages: str | None = Field(default=None, max_length=4096, pattern=PACKAGE_NAMES_PATTERN)
     auto_packages: str | None = Field(default=None, max_length=4096, pattern=PACKAGE_NAMES_PATTERN)
     package_manager: PackageManager | None = None
+    # A failed build's build requirement (PEP 508, as pip named it) that has no wheel for
+    # the target on the farm's upstream index nor on the farm's own: the master may build
+    # it first and let this job wait (dep-wait).
+    waiting_for: str | None = Field(default=None, max_length=200)
+
+    @field_validator("waiting_for")
+    @classmethod
+    def _requirement(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            requirement = Requirement(value)
+        except InvalidRequirement as exc:
+            raise ValueError(f"not a requirement: {exc}") from exc
+        if requirement.url:
+            raise ValueError("a requirement naming a URL is never waited for")
+        return value
 
     def fields(self) -> dict[str, str]:
         """The form's fields as a builder sends them: empty ones left out, the build
@@ -227,7 +245,7 @@ class ResultForm(Body):
             data["build_path"] = self.build_path.value
         if self.system_packages:
             data["system_packages"] = self.system_packages
-        for name in ("build_packages", "auto_packages", "package_manager"):
+        for name in ("build_packages", "auto_packages", "package_manager", "waiting_for"):
             if value := getattr(self, name):
                 data[name] = value
         return data

@@ -3,6 +3,8 @@
 As in Debian's wanna-build, a job goes pending (known, not yet queued) -> queued ->
 building -> built | failed | skipped; the database is the source of truth and the broker
 only carries work, so a job whose message or builder is lost is found and queued again.
+A job whose build needs a build dependency that has no wheel for its target yet waits in
+dep-wait (wanna-build's dep-wait) until the farm publishes one, then is pending again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ class JobState(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"
     BUILDING = "building"
+    # Its build needs a build dependency with no wheel for its target on PyPI or here
+    # (build_jobs.waiting_for names it): pending again once the farm publishes one.
+    DEP_WAIT = "dep-wait"
     BUILT = "built"
     FAILED = "failed"
     SKIPPED = "skipped"
 
 
-ACTIVE_STATES: tuple[JobState, ...] = (JobState.PENDING, JobState.QUEUED, JobState.BUILDING)
+ACTIVE_STATES: tuple[JobState, ...] = (
+    JobState.PENDING,
+    JobState.QUEUED,
+    JobState.BUILDING,
+    JobState.DEP_WAIT,
+)
 FINAL_STATES: tuple[JobState, ...] = (JobState.BUILT, JobState.FAILED, JobState.SKIPPED)
 
 

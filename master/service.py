@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.db import is_up_to_date, make_engine, make_sessionmaker, transaction
 from common.messages import configured_queues, declare_queues, make_celery
+from master.builds import dependencies
 from master.builds.live_logs import LiveLogs, live_caps
 from master.builds.reconciler import reconcile
 from master.builds.scheduler import dispatch_pending, served_targets
@@ -168,6 +169,11 @@ class FeedLoop(threading.Thread):
                 reconcile(session, self.settings, live=self.live)
         except Exception:
             log.exception("reconcile failed")
+        try:
+            with transaction(self.factory) as session:
+                dependencies.settle(session, self.settings)
+        except Exception:
+            log.exception("dep-wait round failed")
 
 
 def remove_stale_parts(storage: Storage) -> None:

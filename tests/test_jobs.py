@@ -28,6 +28,7 @@ from tests.seed import add_builder, add_release
 
 P, Q, B = JobState.PENDING, JobState.QUEUED, JobState.BUILDING
 BUILT, FAILED, SKIPPED = JobState.BUILT, JobState.FAILED, JobState.SKIPPED
+D = JobState.DEP_WAIT
 
 # The specification, written out independently of master.builds.jobs.TRANSITIONS:
 # event -> {state it may leave: state it enters}.
@@ -40,10 +41,13 @@ EXPECTED: dict[Event, dict[JobState, JobState]] = {
     Event.LOSE: {B: FAILED},
     Event.BUILD: {B: BUILT},
     Event.FAIL: {B: FAILED},
-    Event.COVER: {P: SKIPPED, Q: SKIPPED, B: SKIPPED},
-    Event.SKIP: {P: SKIPPED, Q: SKIPPED},
-    Event.CANCEL: {P: SKIPPED, Q: SKIPPED, B: SKIPPED},
+    Event.COVER: {P: SKIPPED, Q: SKIPPED, B: SKIPPED, D: SKIPPED},
+    Event.SKIP: {P: SKIPPED, Q: SKIPPED, D: SKIPPED},
+    Event.CANCEL: {P: SKIPPED, Q: SKIPPED, B: SKIPPED, D: SKIPPED},
     Event.REQUEUE: {FAILED: P, SKIPPED: P},
+    Event.WAIT: {B: D},
+    Event.RESUME: {D: P},
+    Event.GIVE_UP: {D: FAILED},
 }
 
 MAX_ATTEMPTS = 3
@@ -64,6 +68,9 @@ def _put_in(session: Session, job: BuildJob, builder: Builder, state: JobState) 
         job.failure_reason = FailureReason.COMPILE_ERROR
     if state == SKIPPED:
         job.skip_reason = SkipReason.CANCELLED
+    if state == D:
+        job.failure_reason = FailureReason.MISSING_DEPENDENCY
+        job.waiting_for = "numpy>=1.22"
     session.flush()
 
 
@@ -95,6 +102,12 @@ def _do(session: Session, event: Event, job: BuildJob, builder: Builder) -> None
             jobs.cancel(job, "cli:op", "not wanted")
         case Event.REQUEUE:
             jobs.requeue(job, "cli:op", "fixed upstream")
+        case Event.WAIT:
+            jobs.wait_for(job, "numpy>=1.22", "waits for numpy>=1.22", 4.0)
+        case Event.RESUME:
+            jobs.resume(job, "numpy-2.0.0-cp39-cp39-manylinux_2_31_armv7l.whl is published")
+        case Event.GIVE_UP:
+            jobs.give_up(job, "build dependency numpy 2.0.0 failed to build")
 
 
 def _rows(session: Session) -> list[tuple[Any, ...]]:
@@ -311,3 +324,18 @@ def test_a_rebuild_of_a_skipped_project_is_refused_naming_the_skip_entry(
     assert accepted.status_code == 202, accepted.text
     [created] = accepted.json()["jobs"]
     assert created["state"] == "pending" and created["id"] != job_id
+
+
+def test_a_job_waiting_for_a_dependency_names_it_until_it_resumes(
+    one_job: Callable[[JobState], tuple[Session, BuildJob, Builder]],
+) -> None:
+    _, job, builder = one_job(B)
+    jobs.wait_for(job, "numpy>=1.22", "waits for numpy>=1.22: the farm builds numpy 2.0", 5.0)
+    assert (job.state, job.waiting_for) == (D, "numpy>=1.22")
+    assert job.failure_reason is FailureReason.MISSING_DEPENDENCY and job.finished_at is None
+    assert job.builder_id == builder.id  # the builder that met the wall, on record
+    assert builder.current_job_id is None
+    jobs.resume(job, "numpy-2.0-cp39-cp39-manylinux_2_31_armv7l.whl is published")
+    assert job.state == P
+    assert (job.waiting_for, job.builder_id) == (None, None) and not job.failure_reason
+    assert job.summary is not None and job.summary.startswith("resumed: numpy-2.0")

@@ -85,6 +85,7 @@ SAMPLES: list[tuple[type[Body], dict[str, Any]]] = [
             "build_packages": "libffi-dev liblzo2-dev",
             "auto_packages": "libffi-dev",
             "package_manager": "apt-get",
+            "waiting_for": "numpy>=1.22",
         },
     ),
 ]
@@ -136,6 +137,8 @@ def test_fields_a_newer_release_adds_are_ignored(model: type[Body], data: dict[s
         (ResultForm, {"outcome": "failed", "build_path": "teleported"}, "build_path"),
         (ResultForm, {"outcome": "failed", "auto_packages": "a;reboot"}, "auto_packages"),
         (ResultForm, {"outcome": "failed", "package_manager": "pacman"}, "package_manager"),
+        (ResultForm, {"outcome": "failed", "waiting_for": "numpy @ http://x/"}, "waiting_for"),
+        (ResultForm, {"outcome": "failed", "waiting_for": "numpy>>"}, "waiting_for"),
     ],
 )
 def test_a_missing_or_mistyped_field_is_refused_by_name(

@@ -59,6 +59,9 @@ class BuildOutcome:
     build_packages: list[str] | None = None
     auto_packages: list[str] | None = None
     package_manager: str | None = None
+    # A build requirement with no wheel for the target on the upstream index nor the
+    # farm's own: the master may build it first and let the job wait (dep-wait).
+    waiting_for: str | None = None
 
 
 class Backend(Protocol):
@@ -234,6 +237,7 @@ def run_recipe(
             summary=diagnosis.summary,
             transient=diagnosis.transient,
             diagnosis=diagnosis,
+            waiting_for=diagnosis.needs_wheel,
         )
     wheels = sorted((out / "wheelhouse").glob("*.whl"))
     if len(wheels) != 1:

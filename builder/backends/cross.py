@@ -118,8 +118,9 @@ class CrossBackend(DockerBackend):
         target: TargetSettings,
         identity: BuilderIdentity,
         index_url: str = DEFAULT_INDEX_URL,
+        farm_index_url: str | None = None,
     ) -> None:
-        super().__init__(settings, arch, target, identity, index_url)
+        super().__init__(settings, arch, target, identity, index_url, farm_index_url)
         self.cross_image = settings.cross_image
         self.triplet = CROSS_TRIPLETS[arch]
         try:
@@ -194,6 +195,14 @@ class CrossBackend(DockerBackend):
         note(log_sink, f"build path: cross ({self.cross_image} for {self.arch})")
         outcome = self._cross(spec, sdist, workdir / "cross", log_sink)
         if outcome.built or self._cancelled.is_set():
+            outcome.build_path = BuildPath.CROSS
+            return outcome
+        if outcome.waiting_for is not None:
+            note(
+                log_sink,
+                f"the target has no wheel of {outcome.waiting_for}, which the emulated build"
+                " would lack too: not built again on the emulated path",
+            )
             outcome.build_path = BuildPath.CROSS
             return outcome
         installed = [*self.recipe_packages(spec), *self.added_packages]

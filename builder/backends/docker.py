@@ -163,6 +163,7 @@ class DockerBackend:
         target: TargetSettings,
         identity: BuilderIdentity,
         index_url: str = DEFAULT_INDEX_URL,
+        farm_index_url: str | None = None,
     ) -> None:
         self.settings = settings
         # The farm's upstream index (upstream.index_url), where build requirements come from.
@@ -198,6 +199,7 @@ class DockerBackend:
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
                 index_url=index_url,
+                farm_index_url=farm_index_url,
             )
             if settings.wheelhouse
             else None

@@ -158,6 +158,7 @@ class NativeBackend:
         config_file: Path | None = None,
         slot: int = 0,
         index_url: str = DEFAULT_INDEX_URL,
+        farm_index_url: str | None = None,
     ) -> None:
         self.settings = settings
         self.arch = arch
@@ -194,6 +195,7 @@ class NativeBackend:
                 settings.wheelhouse_limit,
                 settings.ca_bundle,
                 index_url=index_url,
+                farm_index_url=farm_index_url,
             )
             for folder in (self.wheelhouse.root, self.wheelhouse.root.parent):
                 folder.chmod(0o755)  # the build user reads it, never writes it

@@ -14,9 +14,13 @@ only by the events of `TRANSITIONS`:
     building --lose-->       failed      (handed back with no attempt left: `lost`)
     building --build-->      built
     building --fail-->       failed      (with the reason the builder classified)
+    building --wait-->       dep-wait    (its build needs a build dependency that has no
+                                          wheel for its target yet: waiting_for names it)
+    dep-wait --resume-->     pending     (the farm published a wheel of that dependency)
+    dep-wait --give-up-->    failed      (the dependency failed, or cannot be had)
     active   --cover-->      skipped     (a published wheel already serves the target)
-    pending, queued --skip-> skipped     (skip list, yanked or removed upstream; a build
-                                          under way is left to finish)
+    pending, queued, dep-wait --skip-> skipped  (skip list, yanked or removed upstream; a
+                                          build under way is left to finish)
     active   --cancel-->     skipped     (an operator cancelled it)
     failed, skipped --requeue--> pending (an operator asked again: fresh attempts)
 
@@ -60,15 +64,19 @@ class Event(StrEnum):
     SKIP = "skip"
     CANCEL = "cancel"
     REQUEUE = "requeue"
+    WAIT = "wait"
+    RESUME = "resume"
+    GIVE_UP = "give-up"
 
 
 # A claim links the job to its builder; an end the builder reported keeps that link, for
 # the record. Every other transition leaves the job linked to no builder.
-_KEEPS_BUILDER = frozenset({Event.CLAIM, Event.BUILD, Event.FAIL, Event.COVER})
+_KEEPS_BUILDER = frozenset({Event.CLAIM, Event.BUILD, Event.FAIL, Event.COVER, Event.WAIT})
 
 _ACTIVE = frozenset(ACTIVE_STATES)
 _WAITING = frozenset({JobState.PENDING, JobState.QUEUED})
 _BUILDING = frozenset({JobState.BUILDING})
+_DEP_WAIT = frozenset({JobState.DEP_WAIT})
 
 # event -> (the states it may leave, the state it enters)
 TRANSITIONS: Mapping[Event, tuple[frozenset[JobState], JobState]] = {
@@ -81,9 +89,12 @@ TRANSITIONS: Mapping[Event, tuple[frozenset[JobState], JobState]] = {
     Event.BUILD: (_BUILDING, JobState.BUILT),
     Event.FAIL: (_BUILDING, JobState.FAILED),
     Event.COVER: (_ACTIVE, JobState.SKIPPED),
-    Event.SKIP: (_WAITING, JobState.SKIPPED),
+    Event.SKIP: (_WAITING | _DEP_WAIT, JobState.SKIPPED),
     Event.CANCEL: (_ACTIVE, JobState.SKIPPED),
     Event.REQUEUE: (frozenset({JobState.FAILED, JobState.SKIPPED}), JobState.PENDING),
+    Event.WAIT: (_BUILDING, JobState.DEP_WAIT),
+    Event.RESUME: (_DEP_WAIT, JobState.PENDING),
+    Event.GIVE_UP: (_DEP_WAIT, JobState.FAILED),
 }
 
 
@@ -101,6 +112,9 @@ _MESSAGES: Mapping[Event, str] = {
     Event.SKIP: "job skipped",
     Event.CANCEL: "job cancelled",
     Event.REQUEUE: "job requeued",
+    Event.WAIT: "job waits for a build dependency",
+    Event.RESUME: "job's build dependency is published",
+    Event.GIVE_UP: "job's build dependency cannot be had",
 }
 
 
@@ -322,6 +336,36 @@ def finish(job: BuildJob, report: ResultReport, max_attempts: int) -> JobState:
     return job.state
 
 
+def wait_for(job: BuildJob, requirement: str, summary: str, build_seconds: float | None) -> None:
+    """The attempt ended for want of a build dependency that the farm can build first:
+    the job waits, naming it, until its wheel is published (resume) or cannot be had
+    (give_up). The attempt counts; the builder that met the wall stays on record."""
+    was = _check(job, Event.WAIT)
+    job.build_seconds = build_seconds
+    job.failure_reason = FailureReason.MISSING_DEPENDENCY
+    job.waiting_for = requirement
+    job.summary = _summary(summary)
+    _enter(job, was, Event.WAIT, f"waits for {requirement}")
+
+
+def resume(job: BuildJob, why: str) -> None:
+    """The dependency it waited for is published: pending again, to build against it."""
+    was = _check(job, Event.RESUME)
+    job.waiting_for = None
+    job.failure_reason = None
+    job.started_at = job.queued_at = None
+    job.summary = _summary(f"resumed: {why}")
+    _enter(job, was, Event.RESUME, why)
+
+
+def give_up(job: BuildJob, summary: str) -> None:
+    """The dependency it waited for failed or cannot be had: failed, saying why."""
+    was = _check(job, Event.GIVE_UP)
+    job.failure_reason = FailureReason.MISSING_DEPENDENCY
+    job.summary = _summary(summary)
+    _enter(job, was, Event.GIVE_UP, summary)
+
+
 def _reason(report: ResultReport) -> str:
     return report.reason.value if report.reason else "unknown"
 
@@ -396,7 +440,7 @@ def requeue(job: BuildJob, actor: str, reason: str) -> None:
     of its earlier attempts' outcome."""
     was = _check(job, Event.REQUEUE)
     job.attempts = 0
-    job.failure_reason = job.skip_reason = job.rejected_by = None
+    job.failure_reason = job.skip_reason = job.rejected_by = job.waiting_for = None
     job.builder_id = job.started_at = job.queued_at = job.finished_at = None
     job.summary = _summary(f"requeued by {actor}: {reason}")
     _enter(job, was, Event.REQUEUE, f"{actor}: {reason}")

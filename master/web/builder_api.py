@@ -45,7 +45,7 @@ from common.protocol import (
 from common.states import FailureReason, JobState
 from common.wheels import Check
 from master.auth import builder_for
-from master.builds import build_paths, jobs, learned_packages
+from master.builds import build_paths, dependencies, jobs, learned_packages
 from master.builds.build_plan import plan_fallbacks
 from master.builds.jobs import HandBack, IllegalTransition
 from master.builds.live_logs import (
@@ -395,9 +395,14 @@ def router(ctx: MasterContext) -> APIRouter:
                     )
             if covered is not None:
                 jobs.cover(job, str(covered))
+            elif report.outcome == "failed" and form.waiting_for and rejection is None:
+                dependencies.on_missing(db, job, form.waiting_for, report, settings)
             else:
                 jobs.finish(job, report, settings.master.max_attempts)
                 plan_fallbacks(db, job, settings)
+            if job.state in (JobState.BUILT, JobState.FAILED):
+                # Jobs waiting for this project's wheel resume, or fail with it.
+                dependencies.settle(db, settings, project=project)
             built = outcome == "built" and rejection is None
             build_paths.record(job, form.build_path, built=built)
             learned_packages.record(job, form, built)

@@ -227,6 +227,8 @@ class JobRow:
     # System packages installed into the build image, and those the builder added itself.
     build_packages: list[str] = field(default_factory=list)
     auto_packages: list[str] = field(default_factory=list)
+    # In dep-wait: the build requirement it waits for.
+    waiting_for: str | None = None
 
     @property
     def label(self) -> str:
@@ -256,6 +258,7 @@ def _job_rows(session: Session, query: Any) -> list[JobRow]:
             build_path=job.build_path,
             build_packages=job.build_packages or [],
             auto_packages=job.auto_packages or [],
+            waiting_for=job.waiting_for,
         )
         for job, version, name, builder in session.execute(query)
     ]
@@ -463,6 +466,13 @@ def _overview(
         .order_by(BuildJob.finished_at.desc(), BuildJob.id.desc())
         .limit(RECENT_SHOWN),
     )
+    dep_wait = _job_rows(
+        session,
+        _jobs_query()
+        .where(BuildJob.state == JobState.DEP_WAIT)
+        .order_by(BuildJob.priority.desc(), BuildJob.id)
+        .limit(WAITING_SHOWN),
+    )
     failures = _job_rows(
         session,
         _jobs_query()
@@ -476,6 +486,7 @@ def _overview(
         "indexes": _indexes(settings),
         "waiting": waiting,
         "running": running,
+        "dep_wait": dep_wait,
         "builders": liveness.count_by_state(session, now, settings.master.builder_timeout),
         "throughput": _recent_throughput(session, now, cache),
         "latest": latest,

@@ -88,6 +88,7 @@ class FarmCollector(Collector):
         waiting: dict[str, int] = {}
         oldest: dict[str, datetime] = {}
         running: dict[str, int] = {}
+        dep_wait: dict[str, int] = {}
         arch_of: dict[str, str] = {name: t.arch for name, t in self.settings.targets.items()}
         rows = session.execute(
             select(
@@ -108,9 +109,13 @@ class FarmCollector(Collector):
                     oldest[target] = min(oldest.get(target, first), first)
             elif state == JobState.BUILDING:
                 running[target] = running.get(target, 0) + count
+            elif state == JobState.DEP_WAIT:
+                dep_wait[target] = dep_wait.get(target, 0) + count
         # Every enabled target has a sample (0 when idle); a target since disabled still
         # shows while it has jobs, so none are hidden.
-        targets = sorted(set(self.settings.enabled_targets()) | set(waiting) | set(running))
+        targets = sorted(
+            set(self.settings.enabled_targets()) | set(waiting) | set(running) | set(dep_wait)
+        )
         labels = ["target", "arch"]
         depth = GaugeMetricFamily(
             "armwheels_queue_depth",
@@ -128,14 +133,21 @@ class FarmCollector(Collector):
             "Build jobs being built right now, per target.",
             labels=labels,
         )
+        blocked = GaugeMetricFamily(
+            "armwheels_jobs_dep_wait",
+            "Build jobs waiting for a build dependency to be built first (dep-wait), per target.",
+            labels=labels,
+        )
         for target in targets:
             values = [target, arch_of[target]]
             depth.add_metric(values, waiting.get(target, 0))
             age.add_metric(values, _age(now, oldest.get(target)))
             busy.add_metric(values, running.get(target, 0))
+            blocked.add_metric(values, dep_wait.get(target, 0))
         yield depth
         yield age
         yield busy
+        yield blocked
 
     def _outcomes(self, session: Session) -> Iterator[Metric]:
         """Finished jobs by outcome, and failed ones by reason: one grouped query."""
