@@ -336,6 +336,10 @@ def test_a_job_waiting_for_a_dependency_names_it_until_it_resumes(
     assert job.builder_id == builder.id  # the builder that met the wall, on record
     assert builder.current_job_id is None
     jobs.resume(job, "numpy-2.0-cp39-cp39-manylinux_2_31_armv7l.whl is published")
-    assert job.state == P
-    assert (job.waiting_for, job.builder_id) == (None, None) and not job.failure_reason
+    assert job.state == P and _waits_for_nothing(job)
     assert job.summary is not None and job.summary.startswith("resumed: numpy-2.0")
+
+
+def _waits_for_nothing(job: BuildJob) -> bool:
+    """Back to pending: no dependency named, no builder linked, no failure recorded."""
+    return job.waiting_for is None and job.builder_id is None and job.failure_reason is None
