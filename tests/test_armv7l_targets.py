@@ -10,24 +10,19 @@ import platform
 from pathlib import Path
 from uuid import uuid4
 
-import docker
-import docker.errors
 import pytest
 from packaging.utils import parse_wheel_filename
 
 from builder.backends.cross import CrossBackend
 from builder.backends.docker import DockerBackend
 from builder.identity import BuilderIdentity
-from common.config import BuilderSettings, TargetSettings, load_settings
-from common.job_spec import JobSpec, NewerPolicy
+from common.job_spec import NewerPolicy
 from common.states import BuildPath, FailureReason
-from tests.builds import build_logged
+from tests.builds import build_logged, builder_settings_in, shipped_target, target_spec
 from tests.sdists import DLSYM_GLIBC, GETRANDOM_POLICY, dlsym_sdist, getrandom_sdist
 from tests.wheels import arm32_objects
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @pytest.fixture(scope="module")
@@ -35,49 +30,25 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("armv7l")
 
 
-def _builder(work: Path) -> BuilderSettings:
-    return BuilderSettings(
-        ca_bundle=CA_BUNDLE if CA_BUNDLE.exists() else None,
-        work_dir=work / "work",
-        build_timeout=1200,
-    )
-
-
-def _target(name: str) -> TargetSettings:
-    target = load_settings(None).targets[name]
-    try:
-        docker.from_env(timeout=30).images.get(target.image)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"{target.image} is missing: armwheels image build --target {name}")
-    return target
-
-
-def _spec(sdist: Path, target: TargetSettings, newer_policy: NewerPolicy) -> JobSpec:
-    name, version = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)
-    return JobSpec(
-        1, name, version, target.arch, target.python_tags[0], target.policy, sdist.name, "", "",
-        None, 1, None, None, newer_policy,
-    )  # fmt: skip
-
-
 def test_the_default_armv7l_target_builds_on_bullseye_at_its_policys_floor(
     work: Path, tmp_path: Path
 ) -> None:
     """Built against glibc 2.31 the wheel cannot link anything newer than its policy; it
     is tagged manylinux_2_31 for CPython 3.9 and imports in the same image."""
-    target = _target("armv7l")
+    target = shipped_target("armv7l")
     assert (target.suite, target.policy, target.python_tags) == (
         "bullseye",
         "manylinux_2_31_armv7l",
         ["cp39"],
     )
     backend = DockerBackend(
-        _builder(work), "armv7l", target, BuilderIdentity("bullseye", uuid4().hex)
+        builder_settings_in(work), "armv7l", target, BuilderIdentity("bullseye", uuid4().hex)
     )
     assert backend.python_tags() == ["cp39"]
     assert backend.glibc_minor == 31
     sdist = getrandom_sdist(tmp_path / "src", tmp_path / "dist")
-    outcome, log = build_logged(backend, _spec(sdist, target, "fail"), sdist, work, "bullseye")
+    spec = target_spec(sdist, target, "fail")
+    outcome, log = build_logged(backend, spec, sdist, work, "bullseye")
     assert outcome.built and outcome.wheel is not None, log[-4000:]
     # getrandom() (GLIBC_2.25) makes manylinux_2_26 the most compatible policy it meets;
     # auditwheel names it beside the target's, and nothing newer than 2.31 is linked.
@@ -102,12 +73,12 @@ def test_a_bookworm_wheel_newer_than_manylinux_2_31_is_handled_as_the_target_say
     target publishes it under the policy it meets, or fails it naming the symbol."""
     if platform.machine() != "x86_64":
         pytest.skip("the cross path is for x86_64 hosts")
-    target = _target("armv7l-bookworm")
+    target = shipped_target("armv7l-bookworm")
     backend = CrossBackend(
-        _builder(work), "armv7l", target, BuilderIdentity("bookworm", uuid4().hex)
+        builder_settings_in(work), "armv7l", target, BuilderIdentity("bookworm", uuid4().hex)
     )
     sdist = dlsym_sdist(tmp_path / "src", tmp_path / "dist")
-    spec = _spec(sdist, target, newer_policy)
+    spec = target_spec(sdist, target, newer_policy)
     outcome, log = build_logged(backend, spec, sdist, work, f"dlsym-{newer_policy}")
     assert outcome.build_path is BuildPath.CROSS, log[-4000:]
     if newer_policy == "fail":
