@@ -27,6 +27,7 @@ def make_sdist(
     requires_python: str | None = None,
     dependencies: list[str] | None = None,
     extras: dict[str, list[str]] | None = None,
+    build_requires: list[str] | None = None,
 ) -> Path:
     """Build a real sdist with setuptools (offline: no build isolation needed here).
 
@@ -42,7 +43,7 @@ def make_sdist(
             (source / path).write_text(text)
     pyproject = [
         "[build-system]",
-        'requires = ["setuptools"]',
+        f"requires = {json.dumps(['setuptools', *(build_requires or [])])}",
         'build-backend = "setuptools.build_meta"',
         "",
         "[project]",
@@ -71,11 +72,23 @@ def make_sdist(
 
 def pypi_sdist(project: str, version: str) -> Path:
     """A real sdist from PyPI (Simple API, through the machine's proxy), cached on disk."""
+    # An old release may have both: the .tar.gz, as pip prefers.
+    return _pypi_file(project, (f"{project}-{version}.tar.gz", f"{project}-{version}.zip"))
+
+
+def pypi_wheel(project: str, version: str) -> Path:
+    """A real pure-Python wheel from PyPI (for a local upstream index), cached on disk."""
+    return _pypi_file(project, (f"{project}-{version}-py3-none-any.whl",))
+
+
+def _pypi_file(project: str, names: tuple[str, ...]) -> Path:
+    """The first of `names` that PyPI has for `project`, downloaded once and checked."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    for path in CACHE.glob(f"{project}-{version}.*"):
+    for name in names:
+        path = CACHE / name
         expected = path.with_name(path.name + ".sha256")
         if (
-            path.suffix != ".sha256"
+            path.exists()
             and expected.exists()
             and hashlib.sha256(path.read_bytes()).hexdigest() == expected.read_text().strip()
         ):
@@ -85,18 +98,12 @@ def pypi_sdist(project: str, version: str) -> Path:
         headers={"Accept": "application/vnd.pypi.simple.v1+json"},
         timeout=60,
     ).json()
-    # An old release may have both: the .tar.gz, as pip prefers.
-    entry = next(
-        f
-        for name in (f"{project}-{version}.tar.gz", f"{project}-{version}.zip")
-        for f in page["files"]
-        if f["filename"] == name
-    )
+    entry = next(f for name in names for f in page["files"] if f["filename"] == name)
     data = httpx.get(entry["url"], timeout=300, follow_redirects=True).content
     digest = hashlib.sha256(data).hexdigest()
     assert digest == entry["hashes"]["sha256"], f"{entry['filename']}: hash mismatch"
     target = CACHE / str(entry["filename"])
-    # Two test workers may fetch the same sdist: each renames a whole file into place.
+    # Two test workers may fetch the same file: each renames a whole file into place.
     partial = target.with_name(f".{target.name}.{os.getpid()}")
     partial.write_bytes(data)
     partial.replace(target)
