@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from packaging.tags import Tag
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
@@ -156,3 +156,28 @@ def test_a_project_wide_skip_rule_settles_waiting_jobs(
         stored = session.get(BuildJob, job_id)
         assert stored is not None
         assert (stored.state, stored.skip_reason) == (JobState.SKIPPED, SkipReason.SKIP_LIST)
+
+
+def test_a_wheel_pypi_publishes_after_the_sdist_ends_the_waiting_job(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    """The sdist came first, the aarch64 wheel later: planned again, the release's job
+    not started yet ends as covered upstream instead of building what PyPI now serves."""
+    wheel = "demo-7.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+    with transaction(factory) as session:
+        release, source = _release(session, "7.0", ["demo-7.0.tar.gz"])
+        (job,) = plan_builds(session, release, source, settings)
+        job_id = job.id
+        release.upstream_files = ["demo-7.0.tar.gz", wheel]
+        session.flush()
+        assert plan_builds(session, release, source, settings) == []
+    with factory() as session:
+        stored = session.get(BuildJob, job_id)
+        assert stored is not None
+        assert (stored.state, stored.skip_reason) == (
+            JobState.SKIPPED,
+            SkipReason.COVERED_UPSTREAM,
+        )
+        assert stored.summary == f"PyPI serves {wheel}"
+        # Still one job for the target: the covered one, not a new one.
+        assert session.scalar(select(func.count()).select_from(BuildJob)) == 1

@@ -117,6 +117,10 @@ def create_jobs(
     return created
 
 
+# Jobs that no builder has started: a wheel served meanwhile makes them moot.
+NOT_STARTED = (JobState.PENDING, JobState.QUEUED, JobState.DEP_WAIT)
+
+
 def served_wheels(session: Session, release_id: int) -> list[str]:
     """The wheels of ours the index serves for a release."""
     return list(
@@ -139,7 +143,7 @@ def settle_covered_jobs(session: Session, job: BuildJob, filename: str) -> list[
         .where(
             BuildJob.release_id == job.release_id,
             BuildJob.id != job.id,
-            BuildJob.state.in_((JobState.PENDING, JobState.QUEUED)),
+            BuildJob.state.in_(NOT_STARTED),
         )
         .with_for_update()
         .execution_options(populate_existing=True)
@@ -230,8 +234,9 @@ def plan_builds(
         )
         return []
     assert source is not None
-    settled = _settled_targets(session, release.id)
     ours = served_wheels(session, release.id)
+    _cover_waiting(session, release, ours, settings)
+    settled = _settled_targets(session, release.id)
     created: list[BuildJob] = []
     for name, target in sorted(settings.planned_targets().items()):
         for tag in target.python_tags:
@@ -253,6 +258,21 @@ def plan_builds(
             if covered is None:
                 created.append(job)
     return created
+
+
+def _cover_waiting(session: Session, release: Release, ours: list[str], settings: Settings) -> None:
+    """Jobs of the release not started yet whose target a wheel now serves (PyPI's,
+    uploaded after the sdist, or the farm's) end as covered: planned again, a release
+    never builds what its users already get. A build under way is left to finish."""
+    waiting = session.scalars(
+        select(BuildJob)
+        .where(BuildJob.release_id == release.id, BuildJob.state.in_(NOT_STARTED))
+        .with_for_update()
+    ).all()
+    for job in waiting:
+        covered = target_covered(release, ours, job.python_tag, job.policy, settings)
+        if covered is not None:
+            jobs.cover(job, covered[1], covered[0])
 
 
 def plan_fallbacks(session: Session, job: BuildJob, settings: Settings) -> list[BuildJob]:

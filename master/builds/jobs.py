@@ -373,10 +373,11 @@ def _reason(report: ResultReport) -> str:
 # --- ends decided by the farm or an operator -----------------------------------------
 
 
-def cover(job: BuildJob, summary: str) -> None:
-    """The index already serves a wheel this job's target installs: skipped, not built."""
+def cover(job: BuildJob, summary: str, reason: SkipReason = SkipReason.COVERED_BY_FARM) -> None:
+    """The farm's index (or PyPI, `reason` covered-upstream) already serves a wheel this
+    job's target installs: skipped, not built."""
     was = _check(job, Event.COVER)
-    job.skip_reason = SkipReason.COVERED_BY_FARM
+    job.skip_reason = reason
     job.failure_reason = None
     job.summary = _summary(summary)
     _enter(job, was, Event.COVER, summary)
