@@ -7,11 +7,9 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,13 +17,12 @@ from armwheels.cli import main
 from builder.auto_packages import build_with_auto_packages, plan
 from builder.backends import BuildOutcome
 from builder.classify import diagnose
-from common.config import AutoPackagesSettings, Settings, load_settings
+from common.config import AutoPackagesSettings, Settings
 from common.db import transaction
 from common.job_spec import JobSpec
 from common.models import BuildJob, Project
-from common.states import FailureReason, TokenRole
-from master.auth import create_token
-from master.web.app import create_app
+from common.states import FailureReason
+from tests.api_farm import ApiFarm, api_farm, settings_with_recipes
 from tests.conftest import make_wheel
 from tests.seed import add_release
 
@@ -125,46 +122,32 @@ def test_deny_entries_are_checked_as_package_names() -> None:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    recipes = tmp_path / "recipes.toml"
-    recipes.write_text('[recipes.needs-ffi]\nenv = { CFLAGS = "-O1" }\n')
-    return load_settings(
-        None,
-        database={"url": database_url},
-        master={"data_dir": tmp_path / "data", "recipes": recipes},
+    return settings_with_recipes(
+        database_url, tmp_path, '[recipes.needs-ffi]\nenv = { CFLAGS = "-O1" }\n'
     )
 
 
-@dataclass
-class Farm:
-    client: TestClient
-    auth: dict[str, str]
-    factory: sessionmaker[Session]
-
-
 @pytest.fixture
-def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
-    with transaction(factory) as session:
-        token = create_token(session, "auto-builder", TokenRole.BUILDER)
-    with TestClient(create_app(settings, factory)) as client:
-        auth = {"Authorization": f"Bearer {token}"}
-        body = {"arch": "aarch64", "backend": "docker", "python_tags": ["cp311"]}
-        assert client.post("/api/v1/builders/register", headers=auth, json=body).is_success
-        yield Farm(client, auth, factory)
+def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[ApiFarm]:
+    with api_farm(settings, factory, "auto-builder") as made:
+        yield made
 
 
-def _job(farm: Farm, settings: Settings, version: str, project: str = "needs-ffi") -> int:
+def _job(farm: ApiFarm, settings: Settings, version: str, project: str = "needs-ffi") -> int:
     with transaction(farm.factory) as session:
         _, _, [job] = add_release(session, settings, project, version)
         return job.id
 
 
-def _claim(farm: Farm, job_id: int) -> JobSpec:
+def _claim(farm: ApiFarm, job_id: int) -> JobSpec:
     answer = farm.client.post(f"/api/v1/jobs/{job_id}/claim", headers=farm.auth)
     assert answer.status_code == 200, answer.text
     return JobSpec.from_json(answer.json())
 
 
-def _report(farm: Farm, job_id: int, version: str, built: bool, **fields: str) -> dict[str, object]:
+def _report(
+    farm: ApiFarm, job_id: int, version: str, built: bool, **fields: str
+) -> dict[str, object]:
     data = {"outcome": "built" if built else "failed", "summary": "x", **fields}
     files: dict[str, tuple[str, bytes, str]] = {"log": ("build.log", b"log\n", "text/plain")}
     if built:
@@ -182,7 +165,7 @@ def _report(farm: Farm, job_id: int, version: str, built: bool, **fields: str) -
 
 
 def test_packages_a_build_needed_are_learned_for_the_next_release(
-    farm: Farm, settings: Settings, capsys: pytest.CaptureFixture[str]
+    farm: ApiFarm, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first = _job(farm, settings, "1.0")
     assert _claim(farm, first).recipe is not None  # the operator's, without packages
@@ -215,7 +198,7 @@ def test_packages_a_build_needed_are_learned_for_the_next_release(
 
 
 def test_a_failed_build_teaches_nothing_and_bad_names_are_refused(
-    farm: Farm, settings: Settings
+    farm: ApiFarm, settings: Settings
 ) -> None:
     first = _job(farm, settings, "2.0")
     _claim(farm, first)

@@ -7,63 +7,43 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import Settings, load_settings
+from common.config import Settings
 from common.db import transaction
 from common.models import AuditEvent, BuildJob, Project
-from common.states import TokenRole
 from master import operations
-from master.auth import create_token
 from master.builds.build_paths import RECIPE_SAYS_EMULATE
-from master.web.app import create_app
 from master.web.status import collect
+from tests.api_farm import ApiFarm, api_farm, settings_with_recipes
 from tests.conftest import make_wheel
 from tests.seed import add_release
 
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    recipes = tmp_path / "recipes.toml"
-    recipes.write_text("[recipes.helper-runner]\nemulate = true\n")
-    return load_settings(
-        None,
-        database={"url": database_url},
-        master={"data_dir": tmp_path / "data", "recipes": recipes},
+    return settings_with_recipes(
+        database_url, tmp_path, "[recipes.helper-runner]\nemulate = true\n"
     )
 
 
-@dataclass
-class Farm:
-    client: TestClient
-    auth: dict[str, str]
-    factory: sessionmaker[Session]
-
-
 @pytest.fixture
-def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
-    with transaction(factory) as session:
-        token = create_token(session, "x86-builder", TokenRole.BUILDER)
-    with TestClient(create_app(settings, factory)) as client:
-        auth = {"Authorization": f"Bearer {token}"}
-        body = {"arch": "aarch64", "backend": "cross", "python_tags": ["cp311"]}
-        assert client.post("/api/v1/builders/register", headers=auth, json=body).is_success
-        yield Farm(client, auth, factory)
+def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[ApiFarm]:
+    with api_farm(settings, factory, "x86-builder", backend="cross") as made:
+        yield made
 
 
-def _job(farm: Farm, settings: Settings, project: str, version: str) -> int:
+def _job(farm: ApiFarm, settings: Settings, project: str, version: str) -> int:
     with transaction(farm.factory) as session:
         _, _, [job] = add_release(session, settings, project, version)
         return job.id
 
 
-def _report(farm: Farm, job_id: int, project: str, version: str, path: str, built: bool) -> None:
+def _report(farm: ApiFarm, job_id: int, project: str, version: str, path: str, built: bool) -> None:
     data = {"outcome": "built" if built else "failed", "summary": "x", "build_path": path}
     files: dict[str, tuple[str, bytes, str]] = {"log": ("build.log", b"log\n", "text/plain")}
     if built:
@@ -79,7 +59,7 @@ def _report(farm: Farm, job_id: int, project: str, version: str, path: str, buil
     assert answer.status_code == 200, answer.text
 
 
-def _claim(farm: Farm, job_id: int) -> dict[str, object]:
+def _claim(farm: ApiFarm, job_id: int) -> dict[str, object]:
     answer = farm.client.post(f"/api/v1/jobs/{job_id}/claim", headers=farm.auth)
     assert answer.status_code == 200, answer.text
     spec: dict[str, object] = answer.json()
@@ -87,7 +67,7 @@ def _claim(farm: Farm, job_id: int) -> dict[str, object]:
 
 
 def test_a_fallback_sends_the_project_to_emulation_until_an_operator_resets_it(
-    farm: Farm, settings: Settings
+    farm: ApiFarm, settings: Settings
 ) -> None:
     first = _job(farm, settings, "probed", "1.0")
     assert _claim(farm, first)["emulate_because"] is None
@@ -131,7 +111,7 @@ def test_a_fallback_sends_the_project_to_emulation_until_an_operator_resets_it(
 
 
 def test_a_fallback_where_emulation_failed_too_teaches_nothing(
-    farm: Farm, settings: Settings
+    farm: ApiFarm, settings: Settings
 ) -> None:
     """Both paths failed: the sdist is at fault, not the cross path."""
     first = _job(farm, settings, "broken", "1.0")
@@ -145,7 +125,7 @@ def test_a_fallback_where_emulation_failed_too_teaches_nothing(
 
 
 def test_a_recipe_asks_for_emulation_and_the_recipe_on_the_wire_leaves_it_out(
-    farm: Farm, settings: Settings
+    farm: ApiFarm, settings: Settings
 ) -> None:
     job = _job(farm, settings, "helper-runner", "2.0")
     spec = _claim(farm, job)

@@ -10,17 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, load_settings
 from common.db import transaction
 from common.models import BuildJob
-from common.states import FailureReason, JobState, TokenRole
-from master.auth import create_token
+from common.states import FailureReason, JobState
 from master.builds import dependencies, jobs
-from master.web.app import create_app
+from tests.api_farm import ApiFarm, api_farm
 from tests.conftest import make_wheel
 from tests.seed import add_release
 
@@ -33,10 +31,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @dataclass
-class Farm:
-    client: TestClient
-    auth: dict[str, str]
-    factory: sessionmaker[Session]
+class Farm(ApiFarm):
     settings: Settings
 
     def release(self, project: str, version: str, jobs: bool = True) -> int | None:
@@ -99,13 +94,8 @@ class Farm:
 
 @pytest.fixture
 def farm(settings: Settings, factory: sessionmaker[Session]) -> Iterator[Farm]:
-    with transaction(factory) as session:
-        token = create_token(session, "dep-builder", TokenRole.BUILDER)
-    with TestClient(create_app(settings, factory)) as client:
-        auth = {"Authorization": f"Bearer {token}"}
-        body = {"arch": "aarch64", "backend": "docker", "python_tags": ["cp311"]}
-        assert client.post("/api/v1/builders/register", headers=auth, json=body).is_success
-        yield Farm(client, auth, factory, settings)
+    with api_farm(settings, factory, "dep-builder") as made:
+        yield Farm(made.client, made.auth, made.factory, settings)
 
 
 def test_a_job_waits_for_its_dependency_and_resumes_when_the_wheel_is_published(
