@@ -1,7 +1,7 @@
 """The master's HTTP application, put together from its routers: the builder API
 (builder_api.py), jobs, logs and rebuilds (jobs_api.py), the Simple index and files
-(index_api.py), metrics (metrics.py), the device doctor (doctor_page.py), the operator
-API and the dashboard."""
+(index_api.py), metrics (metrics.py), the device doctor (doctor_page.py), the health
+check (health.py), the operator API and the dashboard."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from common.config import Settings
 from common.version import VERSION
-from master.web import builder_api, doctor_page, index_api, jobs_api, metrics
+from master.web import builder_api, doctor_page, health, index_api, jobs_api, metrics
 from master.web.auth_throttle import AuthThrottle
 from master.web.context import MasterContext
 from master.web.dashboard import STATIC_DIR
@@ -49,6 +49,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app.include_router(index_api.router(ctx))
     app.include_router(metrics.router(ctx))
     app.include_router(doctor_page.router(ctx))
+    app.include_router(health.router(ctx))
     app.add_middleware(
         RequestGuard, throttle=AuthThrottle(limits.auth_failure_limit, limits.auth_failure_window)
     )
