@@ -48,6 +48,7 @@ EXIT_CODES: dict[int, tuple[FailureReason, str]] = {
 }
 EXIT_NO_INTERPRETER = 10
 EXIT_BUILD_FAILED = 11
+EXIT_PURE_PYTHON = 12
 EXIT_AUDITWHEEL = 13
 EXIT_BUILDER = 14
 EXIT_SIGKILL = 137  # 128 + 9: the kernel's (or Docker's) OOM killer, when not our timeout.
@@ -152,6 +153,11 @@ def diagnose(
         return _oom(text) or _make(
             FailureReason.OUT_OF_MEMORY, "out of memory: the build was killed (SIGKILL)"
         )
+    no_compiled_code = exit_code == EXIT_PURE_PYTHON or (
+        exit_code == EXIT_AUDITWHEEL and _NOT_PLATFORM.search(text) is not None
+    )
+    if no_compiled_code and (left_out := _left_out(text)):
+        return left_out
     if exit_code == EXIT_AUDITWHEEL:
         return _auditwheel(text)
     if exit_code in EXIT_CODES and exit_code != EXIT_BUILD_FAILED:
@@ -903,6 +909,32 @@ def _from_log(text: str) -> Diagnosis | None:
     if late:
         return min(late, key=lambda hit: hit[0])[1]
     return None
+
+
+# auditwheel's words for a wheel with no compiled file at all.
+_NOT_PLATFORM = re.compile(r"This does not look like a platform wheel")
+_LEFT_OUT_CAUSES: tuple[Callable[[str], Found | None], ...] = (
+    _header,
+    _library,
+    _config_script,
+    _setup_fatal,
+    _pkgconfig,
+    _setup_library,
+)
+
+
+def _left_out(text: str) -> Diagnosis | None:
+    """A wheel with no compiled code (pure-Python, or platform-tagged with no ELF file)
+    from a project whose optional extension did not compile because a system library is
+    missing (pyyaml without yaml.h "falls back to pure Python"): that library is the
+    cause, named with its package, so that the farm can install it and build again."""
+    hits = [hit for detect in _LEFT_OUT_CAUSES if (hit := detect(text)) is not None]
+    missing = [h for h in hits if h[1].reason is FailureReason.MISSING_SYSTEM_LIBRARY]
+    if not missing:
+        return None
+    found = min(missing, key=lambda h: h[0])[1]
+    summary = _one_line(f"the compiled extension was left out: {found.summary}")
+    return replace(found, summary=summary)
 
 
 def _fallback_summary(text: str) -> str:

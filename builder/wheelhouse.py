@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import httpx
 from packaging.requirements import InvalidRequirement, Requirement
 
 from common.config import UpstreamSettings
@@ -54,6 +55,9 @@ DOWNLOAD_TIMEOUT = 600
 # How long a set of requirements fetched whole from the index is answered from the cache
 # alone: PyPI serves its Simple pages with max-age=600, and pip reuses them that long.
 FRESH_SECONDS = 600.0
+# How long the farm's own index may take to answer, and how long that answer is kept.
+FARM_INDEX_TIMEOUT = 5.0
+FARM_INDEX_SEEN_SECONDS = 60.0
 # The farm's upstream index unless the builder is told another (upstream.index_url).
 DEFAULT_INDEX_URL: str = UpstreamSettings.model_fields["index_url"].default
 
@@ -265,6 +269,8 @@ class Wheelhouse:
         # wheels it built of build dependencies that have none upstream (numpy for
         # armv7l), asked beside the upstream index.
         self.farm_index_url = farm_index_url
+        # When the farm's index was last found answering or not (monotonic time, answer).
+        self._farm_index_seen: tuple[float, bool] | None = None
         # How the build log names it: the cross path fills a host one beside the target's.
         self.label = label
         self.limit = limit
@@ -275,6 +281,32 @@ class Wheelhouse:
         self.root.mkdir(parents=True, exist_ok=True)
         # When each set of requirements (for one target) last came whole from the index.
         self._fetched: dict[tuple[str, ...], float] = {}
+
+    def farm_index_answers(self, log_sink: BinaryIO) -> bool:
+        """Whether pip may ask the farm's own index: one short request, its answer kept
+        for FRESH_SECONDS. A farm index that does not answer (a master being restarted)
+        is left out with a note, rather than having pip retry it on every download."""
+        if self.farm_index_url is None:
+            return False
+        now = time.monotonic()
+        seen = self._farm_index_seen
+        if seen is not None and now - seen[0] < FARM_INDEX_SEEN_SECONDS:
+            return seen[1]
+        verify: str | bool = str(self.ca_bundle) if self.ca_bundle is not None else True
+        try:
+            answer = httpx.get(self.farm_index_url, timeout=FARM_INDEX_TIMEOUT, verify=verify)
+            answers = answer.status_code < 500
+            why = f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            answers, why = False, str(exc) or type(exc).__name__
+        if not answers:
+            _note(
+                log_sink,
+                f"the farm's index {self.farm_index_url} does not answer ({why}):"
+                " build requirements come from the upstream index alone",
+            )
+        self._farm_index_seen = (now, answers)
+        return answers
 
     def pip_environment(self) -> dict[str, str]:
         return isolated_pip_environment(ca_bundle=self.ca_bundle)
@@ -349,7 +381,8 @@ class Wheelhouse:
             *target_arguments(python_tag, platforms),
         ]
         command += ["--no-index"] if cache_only else ["--index-url", self.index_url]
-        if self.farm_index_url is not None and not cache_only:
+        if not cache_only and self.farm_index_answers(log_sink):
+            assert self.farm_index_url is not None
             command += ["--extra-index-url", self.farm_index_url]
         if constraints is not None:
             command += ["--constraint", str(constraints)]

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings, load_settings
 from common.db import make_engine, make_sessionmaker, upgrade
-from tests.sdists import abi3_sdist, pypi_sdist
+from tests.sdists import abi3_sdist, add_build_requirements, pypi_sdist
 from tests.servers import pypiserver
 from tests.wheels import make_wheel as make_wheel  # upload tests import it from here
 
@@ -122,7 +122,7 @@ def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
 def msgpack_upstream(tmp_path: Path) -> Iterator[str]:
     """A real pypiserver holding msgpack 1.1.0's real sdist (downloaded once, cached)."""
     packages = tmp_path / "upstream"
-    packages.mkdir()
+    add_build_requirements(packages)
     shutil.copy(pypi_sdist("msgpack", "1.1.0"), packages)
     with pypiserver(packages) as index_url:
         yield index_url
@@ -133,6 +133,7 @@ def abidemo_upstream(tmp_path: Path) -> Iterator[str]:
     """A real pypiserver holding abidemo's sdist (a small stable-ABI extension, built in
     seconds where msgpack takes a minute under QEMU; tests/sdists.py)."""
     packages = tmp_path / "upstream"
+    add_build_requirements(packages)
     abi3_sdist(tmp_path / "abidemo-src", packages)
     with pypiserver(packages) as index_url:
         yield index_url

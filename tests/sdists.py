@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -79,6 +80,19 @@ def pypi_sdist(project: str, version: str) -> Path:
 def pypi_wheel(project: str, version: str) -> Path:
     """A real pure-Python wheel from PyPI (for a local upstream index), cached on disk."""
     return _pypi_file(project, (f"{project}-{version}-py3-none-any.whl",))
+
+
+# The build requirements of the sdists the tests serve from a local upstream index: a
+# builder takes build requirements from the farm's upstream index only, as wheels.
+BUILD_REQUIREMENT_WHEELS = (("setuptools", "75.8.0"),)
+
+
+def add_build_requirements(packages: Path) -> None:
+    """Put the wheels every test sdist's build needs into a local index's folder."""
+    packages.mkdir(parents=True, exist_ok=True)
+    for project, version in BUILD_REQUIREMENT_WHEELS:
+        wheel = pypi_wheel(project, version)
+        shutil.copyfile(wheel, packages / wheel.name)
 
 
 def _pypi_file(project: str, names: tuple[str, ...]) -> Path:

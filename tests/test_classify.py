@@ -1523,3 +1523,46 @@ def test_a_distribution_wheel_loading_a_foreign_library_says_which() -> None:
         "the wheel loads a library from outside the distribution: /opt/vendor/libfoo.so.1"
         " belongs to no package of this system",
     )
+
+
+# pyyaml 6.0.4 without libyaml's headers (a real cross build's log, cut): its optional
+# extension does not compile, setup.py "falls back to pure Python", and the platform-
+# tagged wheel has no compiled file, which auditwheel refuses.
+PYYAML_FELL_BACK = b"""building 'yaml._yaml' extension
+aarch64-linux-gnu-gcc --sysroot=/armwheels/sysroot -fPIC -c yaml/_yaml.c -o build/temp.linux-aarch64-cpython-311/yaml/_yaml.o
+In file included from yaml/_yaml.c:1270:
+yaml/_yaml.h:2:10: fatal error: yaml.h: No such file or directory
+    2 | #include <yaml.h>
+      |          ^~~~~~~~
+compilation terminated.
+Error compiling module, falling back to pure Python
+installing to build/bdist.linux-aarch64/wheel
+::armwheels:: built pyyaml-6.0.4-cp311-cp311-linux_aarch64.whl
+::armwheels:: auditwheel repair --plat manylinux2014_aarch64
+INFO:auditwheel.main_repair:This does not look like a platform wheel, no ELF executable or shared library file (including compiled Python C extension) found in the wheel archive
+"""
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "log"),
+    [
+        (13, PYYAML_FELL_BACK),
+        (12, PYYAML_FELL_BACK.replace(b"linux_aarch64.whl", b"none-any.whl")),
+    ],
+)
+def test_an_extension_left_out_for_a_missing_library_names_the_library(
+    exit_code: int, log: bytes
+) -> None:
+    """The wheel without compiled code is the symptom; the missing header is the cause,
+    and its package is what the farm installs before building again."""
+    found = diagnose(exit_code, log)
+    assert found.reason is FailureReason.MISSING_SYSTEM_LIBRARY
+    assert found.summary.startswith("the compiled extension was left out: missing header yaml.h")
+    assert system_packages_for(found, "apt-get") == ["libyaml-dev"]
+
+
+def test_a_wheel_without_compiled_code_and_no_missing_library_stays_refused() -> None:
+    log = PYYAML_FELL_BACK.replace(b"fatal error: yaml.h: No such file or directory", b"")
+    found = diagnose(13, log)
+    assert found.reason is FailureReason.AUDITWHEEL_REJECTED
+    assert "does not look like a platform wheel" in found.summary

@@ -30,7 +30,7 @@ from master.auth import create_token
 from master.builds.build_plan import create_jobs
 from master.pypi.releases import get_or_create_project
 from master.web.app import create_app
-from tests.sdists import make_sdist, pypi_wheel
+from tests.sdists import add_build_requirements, make_sdist
 from tests.servers import pypiserver, serve_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -134,11 +134,9 @@ def test_a_job_waits_for_its_build_dependency_which_the_farm_builds_first(
     settings: Settings, factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     packages = tmp_path / "packages"
-    packages.mkdir()
     # The upstream index has what any build needs (setuptools), and of these two projects
     # only their sdists.
-    setuptools = pypi_wheel("setuptools", "75.8.0")
-    (packages / setuptools.name).write_bytes(setuptools.read_bytes())
+    add_build_requirements(packages)
     core = make_sdist(tmp_path / "src", packages, "depcore", "1.0", CORE_FILES)
     user = make_sdist(
         tmp_path / "src", packages, "depuser", "1.0", USER_FILES, build_requires=["depcore>=1.0"]

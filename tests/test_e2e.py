@@ -30,7 +30,7 @@ from common.db import make_engine, make_sessionmaker
 from common.models import BuildJob, OutputFile
 from common.states import JobState
 from tests.conftest import _postgres_database
-from tests.sdists import make_sdist
+from tests.sdists import add_build_requirements, make_sdist
 from tests.servers import (
     ROOT,
     clean_pip_env,
@@ -334,7 +334,7 @@ def test_sigterm_hands_the_running_job_back(tmp_path: Path) -> None:
         "1.0",
         {"sleeper/__init__.py": "", "setup.py": setup},
     )
-    packages.mkdir()
+    add_build_requirements(packages)
     shutil.copy(sleeper, packages)
     port = free_port()
     with pypiserver(packages) as index_url:

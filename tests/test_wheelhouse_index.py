@@ -207,3 +207,24 @@ def test_the_proxy_the_builder_is_given_still_applies(
         assert _fill(wheelhouse, log), log.read_text()
     assert f"{farm_index}farmdep/" in seen
     assert [path.name for path in wheelhouse.wheels()] == [FARM_WHEEL]
+
+
+def test_the_farms_own_index_is_asked_beside_the_upstream_one(
+    tmp_path: Path, farm_index: str
+) -> None:
+    """A build requirement the upstream index lacks comes from the farm's own index (the
+    wheels it built of dependencies PyPI has none of for the target); a farm index that
+    does not answer is left out with a note, and pip is not made to retry it."""
+    empty = tmp_path / "upstream-packages"
+    empty.mkdir()
+    with pypiserver(empty) as upstream:
+        both = Wheelhouse(tmp_path / "both", 10**9, index_url=upstream, farm_index_url=farm_index)
+        assert _fill(both, tmp_path / "both.log")
+        assert [path.name for path in both.wheels()] == [FARM_WHEEL]
+        assert not _fill(Wheelhouse(tmp_path / "alone", 10**9, index_url=upstream), tmp_path / "x")
+        dead = f"http://127.0.0.1:{free_port()}/simple/"
+        silent = Wheelhouse(tmp_path / "dead", 10**9, index_url=upstream, farm_index_url=dead)
+        assert not _fill(silent, tmp_path / "dead.log")
+    log = (tmp_path / "dead.log").read_text()
+    assert f"the farm's index {dead} does not answer" in log
+    assert "--extra-index-url" not in log and "Retrying" not in log

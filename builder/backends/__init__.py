@@ -218,7 +218,10 @@ def refuse_unsafe_archive(
 def run_recipe(
     out: Path, log: BinaryIO, timeout: int, run_build: RunBuild, run_smoke: RunSmoke
 ) -> BuildOutcome:
-    """The sequence every backend follows, with the failure class of each step."""
+    """The sequence every backend follows, with the failure class of each step. A failure
+    is diagnosed from what this build wrote to the log, not from an earlier path's or
+    round's (a cross build before an emulated one, a round before auto packages)."""
+    start = log_offset(log)
     step = _exit(run_build())
     if step.killed_for == "cancelled":
         return cancelled_outcome()
@@ -230,7 +233,7 @@ def run_recipe(
             False, reason=FailureReason.TIMEOUT, summary=f"build exceeded {timeout} s"
         )
     if code != 0:
-        diagnosis = diagnose(code, _tail(log), oom_killed=step.oom_killed)
+        diagnosis = diagnose(code, log_since(log, start), oom_killed=step.oom_killed)
         return BuildOutcome(
             False,
             reason=diagnosis.reason,
@@ -284,11 +287,21 @@ def run_recipe(
     )
 
 
-def _tail(log: BinaryIO) -> bytes:
+def log_offset(log: BinaryIO) -> int:
+    """Where the log stands now: what a step writes next starts there."""
+    try:
+        return log.tell()
+    except (OSError, ValueError):
+        return 0
+
+
+def log_since(log: BinaryIO, start: int = 0) -> bytes:
+    """What was written to the log from `start` on (its last TAIL_BYTES, what the
+    classifier scans), read back by name."""
     try:
         with open(log.name, "rb") as handle:
             handle.seek(0, 2)
-            handle.seek(max(0, handle.tell() - TAIL_BYTES))
+            handle.seek(max(start, handle.tell() - TAIL_BYTES))
             return handle.read()
     except (OSError, AttributeError, TypeError):
         return b""

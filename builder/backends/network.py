@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from builder.backends import StepExit, note
+from builder.backends import StepExit, log_offset, log_since, note
 from builder.classify import (
     EXIT_BUILD_FAILED,
-    SCAN_BYTES,
     missing_requirement,
     offline_failure,
     offline_network_failure,
@@ -118,11 +117,11 @@ def build_in_rounds(
     deadline = time.monotonic() + settings.build_timeout
     fetched: set[str] = set()
     for round_number in range(rounds + 1):
-        start = _log_offset(log_sink)
+        start = log_offset(log_sink)
         step = run_once(max(1.0, deadline - time.monotonic()))
         if step.code != EXIT_BUILD_FAILED or wheelhouse is None:
             return step
-        written = _log_since(log_sink, start)
+        written = log_since(log_sink, start)
         requirement = missing_requirement(written)
         if requirement is None:
             if tried := offline_network_failure(written):
@@ -143,21 +142,3 @@ def build_in_rounds(
         note(log_sink, f"offline build: round {round_number + 2} with {requirement}")
         start_afresh()
     return step
-
-
-def _log_offset(log_sink: BinaryIO) -> int:
-    try:
-        return log_sink.tell()
-    except (OSError, ValueError):
-        return 0
-
-
-def _log_since(log_sink: BinaryIO, start: int) -> bytes:
-    """What one build round wrote to the log (its last SCAN_BYTES), read back by name."""
-    try:
-        with open(log_sink.name, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(start, handle.tell() - SCAN_BYTES))
-            return handle.read()
-    except (OSError, AttributeError, TypeError):
-        return b""
