@@ -4,6 +4,7 @@ shipped targets and the builder settings such builds use."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import docker
 import docker.errors
@@ -63,3 +64,25 @@ def target_spec(
         1, project, version, target.arch, python_tag or target.python_tags[0], target.policy,
         sdist.name, "", "", None, 1, None, None, newer_policy, name,
     )  # fmt: skip
+
+
+class ScriptedBackend:
+    """A backend whose build a test writes (override `build`): one cp311 interpreter,
+    nothing to cancel, reset or close. For tests of the runner around a build."""
+
+    name = "test"
+
+    def python_tags(self) -> list[str]:
+        return ["cp311"]
+
+    def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

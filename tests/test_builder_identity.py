@@ -40,6 +40,7 @@ from common.job_spec import JobSpec
 from common.models import BuildJob, OutputFile
 from common.states import FailureReason, JobState
 from master.web.app import create_app
+from tests.builds import ScriptedBackend
 from tests.servers import free_port, serve_app, wait_until
 from tests.test_log_stream import file_server, live_farm
 
@@ -219,28 +220,14 @@ def test_a_build_container_removed_from_under_the_builder_is_a_farm_fault(
 # --- the runner hands a job the farm failed back --------------------------------------
 
 
-class _FaultyBackend:
+class _FaultyBackend(ScriptedBackend):
     """Stands for an engine that fails (the real one does it above): raises `error`."""
-
-    name = "test"
 
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def python_tags(self) -> list[str]:
-        return ["cp311"]
-
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         raise self.error
-
-    def cancel(self) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _run_once(

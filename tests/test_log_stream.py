@@ -36,6 +36,7 @@ from master.auth import create_token
 from master.operations import cancel_job
 from master.storage import Storage
 from master.web.app import create_app
+from tests.builds import ScriptedBackend
 from tests.seed import add_release
 from tests.servers import free_port, serve_app, wait_until
 
@@ -379,19 +380,14 @@ def test_streamer_and_heartbeat_learn_that_the_job_was_cancelled(
         client.close()
 
 
-class _SlowBackend:
+class _SlowBackend(ScriptedBackend):
     """Builds nothing: writes its log in two parts and, between them, checks the master
     already shows the first part, as a maintainer watching the build would."""
-
-    name = "test"
 
     def __init__(self, master: str, job_id: int) -> None:
         self.master = master
         self.job_id = job_id
         self.seen_while_building = b""
-
-    def python_tags(self) -> list[str]:
-        return ["cp311"]
 
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         log.write(b"compiling demo.c\n")
@@ -405,15 +401,6 @@ class _SlowBackend:
         log.write(b"demo.c:1: error: something\n")
         log.flush()
         return BuildOutcome(False, reason=FailureReason.COMPILE_ERROR, summary="demo.c:1")
-
-    def cancel(self) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @contextmanager

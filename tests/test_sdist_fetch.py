@@ -33,6 +33,7 @@ from common.job_spec import JobSpec
 from common.models import BuildJob
 from common.states import FailureReason, JobState
 from master.web.app import create_app
+from tests.builds import ScriptedBackend
 from tests.servers import free_port, serve_app
 from tests.test_log_stream import live_farm
 
@@ -145,25 +146,13 @@ def test_a_server_error_or_a_refused_connection_is_transient_and_retried(
     assert refused.value.transient and "ConnectError" in str(refused.value)
 
 
-class _NeverBuilds:
+class _NeverBuilds(ScriptedBackend):
     """A backend the runner must not reach: the sdist never arrives."""
 
     name = "none"
 
-    def python_tags(self) -> list[str]:
-        return ["cp311"]
-
     def build(self, spec: JobSpec, sdist: Path, workdir: Path, log: BinaryIO) -> BuildOutcome:
         raise AssertionError("built without an sdist")
-
-    def cancel(self) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize(
