@@ -95,10 +95,6 @@ class Storage:
 
     def publish(self, spooled: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_relative_to(self.files):
-            # Wheels and their metadata are public, like the static pages: a web server
-            # running as another user (nginx beside the master) serves them from here.
-            spooled.chmod(0o644)
         spooled.replace(target)
         fsync_dir(target.parent)
 
