@@ -253,7 +253,9 @@ class Farm:
         self.config.write_text(
             f'[database]\nurl = "{self.postgres.url}"\n'
             f'[broker]\nurl = "{self.redis.url}"\n'
-            f'[upstream]\nindex_url = "{self.files_url}/simple/"\n'
+            # Build requirements (setuptools) come from PyPI through the machine's proxy:
+            # builders ask the farm's upstream index only, and the file server is none.
+            '[upstream]\nindex_url = "https://pypi.org/simple/"\n'
             f'json_url = "{self.files_url}/pypi/"\n'
             "[master]\n"
             f'port = {self.master_port}\ndata_dir = "{self.data_dir}"\n'
